@@ -1,0 +1,158 @@
+"""The ``spft`` command line: parsing and user-facing output only; the work happens in the task modules.
+
+    spft train CONFIG [KEY=VALUE ...]         run the two-stage SPFT recipe; last line printed = run directory
+    spft train --resume RUN_DIR               continue a killed run to its configured end
+    spft evaluate RUN_DIR [KEY=VALUE ...] [--split test] [--json]
+    spft demo [--out DIR]                     phantoms + tiny random Dinov2, end to end on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("spft")
+
+
+def _setup_logging(verbose: bool) -> None:
+    """spft's own messages go to stderr as ``spft: ...``; Lightning keeps its own handler and format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("spft: %(message)s"))
+    root = logging.getLogger("spft")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    # Lightning advertises a cloud logger at INFO on every fit; drop that one line, keep everything else.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+
+
+def _repo_configs() -> Path:
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def find_demo_config() -> Path:
+    """``configs/phantom_cxr.yaml`` from the current directory or the source checkout."""
+    for candidate in (Path("configs/phantom_cxr.yaml"), _repo_configs() / "phantom_cxr.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("configs/phantom_cxr.yaml not found: run `spft demo` from the spft checkout, or "
+                            "`spft train path/to/phantom_cxr.yaml`")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from spft.tasks.classification.evaluate import format_table
+    from spft.tasks.classification.train import resume, train
+
+    if args.resume:
+        if args.config:
+            raise SystemExit("spft train: give either CONFIG or --resume RUN_DIR, not both "
+                             "(a resumed run keeps its own config)")
+        run_dir = resume(args.resume)
+    else:
+        if not args.config:
+            raise SystemExit("spft train: CONFIG is required (or --resume RUN_DIR)")
+        from spft.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        run_dir = train(cfg)
+    _print_result(run_dir, format_table)
+    print(run_dir)
+    return 0
+
+
+def _print_result(run_dir: Path, format_table) -> None:
+    metrics_file = Path(run_dir) / "metrics.json"
+    if not metrics_file.is_file():
+        return
+    m = json.loads(metrics_file.read_text())
+    width = max(len(c) for c in list(m["per_class_auc"]) + ["macro AUC"])
+    print(f"\nTest AUC per class ({m['n']} images, best epoch {m.get('best_epoch')}):")
+    for c, v in m["per_class_auc"].items():
+        print(f"  {c:<{width}}  {'n/a' if v is None else f'{v:.4f}'}")
+    macro = "n/a" if m["macro_auc"] is None else f"{m['macro_auc']:.4f}"
+    print(f"  {'macro AUC':<{width}}  {macro}")
+    if m["excluded_classes"]:
+        print(f"  excluded (no positive or no negative in test): {', '.join(m['excluded_classes'])}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from spft.tasks.classification.evaluate import evaluate_run, format_table
+
+    ev = evaluate_run(args.run_dir, tuple(args.overrides), split=args.split, checkpoint=args.checkpoint)
+    if args.json:
+        print(json.dumps(ev.metrics(), indent=2))
+    else:
+        print(format_table(ev))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from spft.config import load_config
+    from spft.reporting.figures import auc_bar_chart
+    from spft.tasks.classification.evaluate import format_table
+    from spft.tasks.classification.train import train
+
+    out = Path(args.out) if args.out else Path("runs") / "demo" / time.strftime("%Y%m%d-%H%M%S")
+    config = find_demo_config()
+    cfg = load_config(config, [f"run.dir={out}"] + list(args.overrides))
+    log.info("demo: %s — phantom chest X-rays, small random Dinov2, full two-stage SPFT recipe", config)
+    start = time.time()
+    run_dir = train(cfg)
+    _print_result(run_dir, format_table)
+    chart = auc_bar_chart(run_dir / "metrics.json", run_dir / "auc_per_class.png", title="SPFT demo: per-class AUC")
+    print(f"\nfinished in {time.time() - start:.0f} s; per-class AUC chart: {chart}")
+    print(run_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spft", description="Stabilized Progressive Fine-Tuning (SPFT)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train with the SPFT recipe (or --resume a killed run)")
+    p.add_argument("config", nargs="?", help="experiment YAML (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. optim.lr_head=1e-4 data.root=/data/x")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.ckpt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run directory's best (EMA) weights on a split")
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. data.csv=/other/labels.csv")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole SPFT pipeline on synthetic phantoms (CPU, a few minutes)")
+    p.add_argument("--out", help="run directory (default runs/demo/<timestamp>)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of configs/phantom_cxr.yaml")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from spft.config import ConfigError
+
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError, OSError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"spft {args.command}: error: {msg}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

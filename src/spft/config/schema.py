@@ -1,0 +1,121 @@
+"""The typed configuration schema: every key spft understands, its type and its default.
+
+One dataclass per section. Defaults are the paper's recipe (SPEC.md §1) where the paper fixes a value and the
+project's choice where it is silent. `spft.config.loader` turns YAML + `KEY=VALUE` overrides into these objects
+and rejects anything that is not declared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+@dataclass
+class RunConfig:
+    dir: Optional[str] = None  # default: runs/<config name>/<timestamp>
+
+
+@dataclass
+class PhantomConfig:
+    kind: Literal["cxr", "lesion"] = "cxr"
+    n_images: int = 3000
+    image_size: int = 128
+    seed: int = 0
+    cache_dir: Optional[str] = None  # default: $SPFT_CACHE or ~/.cache/spft
+
+
+@dataclass
+class DataConfig:
+    name: Literal["csv", "phantom"] = "csv"
+    root: Optional[str] = None  # image paths in the CSV are relative to this (default: the CSV's folder)
+    csv: Optional[str] = None
+    image_column: str = "image"
+    id_column: Optional[str] = None  # default: the image column
+    label_columns: list[str] = field(default_factory=list)
+    split_column: Optional[str] = None  # values train/val/test; when unset a grouped seeded split is made
+    patient_column: Optional[str] = None  # groups for the seeded split (patients or lesions)
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    split_seed: Optional[int] = None  # default: the run's seed
+    image_size: Optional[int] = None  # default: the model's own input size
+    color: Literal["grey", "rgb"] = "grey"
+    num_workers: int = 2
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: Optional[str] = None  # hub id (microsoft/rad-dino) or local directory
+    config: Optional[dict[str, Any]] = None  # transformers config mapping -> random weights (offline)
+    pooling: Literal["mean", "cls"] = "mean"
+    head_hidden: int = 512
+    head_dropout: float = 0.2
+
+
+@dataclass
+class UnfreezeConfig:
+    enabled: bool = True
+    top_k: Optional[int] = 10  # null = all blocks
+    blocks_per_epoch: int = 2
+    embeddings: bool = False  # open the patch embeddings too once every block is open (from-scratch encoders)
+
+
+@dataclass
+class ClassWeightsConfig:
+    enabled: bool = True
+    heuristic: dict[str, float] = field(default_factory=dict)
+    refine: bool = True
+    eta: float = 1.0
+    w_min: float = 0.1
+    w_max: float = 10.0
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = True
+    decay: float = 0.999
+    warmup: bool = True
+
+
+@dataclass
+class RecipeConfig:
+    stage1_epochs: int = 2
+    unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
+    class_weights: ClassWeightsConfig = field(default_factory=ClassWeightsConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr_encoder: float = 3e-6
+    lr_head: float = 5e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 0  # linear warm-up after each unfreeze step (and at the start for the head)
+    min_lr_factor: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 20
+    batch_size: int = 32
+    eval_batch_size: Optional[int] = None  # default: 2 x batch_size
+    accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
+    devices: Any = 1
+    precision: Optional[str] = None  # default: bf16-mixed where supported, else 32-true
+    patience: int = 5  # early stopping, in validations
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class SpftConfig:
+    name: Optional[str] = None  # experiment name; default: the config file's stem
+    seed: int = 0
+    loss: Literal["bce", "ce"] = "bce"
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)

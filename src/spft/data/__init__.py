@@ -1,0 +1,1 @@
+"""Data: sample contract, image IO, datasets, splits and the phantom generator."""

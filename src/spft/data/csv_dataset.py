@@ -1,0 +1,131 @@
+"""The generic CSV dataset (``data.name: csv``): a folder of images and a CSV with one row per image.
+
+Columns are selected by name, never by position (ARCHITECTURE rule 7). Labels are 0/1 with blank = unknown
+(NaN, masked in loss and metrics). The split comes from ``data.split_column`` (train/val/test) or, when unset,
+from a seeded split grouped by ``data.patient_column`` so that no patient is in two splits. Every problem is
+reported with the file, row and column and what was expected.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spft.data.contract import SPLITS, LabelTable
+from spft.data.splits import grouped_split
+
+log = logging.getLogger(__name__)
+
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                  "dev": "val", "test": "test", "testing": "test"}
+
+
+def _require_columns(df: pd.DataFrame, csv: Path, columns: dict[str, str]) -> None:
+    available = list(df.columns)
+    for key, column in columns.items():
+        if column not in df.columns:
+            import difflib
+
+            close = difflib.get_close_matches(column, available, n=1)
+            hint = f" — did you mean '{close[0]}'?" if close else ""
+            raise KeyError(f"{csv}: column '{column}' (from {key}) not found{hint}; the CSV has: {', '.join(available)}")
+
+
+def _parse_labels(df: pd.DataFrame, csv: Path, label_columns: list[str]) -> np.ndarray:
+    """0/1 (also true/false, 0.0/1.0) → float; blank → NaN; anything else is an error naming row and column."""
+    out = np.full((len(df), len(label_columns)), np.nan, dtype=np.float32)
+    for j, column in enumerate(label_columns):
+        raw = df[column]
+        text = raw.astype(str).str.strip().str.lower()
+        blank = raw.isna() | text.isin(["", "nan"])
+        pos = text.isin(["1", "1.0", "true", "yes"])
+        neg = text.isin(["0", "0.0", "false", "no"])
+        bad = ~(blank | pos | neg)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"{csv}: row {row + 2} column '{column}': label {raw.iloc[row]!r} is not 0, 1 or blank "
+                             f"(blank = unknown); {int(bad.sum())} such value(s) in that column")
+        out[pos.to_numpy(), j] = 1.0
+        out[neg.to_numpy(), j] = 0.0
+    return out
+
+
+def _splits_from_column(df: pd.DataFrame, csv: Path, column: str) -> list[str]:
+    values = df[column].astype(str).str.strip().str.lower()
+    mapped = values.map(_SPLIT_ALIASES)
+    if mapped.isna().any():
+        row = int(np.flatnonzero(mapped.isna().to_numpy())[0])
+        raise ValueError(f"{csv}: row {row + 2} column '{column}': split {df[column].iloc[row]!r} is not one of "
+                         f"train, val, test")
+    return mapped.tolist()
+
+
+def read_csv_table(data_cfg, seed: int) -> LabelTable:
+    """Read ``data.csv`` into a :class:`LabelTable`, resolving image paths against ``data.root``.
+
+    Raises:
+        FileNotFoundError: the CSV, or images it lists, do not exist (the first few are named).
+        KeyError: a configured column is not in the CSV (the CSV's columns are listed).
+        ValueError: a label or split value is not understood (file, row and column named).
+    """
+    csv = Path(data_cfg.csv).expanduser()
+    root = Path(data_cfg.root).expanduser() if data_cfg.root else csv.parent
+    if not csv.is_file():
+        raise FileNotFoundError(f"data.csv: file not found: {csv}")
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    if not data_cfg.label_columns:
+        raise ValueError(f"data.label_columns is empty: name the label columns of {csv} "
+                         f"(it has: {', '.join(df.columns)})")
+    needed = {"data.image_column": data_cfg.image_column}
+    needed.update({f"data.label_columns[{i}]": c for i, c in enumerate(data_cfg.label_columns)})
+    for key in ("split_column", "patient_column", "id_column"):
+        if getattr(data_cfg, key):
+            needed[f"data.{key}"] = getattr(data_cfg, key)
+    _require_columns(df, csv, needed)
+    if len(df) == 0:
+        raise ValueError(f"{csv}: no rows")
+
+    rel = df[data_cfg.image_column].astype(str).str.strip()
+    paths = [str(p if p.is_absolute() else root / p) for p in map(Path, rel)]
+    ids = df[data_cfg.id_column or data_cfg.image_column].astype(str).tolist()
+    if len(set(ids)) != len(ids):
+        dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
+        raise ValueError(f"{csv}: id {dup!r} appears more than once in column "
+                         f"'{data_cfg.id_column or data_cfg.image_column}' (one row per image expected)")
+    groups = df[data_cfg.patient_column].astype(str).tolist() if data_cfg.patient_column else list(ids)
+    labels = _parse_labels(df, csv, data_cfg.label_columns)
+
+    if data_cfg.split_column:
+        splits = _splits_from_column(df, csv, data_cfg.split_column)
+        policy = f"split from column '{data_cfg.split_column}'"
+    else:
+        split_seed = seed if data_cfg.split_seed is None else data_cfg.split_seed
+        if not data_cfg.patient_column:
+            log.warning("%s: neither data.split_column nor data.patient_column is set: splitting by image. If "
+                        "patients have several images, set data.patient_column to avoid leakage.", csv)
+        splits = grouped_split(groups, data_cfg.split_fractions, split_seed)
+        unit = f"'{data_cfg.patient_column}'" if data_cfg.patient_column else "image"
+        policy = f"seeded split (seed {split_seed}) grouped by {unit}, fractions {list(data_cfg.split_fractions)}"
+    table = LabelTable(classes=list(data_cfg.label_columns), paths=paths, ids=ids, groups=groups, splits=splits,
+                       labels=labels, split_policy=policy,
+                       label_policy="0/1 from the label columns; blank = unknown (masked)")
+    check_table(table, csv)
+    return table
+
+
+def check_table(table: LabelTable, source: Path | str) -> None:
+    """Refuse a table whose images are missing, whose groups leak across splits or with an empty split."""
+    missing = [p for p in table.paths if not Path(p).is_file()]
+    if missing:
+        shown = "\n  ".join(missing[:5])
+        raise FileNotFoundError(f"{source}: {len(missing)} listed image(s) not found, first:\n  {shown}")
+    leaked = table.leaked_groups()
+    if leaked:
+        raise ValueError(f"{source}: {len(leaked)} patient/lesion group(s) appear in more than one split "
+                         f"(leakage), first: {', '.join(leaked[:5])}")
+    for split in SPLITS:
+        if len(table.indices(split)) == 0:
+            raise ValueError(f"{source}: the {split} split is empty (check data.split_column or data.split_fractions)")

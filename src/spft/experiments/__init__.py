@@ -1,0 +1,1 @@
+"""Experiments: the self-describing run directory (and, later, multi-seed and ablation sweeps)."""

@@ -1,0 +1,6 @@
+"""Models: encoders loaded through transformers (by name, local path or config), pooling, heads, the classifier."""
+
+from spft.models.classifier import SpftClassifier, build_classifier
+from spft.models.encoders import Preprocessing, build_encoder, encoder_layer_groups
+
+__all__ = ["Preprocessing", "SpftClassifier", "build_classifier", "build_encoder", "encoder_layer_groups"]

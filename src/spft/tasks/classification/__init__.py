@@ -1,0 +1,1 @@
+"""Classification on Lightning: module (recipe hooks), datamodule, training entry point and evaluation."""

@@ -1,0 +1,126 @@
+"""Evaluation of a classifier over a whole split: predictions, per-class and macro AUC, the files that record them.
+
+Used at the end of training (best EMA weights on the test split) and by ``spft evaluate RUN_DIR``. A plain torch
+loop on purpose: evaluation must not depend on trainer state, and AUC is computed once over all predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from spft.experiments.rundir import atomic_write_csv, atomic_write_json
+from spft.metrics import AucResult, multilabel_auc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    split: str
+    ids: list[str]
+    probs: np.ndarray
+    labels: np.ndarray
+    auc: AucResult
+
+    def metrics(self) -> dict:
+        return {"split": self.split, "n": len(self.ids), "macro_auc": self.auc.macro,
+                "per_class_auc": self.auc.per_class, "excluded_classes": self.auc.excluded}
+
+
+@torch.no_grad()
+def evaluate_module(module, loader, split: str, device: torch.device | str = "cpu") -> Evaluation:
+    """Predict ``loader`` with the module's evaluation weights (EMA when enabled) and score it."""
+    model = module.eval_model().to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
+    ids, probs, labels = [], [], []
+    with autocast:
+        for batch in loader:
+            logits = model(batch["image"].to(device))
+            probs.append(module.probabilities(logits).cpu())
+            labels.append(batch["labels"])
+            ids.extend(batch["id"])
+    p = torch.cat(probs).numpy()
+    y = torch.cat(labels).numpy()
+    return Evaluation(split, ids, p, y, multilabel_auc(p, y, module.classes))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def write_evaluation(run_dir: Path, ev: Evaluation, best_epoch: int | None = None, suffix: str = "") -> None:
+    """``metrics[_<split>].json`` and ``predictions_<split>.csv`` (columns id, prob_<class>, label_<class>)."""
+    classes = ev.auc.classes
+    rows = []
+    for i, id_ in enumerate(ev.ids):
+        row = {"id": id_}
+        row.update({f"prob_{c}": float(ev.probs[i, j]) for j, c in enumerate(classes)})
+        row.update({f"label_{c}": ("" if np.isnan(ev.labels[i, j]) else int(ev.labels[i, j]))
+                    for j, c in enumerate(classes)})
+        rows.append(row)
+    atomic_write_csv(run_dir / f"predictions_{ev.split}{suffix}.csv", rows)
+    metrics = ev.metrics()
+    if best_epoch is not None:
+        metrics["best_epoch"] = int(best_epoch)
+    name = "metrics.json" if ev.split == "test" and not suffix else f"metrics_{ev.split}{suffix}.json"
+    atomic_write_json(run_dir / name, metrics)
+
+
+def format_table(ev: Evaluation) -> str:
+    """The per-class AUC table printed by ``train``, ``demo`` and ``evaluate``."""
+    width = max(len(c) for c in ev.auc.classes + ["macro AUC"])
+    lines = [f"{'class':<{width}}  AUC     positives", "-" * (width + 20)]
+    for j, c in enumerate(ev.auc.classes):
+        auc = ev.auc.per_class[c]
+        npos = int(np.nansum(ev.labels[:, j]))
+        lines.append(f"{c:<{width}}  {'  n/a ' if auc is None else f'{auc:.4f}'}  {npos}")
+    lines.append("-" * (width + 20))
+    macro = ev.auc.macro
+    lines.append(f"{'macro AUC':<{width}}  {'n/a' if macro is None else f'{macro:.4f}'}  ({ev.split}, n={len(ev.ids)})")
+    if ev.auc.excluded:
+        lines.append(f"excluded (no positive or no negative): {', '.join(ev.auc.excluded)}")
+    return "\n".join(lines)
+
+
+def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: str = "test",
+                 checkpoint: str = "best") -> Evaluation:
+    """Re-evaluate a finished (or interrupted) run directory on ``split``, optionally on other data via overrides.
+
+    Overrides such as ``data.csv=/other/labels.csv`` evaluate the run's model on another dataset (same classes).
+    Results are written as ``metrics_<split>_eval.json`` and ``predictions_<split>_eval.csv`` so the training
+    record (``metrics.json``, ``predictions_test.csv``) is never overwritten.
+    """
+    from spft.config import load_config
+    from spft.tasks.classification.train import build_run
+
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"--split: expected train, val or test, got {split!r}")
+    cfg = load_config(None, overrides=overrides, base=yaml.safe_load(config_file.read_text()))
+    ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt} not found (has the run finished its first epoch?)")
+    table, _, module, dm = build_run(cfg, None)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved_classes = state.get("spft", {}).get("classes")
+    if saved_classes is not None and list(saved_classes) != list(table.classes):
+        raise ValueError(f"the data's classes {table.classes} differ from the run's {saved_classes}")
+    module.load_state_dict(state["state_dict"])
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
+    ev = evaluate_module(module, loader, split, device)
+    write_evaluation(run_dir, ev, state.get("epoch"), suffix="_eval")
+    return ev

@@ -1,0 +1,183 @@
+"""Training entry point for classification: config → run directory → Lightning fit → test metrics → DONE.
+
+``train(cfg)`` starts a run; ``resume(run_dir)`` continues a killed one from ``checkpoints/last.ckpt`` to its
+configured end. Both finish by evaluating the best (EMA) weights on the test split through
+:mod:`spft.tasks.classification.evaluate`, so a resumed run and an uninterrupted one produce the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from spft.config import SpftConfig, dump_yaml, load_config
+from spft.data.registry import build_table
+from spft.data.transforms import ImageTransform
+from spft.experiments.rundir import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    default_run_dir,
+    environment,
+    is_done,
+    mark_done,
+)
+from spft.models.classifier import build_classifier
+from spft.recipe import ClassWeights
+from spft.tasks.classification.datamodule import ClassificationDataModule
+from spft.tasks.classification.evaluate import evaluate_module, write_evaluation
+from spft.tasks.classification.module import ClassificationModule
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val/auc"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Serialise to memory, write to a temp file beside the target, fsync, ``os.replace``: never a truncated .ckpt."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+
+class CrashAfterEpoch(L.Callback):
+    """Test hook: ``SPFT_CRASH_AFTER_EPOCH=k`` kills the process (os._exit) once epoch k's checkpoint is written.
+
+    It fires at the start of epoch k+1, i.e. after ``last.ckpt`` for epoch k exists — like a power cut would.
+    """
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch + 1:
+            os._exit(17)
+
+
+def resolve_precision(cfg: SpftConfig) -> str:
+    if cfg.trainer.precision:
+        return cfg.trainer.precision
+    wants_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    if wants_gpu and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def build_run(cfg: SpftConfig, run_dir: Path | None):
+    """Data, model, class weights, module and datamodule for ``cfg`` (shared by train, resume and evaluate)."""
+    table = build_table(cfg.data, cfg.seed)
+    model, prep = build_classifier(cfg.model, len(table.classes), cfg.data.image_size)
+    train_labels = torch.from_numpy(table.labels[table.indices("train")])
+    cwc = cfg.recipe.class_weights
+    weights = ClassWeights(table.classes, train_labels, heuristic=cwc.heuristic, enabled=cwc.enabled,
+                           eta=cwc.eta, w_min=cwc.w_min, w_max=cwc.w_max)
+    for name in weights.as_dict().get("undefined_classes", []):
+        log.warning("class %r has no positives (or no negatives) in the training split: it gets the mean weight",
+                    name)
+    module = ClassificationModule(cfg, model, table.classes, weights, run_dir)
+    transform = ImageTransform(prep.size, prep.mean, prep.std)
+    dm = ClassificationDataModule(table, transform, cfg.data.color, cfg.trainer.batch_size,
+                                  cfg.trainer.eval_batch_size, cfg.data.num_workers, cfg.seed)
+    return table, prep, module, dm
+
+
+def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str) -> None:
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    atomic_write_json(run_dir / "env.json", environment(device))
+    counts = {s: int(len(table.indices(s))) for s in ("train", "val", "test")}
+    atomic_write_json(run_dir / "data.json", {
+        "classes": table.classes, "split_policy": table.split_policy, "label_policy": table.label_policy,
+        "n_images": counts, "n_groups": {s: len({table.groups[i] for i in table.indices(s)}) for s in counts},
+        "preprocessing": {"size": prep.size, "mean": prep.mean, "std": prep.std, "source": prep.source},
+    })
+
+
+def _trainer(cfg: SpftConfig, run_dir: Path) -> L.Trainer:
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_last=True,
+                        save_top_k=1, enable_version_counter=False),
+        EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.trainer.patience, check_finite=False),
+    ]
+    if cfg.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
+    crash = os.environ.get("SPFT_CRASH_AFTER_EPOCH")
+    if crash:
+        callbacks.append(CrashAfterEpoch(int(crash)))
+    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tb")]
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=cfg.trainer.max_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=resolve_precision(cfg),
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        num_sanity_val_steps=0,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        deterministic=cfg.trainer.deterministic,
+    )
+
+
+def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Path:
+    table, prep, module, dm = build_run(cfg, run_dir)
+    trainer = _trainer(cfg, run_dir)
+    device = str(trainer.strategy.root_device)
+    if ckpt_path is None:
+        _write_run_files(cfg, run_dir, table, prep, device)
+    log.info("run directory: %s", run_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if trainer.global_rank != 0:
+        return run_dir
+    best = run_dir / "checkpoints" / "best.ckpt"
+    state = torch.load(best if best.is_file() else run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    result = evaluate_module(module, dm.test_dataloader(), split="test", device=trainer.strategy.root_device)
+    write_evaluation(run_dir, result, best_epoch=state.get("epoch"))
+    mark_done(run_dir)
+    return run_dir
+
+
+def train(cfg: SpftConfig) -> Path:
+    """Run the full two-stage SPFT recipe for ``cfg`` and return the run directory."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg.name or "run")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
+                              f"{run_dir}` or choose another run.dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.run.dir = str(run_dir)
+    return _fit_and_finish(cfg, run_dir, None)
+
+
+def resume(run_dir: str | Path) -> Path:
+    """Continue a killed run from ``checkpoints/last.ckpt`` (or start it again if no epoch finished)."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    if is_done(run_dir):
+        log.info("%s is already finished (DONE exists); nothing to resume", run_dir)
+        return run_dir
+    cfg = load_config(None, base=yaml.safe_load(config_file.read_text()))
+    cfg.run.dir = str(run_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        log.warning("%s has no last.ckpt (killed before the first epoch ended): starting it again", run_dir)
+    return _fit_and_finish(cfg, run_dir, str(last) if last.is_file() else None)

@@ -1,0 +1,59 @@
+"""Shared fixtures: offline environment, a tiny phantom set generated once per session, a tiny-model config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A 2-block Dinov2 on 32 px inputs: the real architecture, small enough for a CPU test in seconds.
+TINY_MODEL = [
+    "model.config={model_type: dinov2, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
+    "mlp_ratio: 2, patch_size: 8, image_size: 32}",
+    "model.head_hidden=32",
+    "data.image_size=32",
+]
+
+
+@pytest.fixture(scope="session")
+def spft_cache(tmp_path_factory) -> Path:
+    """A private SPFT_CACHE so tests never touch ~/.cache and share generated phantoms."""
+    cache = tmp_path_factory.mktemp("spft_cache")
+    os.environ["SPFT_CACHE"] = str(cache)
+    return cache
+
+
+def tiny_overrides(run_dir: Path, n_images: int = 240, epochs: int = 4, extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        *TINY_MODEL,
+        f"data.phantom.n_images={n_images}",
+        "data.phantom.image_size=64",
+        "data.num_workers=0",
+        f"trainer.max_epochs={epochs}",
+        "trainer.batch_size=32",
+        "trainer.progress_bar=false",
+        "recipe.stage1_epochs=1",
+        "recipe.unfreeze.blocks_per_epoch=1",
+        f"run.dir={run_dir}",
+        *extra,
+    ]
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m spft.cli ARGS`` in a subprocess, as a user would run ``spft``."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "spft.cli", *args], capture_output=True, text=True, env=full_env,
+                          cwd=REPO, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"spft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
