@@ -152,14 +152,14 @@ def _render_lungs(img, u, v, size, geo, anatomy, rng, findings, boxes) -> tuple[
         tissue = 0.17 + _rib_texture(u, v, lung, anatomy) + 0.02 * _smooth_noise(rng, size, (12, 12))
         inside = _soft(f, lung["a"], size, 1.2)
         if "Pneumothorax" in findings and geo["sides"]["Pneumothorax"] == name:
-            k = rng.uniform(0.58, 0.72)  # collapsed lung anchored medially and inferiorly
+            k = rng.uniform(0.5, 0.66)  # collapsed lung anchored medially and inferiorly
             ccx = lung["cx"] - lung["side"] * lung["a"] * (1 - k) * 0.9
             ccy = lung["cy"] + lung["b"] * (1 - k) * 0.85
             fc = _ellipse(u, v, ccx, ccy, lung["a"] * k, lung["b"] * k)
             img = _mix(img, 0.02, inside)  # lucent pleural space, no lung texture
-            img = _mix(img, tissue + 0.03, _soft(fc, lung["a"] * k, size, 1.0))
-            line = np.exp(-(((fc - 1.0) * lung["a"] * k * size / 0.8) ** 2))  # visible visceral pleural line
-            img = img + 0.45 * line * inside
+            img = _mix(img, tissue + 0.14, _soft(fc, lung["a"] * k, size, 1.0))  # denser collapsed lung
+            line = np.exp(-(((fc - 1.0) * lung["a"] * k * size / 1.2) ** 2))  # visible visceral pleural line
+            img = img + 0.5 * line * inside
             _add_box(boxes, "Pneumothorax", (f < 1) & (fc > 1))
         else:
             img = _mix(img, tissue, inside)
@@ -229,7 +229,7 @@ def _render_focal(img, rng, size, geo, findings, boxes) -> np.ndarray:
     if "Nodule" in findings:
         for _ in range(int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))):
             center = _sample_in_lung(rng, geo, "left_lung" if rng.random() < 0.5 else "right_lung", 0.75)
-            img, mask = _render_disc(img, u, v, size, center, rng.uniform(0.03, 0.04), rng.uniform(0.72, 0.8),
+            img, mask = _render_disc(img, u, v, size, center, rng.uniform(0.032, 0.042), rng.uniform(0.8, 0.88),
                                      rng, False)
             _add_box(boxes, "Nodule", mask)
     if "Mass" in findings:
@@ -246,14 +246,15 @@ def _render_diffuse(img, rng, size, geo, masks, findings, boxes) -> np.ndarray:
         names = ["left_lung", "right_lung"] if rng.random() < 0.4 else [geo["sides"]["Infiltration"]]
         top = rng.uniform(0.0, 0.35)  # fraction of the lung height left clear at the top
         region = np.zeros_like(img, dtype=bool)
-        for name in names:
+        for name in names:  # one box per involved lung
             lung = geo["lungs"][name]
-            region |= masks[name] & (v > lung["cy"] - lung["b"] + top * 2 * lung["b"])
+            part = masks[name] & (v > lung["cy"] - lung["b"] + top * 2 * lung["b"])
+            _add_box(boxes, "Infiltration", part)
+            region |= part
         fine = _smooth_noise(rng, size, (max(size // 5, 4),) * 2)
         streaks = _smooth_noise(rng, size, (max(size // 16, 3), max(size // 4, 6)))  # vertically elongated
         patchy = np.clip(fine + 0.8 * streaks - 0.2, 0.0, 1.8) * region
         img = img + 0.16 * patchy
-        _add_box(boxes, "Infiltration", region)
     if "Consolidation" in findings:
         img = _consolidation(img, u, v, rng, size, geo, masks, boxes)
     if "Effusion" in findings:
@@ -344,13 +345,22 @@ _LESION_STYLE = {  # base colour (RGB 0..1), radius range (fraction of side), ou
 }
 
 
-def _draw_lesion(rng: np.random.Generator, cls: str) -> dict:
-    """Lesion-level appearance (shared by the lesion's images)."""
+def draw_lesion(rng: np.random.Generator, cls: str) -> dict:
+    """Draw a lesion's fixed appearance (shared by all its images) for class ``cls`` of :data:`LESION_CLASSES`.
+
+    Args:
+        rng: Generator for the lesion.
+        cls: Lesion class name.
+
+    Returns:
+        Parameters consumed by :func:`render_lesion`.
+    """
     colour, (r_lo, r_hi), irregular = _LESION_STYLE[cls]
     return {
         "cls": cls, "radius": rng.uniform(r_lo, r_hi), "aspect": rng.uniform(0.75, 1.0),
-        "colour": np.clip(np.array(colour) * rng.uniform(0.92, 1.08) + rng.normal(0, 0.012, 3), 0, 1).astype(np.float32),
-        "harm": rng.normal(0, irregular, 5) * np.array([1.0, 0.8, 0.6, 0.45, 0.35]), "harm_phase": rng.uniform(0, 2 * math.pi, 5),
+        "colour": np.clip(np.array(colour) * rng.uniform(0.92, 1.08) + rng.normal(0, 0.012, 3), 0, 1),
+        "harm": rng.normal(0, irregular, 5) * np.array([1.0, 0.8, 0.6, 0.45, 0.35]),  # outline harmonics k = 2..6
+        "harm_phase": rng.uniform(0, 2 * math.pi, 5),
         "skin": np.array([0.88, 0.70, 0.58]) + rng.normal(0, 0.03, 3), "seed": int(rng.integers(2**31)),
     }
 
@@ -371,7 +381,7 @@ def _lesion_shape(u, v, size, lesion, rng) -> tuple[np.ndarray, np.ndarray, np.n
     return _sigmoid((edge - r) * size / soft_px), r / np.maximum(edge, 1e-3), theta
 
 
-def _lesion_colour(u, v, size, lesion, rnorm, theta, rng) -> np.ndarray:
+def _lesion_colour(size, lesion, rnorm, theta, rng) -> np.ndarray:
     """Class-specific colour/texture field (H, W, 3) inside the lesion."""
     cls, base = lesion["cls"], lesion["colour"]
     tex = np.random.default_rng(lesion["seed"])  # lesion-fixed texture pattern
@@ -387,7 +397,8 @@ def _lesion_colour(u, v, size, lesion, rnorm, theta, rng) -> np.ndarray:
         col = col + 0.07 * np.sign(n2) * (np.abs(n2) > 0.6) + 0.04 * n1
     elif cls == "bcc":
         ring = np.exp(-(((rnorm - 0.85) / 0.1) ** 2))[..., None]
-        vessels = (np.abs(np.sin(6 * theta + 3 * rnorm + tex.uniform(0, 6)) * rnorm) < 0.06)[..., None] * (rnorm < 0.8)[..., None]
+        spokes = np.abs(np.sin(6 * theta + 3 * rnorm + tex.uniform(0, 6)) * rnorm)  # arborising vessels
+        vessels = ((spokes < 0.06) & (rnorm < 0.8))[..., None]
         col = np.where(vessels, np.array([0.75, 0.12, 0.15]), col + 0.06 * ring)
     elif cls == "akiec":
         scale = (n2 > 1.0)
@@ -402,13 +413,22 @@ def _lesion_colour(u, v, size, lesion, rnorm, theta, rng) -> np.ndarray:
 
 
 def render_lesion(rng: np.random.Generator, image_size: int, lesion: dict) -> np.ndarray:
-    """Render one RGB skin-lesion image (uint8 H x W x 3) of a lesion drawn by :func:`_draw_lesion`."""
+    """Render one view of a lesion: new pose, size jitter, lighting and noise on a skin background.
+
+    Args:
+        rng: Generator for this image.
+        image_size: Side of the square output in pixels.
+        lesion: Appearance from :func:`draw_lesion`.
+
+    Returns:
+        A uint8 (H, W, 3) RGB image.
+    """
     u, v = _grid(image_size)
     alpha, rnorm, theta = _lesion_shape(u, v, image_size, lesion, rng)
     skin = (lesion["skin"] * rng.uniform(0.95, 1.05)).astype(np.float32)
     shade = 1.0 + 0.04 * _smooth_noise(rng, image_size, (4, 4))
     bg = skin * shade[..., None] + 0.02 * _smooth_noise(rng, image_size, (24, 24))[..., None]
-    col = _lesion_colour(u, v, image_size, lesion, rnorm, theta, rng)
+    col = _lesion_colour(image_size, lesion, rnorm, theta, rng)
     img = bg + alpha[..., None] * (col - bg)
     img = img * _vignette(image_size)[..., None] + 0.015 * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
@@ -486,6 +506,23 @@ def _check_args(n_images: int, image_size: int) -> None:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
 
 
+def _write_cxr_image(
+    out: Path, seed: int, patient: int, visit: int, image_size: int, probs: np.ndarray
+) -> tuple[str, list[int], list[Box]]:
+    """Draw labels, render and write one CXR phantom with its masks; return (relative path, labels, boxes)."""
+    image_id = f"p{patient:05d}_{visit:03d}"
+    rng = np.random.default_rng([_CXR_TAG, seed, patient, visit])  # child seed: independent of generation order
+    labels = (rng.random(len(CXR_FINDINGS)) < probs).astype(int).tolist()
+    findings = {f for f, y in zip(CXR_FINDINGS, labels) if y}
+    anatomy_rng = np.random.default_rng([_CXR_TAG, seed, patient])  # same anatomy for all of a patient's visits
+    img, masks, boxes = render_cxr(rng, image_size, findings, anatomy_rng=anatomy_rng)
+    Image.fromarray(img).save(out / "images" / f"{image_id}.png", compress_level=_PNG_LEVEL)
+    for name in MASK_NAMES:
+        mask_img = Image.fromarray(masks[name].astype(np.uint8) * 255)
+        mask_img.save(out / "masks" / f"{image_id}_{name}.png", compress_level=_PNG_LEVEL)
+    return f"images/{image_id}.png", labels, boxes
+
+
 def generate_cxr(
     out_dir: str | os.PathLike,
     n_images: int = 600,
@@ -526,19 +563,9 @@ def generate_cxr(
     label_rows, box_rows = [], []
     for patient, count in enumerate(sizes):
         for visit in range(int(count)):
-            image_id = f"p{patient:05d}_{visit:03d}"
-            rng = np.random.default_rng([_CXR_TAG, seed, patient, visit])
-            labels = (rng.random(len(CXR_FINDINGS)) < probs).astype(int)
-            findings = {f for f, y in zip(CXR_FINDINGS, labels) if y}
-            anatomy_rng = np.random.default_rng([_CXR_TAG, seed, patient])
-            img, masks, boxes = render_cxr(rng, image_size, findings, anatomy_rng=anatomy_rng)
-            Image.fromarray(img).save(out / "images" / f"{image_id}.png", compress_level=_PNG_LEVEL)
-            for name in MASK_NAMES:
-                mask_img = Image.fromarray(masks[name].astype(np.uint8) * 255)
-                mask_img.save(out / "masks" / f"{image_id}_{name}.png", compress_level=_PNG_LEVEL)
-            rel = f"images/{image_id}.png"
+            rel, labels, boxes = _write_cxr_image(out, seed, patient, visit, image_size, probs)
             box_rows.extend([rel, *box] for box in boxes)
-            label_rows.append([rel, f"p{patient:05d}", splits[patient], *labels.tolist()])
+            label_rows.append([rel, f"p{patient:05d}", splits[patient], *labels])
     _write_csv(out / "boxes.csv", BOX_COLUMNS, box_rows)
     _write_csv(out / "labels.csv", ("image", "patient_id", "split", *CXR_FINDINGS), label_rows, atomic=True)
     logger.info("wrote %d CXR phantoms (%d patients, %d px) to %s", n_images, n_patients, image_size, out)
@@ -586,7 +613,7 @@ def generate_lesions(
     for idx, count in enumerate(sizes):
         lesion_rng = np.random.default_rng([_LESION_TAG, seed, idx])
         cls_idx = int(lesion_rng.choice(len(LESION_CLASSES), p=probs))
-        lesion = _draw_lesion(lesion_rng, LESION_CLASSES[cls_idx])
+        lesion = draw_lesion(lesion_rng, LESION_CLASSES[cls_idx])
         for view in range(int(count)):
             image_id = f"L{idx:05d}_{view:03d}"
             img = render_lesion(np.random.default_rng([_LESION_TAG, seed, idx, view]), image_size, lesion)

@@ -76,7 +76,6 @@ class ClassificationModule(L.LightningModule):
     # ---- recipe hooks -------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
-        seed_everything_for_epoch(self.cfg.seed, epoch)
         state = trainable_at(self.plan, epoch, self.n_blocks)
         n_trainable = apply_trainable(self.groups, state)
         if state != self._state:
@@ -85,6 +84,16 @@ class ClassificationModule(L.LightningModule):
         self._state = state
         self._n_trainable = n_trainable
         self._train_loss = (0.0, 0)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Reseed at the first batch, not at epoch start: on resume Lightning creates the DataLoader iterator (which
+        # draws from the global RNG) at a different moment than in an uninterrupted run.
+        if batch_idx == 0:
+            seed_everything_for_epoch(self.cfg.seed, self.current_epoch)
+            # the learning rates of the epoch's first step, one per recipe part, for history.csv
+            self._epoch_lrs = {}
+            for group in self.trainer.optimizers[0].param_groups:
+                self._epoch_lrs.setdefault(f"lr_{group['part']}", group["lr"])
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weights = self.cw.current.to(logits.device, torch.float32)
@@ -157,8 +166,7 @@ class ClassificationModule(L.LightningModule):
             "val_auc_raw": raw.macro,
             "val_auc_ema": ema.macro if ema is not None else None,
         }
-        for group in self.trainer.optimizers[0].param_groups:  # one lr per recipe part
-            row.setdefault(f"lr_{group['part']}", group["lr"])
+        row.update(getattr(self, "_epoch_lrs", {}))
         row.update({f"w_{c}": float(w) for c, w in zip(self.classes, self.cw.current)})
         self.history.append(row)
         self.log("stage", float(state.stage))
@@ -197,7 +205,10 @@ class ClassificationModule(L.LightningModule):
 
 def _rng_state() -> dict:
     """Recorded for provenance; resume does not need it because every epoch reseeds from (seed, epoch)."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # plain types only: Lightning loads checkpoints with torch.load(weights_only=True), which refuses numpy objects
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python": random.getstate()}
 
 
 def _clean(row: dict) -> dict:

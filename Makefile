@@ -1,0 +1,38 @@
+# spft — the README's commands. `make demo` and `make test` install everything first (into .venv).
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(VENV)/bin/pip
+# Pinned here for reproducibility (pyproject.toml only sets minimums). These are the builds this project is tested
+# with; on x86_64 torch 2.14.1 + torchvision 0.29.1 come from the local wheel cache on the development machines.
+TORCH_PINS = torch==2.14.1 torchvision==0.29.1
+
+export HF_HUB_OFFLINE ?= 1
+export YOLO_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-fast lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH_PINS)
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/spft demo $(if $(OUT),--out $(OUT),)
+
+test: install
+	$(PY) -m pytest -q --durations=10
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check src tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
