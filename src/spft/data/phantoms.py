@@ -21,6 +21,9 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
+# Bump whenever rendering changes: the cache folder name includes it, so a stale cached set is never reused.
+GENERATOR_VERSION = 1
+
 CXR_FINDINGS: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumothorax", "Consolidation",
 )

@@ -1,18 +1,21 @@
 """Dataset selection by ``data.name``: each adapter turns the ``data`` config into a LabelTable.
 
 ``csv`` is the generic CSV dataset; ``phantom`` generates the synthetic phantoms once into a cache and then reads
-them through the very same CSV path, so the demo exercises what users' own data goes through.
+them through the very same CSV path, so the demo exercises what users' own data goes through. ``chestxray14``,
+``chexpert`` and ``ham10000`` are the real-dataset adapters (one module each). ``build_table`` refuses a bad copy;
+``load_table`` returns it as is for ``spft data check``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from pathlib import Path
 
 from spft.data.contract import LabelTable
-from spft.data.csv_dataset import read_csv_table
+from spft.data.csv_dataset import check_table, read_csv_table
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,8 @@ def ensure_phantoms(phantom_cfg, root: str | None = None) -> Path:
 
     p = phantom_cfg
     folder = Path(root).expanduser() if root else (
-        cache_root(p.cache_dir) / "phantoms" / f"{p.kind}-n{p.n_images}-s{p.image_size}-seed{p.seed}")
+        cache_root(p.cache_dir) / "phantoms"
+        / f"{p.kind}-v{phantoms.GENERATOR_VERSION}-n{p.n_images}-s{p.image_size}-seed{p.seed}")
     if (folder / "labels.csv").is_file():
         return folder
     log.info("generating %d %s phantoms into %s", p.n_images, p.kind, folder)
@@ -52,10 +56,48 @@ def phantom_data_config(data_cfg):
     return view
 
 
+DATASETS = ("csv", "phantom", "chestxray14", "chexpert", "ham10000")
+
+
+def load_table(data_cfg, seed: int) -> LabelTable:
+    """The LabelTable for ``data.name``, *without* refusing missing files or leakage (``spft data check`` reports).
+
+    For the real datasets a non-empty ``data.label_columns`` keeps only those classes (e.g. CheXpert's 5
+    competition tasks), in the order given.
+    """
+    name = data_cfg.name
+    if name == "csv":
+        return read_csv_table(data_cfg, seed, check=False)
+    if name == "phantom":
+        return read_csv_table(phantom_data_config(data_cfg), seed, check=False)
+    if name == "chestxray14":
+        from spft.data.chestxray14 import read_chestxray14 as read
+    elif name == "chexpert":
+        from spft.data.chexpert import read_chexpert as read
+    elif name == "ham10000":
+        from spft.data.ham10000 import read_ham10000 as read
+    else:
+        raise ValueError(f"data.name: unknown dataset {name!r} (available: {', '.join(DATASETS)})")
+    table = read(data_cfg, seed)
+    return select_classes(table, data_cfg.label_columns) if data_cfg.label_columns else table
+
+
+def select_classes(table: LabelTable, names: list[str]) -> LabelTable:
+    """The table restricted to the classes ``names`` (``data.label_columns``); an unknown name is a KeyError."""
+    import difflib
+
+    for i, name in enumerate(names):
+        if name not in table.classes:
+            close = difflib.get_close_matches(name, table.classes, n=1)
+            hint = f" — did you mean '{close[0]}'?" if close else f" (classes: {', '.join(table.classes)})"
+            raise KeyError(f"'data.label_columns[{i}]': {name!r} is not a class of this dataset{hint}")
+    cols = [table.classes.index(n) for n in names]
+    return dataclasses.replace(table, classes=list(names), labels=table.labels[:, cols],
+                               uncertain=None if table.uncertain is None else table.uncertain[:, cols])
+
+
 def build_table(data_cfg, seed: int) -> LabelTable:
-    """The LabelTable for ``data.name`` (csv or phantom)."""
-    if data_cfg.name == "csv":
-        return read_csv_table(data_cfg, seed)
-    if data_cfg.name == "phantom":
-        return read_csv_table(phantom_data_config(data_cfg), seed)
-    raise ValueError(f"data.name: unknown dataset {data_cfg.name!r} (available: csv, phantom)")
+    """The LabelTable for ``data.name``; refuses missing images, leaked patients/lesions and empty splits."""
+    table = load_table(data_cfg, seed)
+    check_table(table, table.source or data_cfg.csv or data_cfg.name)
+    return table

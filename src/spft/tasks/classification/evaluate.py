@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class Evaluation:
     split: str
     ids: list[str]
+    groups: list[str]
     probs: np.ndarray
     labels: np.ndarray
     auc: AucResult
@@ -38,16 +39,17 @@ def evaluate_module(module, loader, split: str, device: torch.device | str = "cp
     """Predict ``loader`` with the module's evaluation weights (EMA when enabled) and score it."""
     model = module.eval_model().to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
-    ids, probs, labels = [], [], []
+    ids, groups, probs, labels = [], [], [], []
     with autocast:
         for batch in loader:
             logits = model(batch["image"].to(device))
             probs.append(module.probabilities(logits).cpu())
             labels.append(batch["labels"])
             ids.extend(batch["id"])
+            groups.extend(batch["group"])
     p = torch.cat(probs).numpy()
     y = torch.cat(labels).numpy()
-    return Evaluation(split, ids, p, y, multilabel_auc(p, y, module.classes))
+    return Evaluation(split, ids, groups, p, y, multilabel_auc(p, y, module.classes))
 
 
 class _null:
@@ -59,11 +61,12 @@ class _null:
 
 
 def write_evaluation(run_dir: Path, ev: Evaluation, best_epoch: int | None = None, suffix: str = "") -> None:
-    """``metrics[_<split>].json`` and ``predictions_<split>.csv`` (columns id, prob_<class>, label_<class>)."""
+    """``metrics.json`` and ``predictions_<split>.csv``: columns id, group (patient/lesion, for bootstrap resampling
+    by group), prob_<class>..., label_<class>... (blank = unknown label)."""
     classes = ev.auc.classes
     rows = []
     for i, id_ in enumerate(ev.ids):
-        row = {"id": id_}
+        row = {"id": id_, "group": ev.groups[i]}
         row.update({f"prob_{c}": float(ev.probs[i, j]) for j, c in enumerate(classes)})
         row.update({f"label_{c}": ("" if np.isnan(ev.labels[i, j]) else int(ev.labels[i, j]))
                     for j, c in enumerate(classes)})

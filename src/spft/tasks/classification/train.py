@@ -87,7 +87,12 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
                     name)
     module = ClassificationModule(cfg, model, table.classes, weights, run_dir)
     transform = ImageTransform(prep.size, prep.mean, prep.std)
-    dm = ClassificationDataModule(table, transform, cfg.data.color, cfg.trainer.batch_size,
+    reading = table
+    if cfg.data.image_cache:  # pre-resized copies from `spft prepare cache`: same pixels, much smaller files
+        from spft.data.cache import ImageCache
+
+        reading = ImageCache(cfg.data.image_cache, prep.size, cfg.data.color).redirect(table)
+    dm = ClassificationDataModule(reading, transform, cfg.data.color, cfg.trainer.batch_size,
                                   cfg.trainer.eval_batch_size, cfg.data.num_workers, cfg.seed)
     return table, prep, module, dm
 
