@@ -4,6 +4,11 @@
     spft train --resume RUN_DIR               continue a killed run to its configured end
     spft evaluate RUN_DIR [KEY=VALUE ...] [--split test] [--json]
     spft demo [--out DIR]                     phantoms + tiny random Dinov2, end to end on a CPU
+    spft data check CONFIG [KEY=VALUE ...] [--json] [--scan]   counts, leakage, missing / unreadable files
+    spft prepare cache CONFIG [KEY=VALUE ...] pre-resize every image once into data.image_cache
+    spft repeat CONFIG [KEY=VALUE ...] [--seeds 0,1,2] [--out DIR]     one run per seed; last line = sweep directory
+    spft ablate CONFIG [KEY=VALUE ...] [--study ladder|depth|probe|FILE] [--seeds ...] [--out DIR]
+    spft report SWEEP_DIR [--out DIR] [--bootstrap 1000]             tables, figures, report.html
 """
 
 from __future__ import annotations
@@ -110,6 +115,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from spft.config import load_config
+    from spft.data.check import check_data, format_report
+
+    report = check_data(load_config(args.config, args.overrides), scan=args.scan, workers=args.workers)
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
+    return 1 if report.problems else 0
+
+
+def cmd_prepare_cache(args: argparse.Namespace) -> int:
+    from spft.config import load_config
+    from spft.data.cache import prepare_cache
+
+    s = prepare_cache(load_config(args.config, args.overrides), workers=args.workers)
+    print(f"cache {s['folder']} ({s['size']} px): {s['written']} written, {s['skipped']} already there, "
+          f"{s['missing']} missing, {len(s['failed'])} failed")
+    for path, error in list(s["failed"].items())[:20]:
+        print(f"  failed: {path}: {error}")
+    return 1 if s["failed"] else 0
+
+
+def _run_sweep(args: argparse.Namespace, study) -> int:
+    from spft.experiments.sweep import parse_seeds, plan_sweep, run_sweep, summary_rows
+
+    sweep = plan_sweep(args.config, parse_seeds(args.seeds), tuple(args.overrides), study, args.out)
+    width = max(len(r.overlay) for r in sweep.runs)
+    print(f"sweep {sweep.out}: {len(sweep.runs)} runs ({sweep.study.name}, seeds {','.join(map(str, sweep.seeds))})")
+    for r in sweep.runs:
+        print(f"  {r.overlay:<{width}}  seed {r.seed:<4} {r.action:<8} {r.note}")
+    try:
+        run_sweep(sweep)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to continue {sweep.out}", file=sys.stderr)
+        return 130
+    print(f"\n{'overlay':<{width}}  seed  status    macro AUC")
+    for overlay, seed, status, macro, _ in summary_rows(sweep):
+        print(f"{overlay:<{width}}  {seed:<4}  {status:<8}  {macro}")
+    if sweep.failed:
+        print(f"{len(sweep.failed)} run(s) failed; their logs are in {sweep.out / 'logs'}", file=sys.stderr)
+    print(sweep.out)
+    return 1 if sweep.failed else 0
+
+
+def cmd_repeat(args: argparse.Namespace) -> int:
+    return _run_sweep(args, None)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from spft.experiments.studies import load_study
+
+    return _run_sweep(args, load_study(args.study))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from spft.reporting.report import build_report
+
+    out = build_report(args.sweep_dir, args.out, n_boot=args.bootstrap, seed=args.bootstrap_seed)
+    print(f"report: {out / 'report.html'}  (tables: {out / 'tables'}, figures: {out / 'figures'})")
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spft", description="Stabilized Progressive Fine-Tuning (SPFT)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -133,6 +200,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/demo/<timestamp>)")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of configs/phantom_cxr.yaml")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="inspect a dataset copy")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("check", help="per-split counts, leakage, missing (and with --scan unreadable) files")
+    p.add_argument("config", help="experiment YAML (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. data.root=/data/nih")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--scan", action="store_true", help="decode every image (parallel, with a progress bar)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))")
+    p.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("prepare", help="one-off preparation steps")
+    prepare_sub = p.add_subparsers(dest="prepare_command", required=True)
+    p = prepare_sub.add_parser("cache", help="write every image once at the model's input size into data.image_cache")
+    p.add_argument("config", help="experiment YAML (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. data.image_cache=/scratch/spft-cache")
+    p.add_argument("--workers", type=int, default=None, help="threads (default: min(8, CPUs))")
+    p.set_defaults(func=cmd_prepare_cache)
+
+    sweep_help = "KEY=VALUE overrides for every run (not seed or run.dir: the sweep sets them)"
+    p = sub.add_parser("repeat", help="one run per seed, each in its own process; finished runs are skipped")
+    p.add_argument("config", help="experiment YAML (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help=sweep_help)
+    p.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-4 (default 0,1,2)")
+    p.add_argument("--out", help="sweep directory (default runs/<config name>/repeat)")
+    p.set_defaults(func=cmd_repeat)
+
+    p = sub.add_parser("ablate", help="an ablation study: every overlay x every seed, finished runs skipped")
+    p.add_argument("config", help="experiment YAML (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help=sweep_help)
+    p.add_argument("--study", default="ladder", help="ladder | depth | probe | path/to/study.yaml (default ladder)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-4 (default 0,1,2)")
+    p.add_argument("--out", help="sweep directory (default runs/<config name>/ablate-<study>)")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("report", help="tables (Markdown/CSV/LaTeX), figures and report.html from a sweep's runs")
+    p.add_argument("sweep_dir", help="a repeat/ablate sweep directory (or one run directory)")
+    p.add_argument("--out", help="report directory (default SWEEP_DIR/report)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap replicates per run (1000)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (0)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -233,6 +233,24 @@ def validate(cfg: SpftConfig) -> None:
             raise ConfigError(f"'recipe.class_weights.heuristic.{name}': expected a positive multiplier, got {mult}")
     if cfg.data.name == "csv" and cfg.data.csv is None:
         raise ConfigError("'data.csv' must be set when data.name is csv (a CSV with one row per image)")
+    _validate_dataset_keys(cfg.data)
+
+
+UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
+
+
+def _validate_dataset_keys(data) -> None:
+    """Keys of the real-dataset adapters (data.root, data.val_fraction, data.uncertain)."""
+    if data.name in ("chestxray14", "chexpert", "ham10000") and not data.root:
+        raise ConfigError(f"'data.root' must be set when data.name is {data.name} (the folder of the download)")
+    if not 0.0 < data.val_fraction < 1.0:
+        raise ConfigError(f"'data.val_fraction': expected a fraction between 0 and 1, got {data.val_fraction}")
+    policies = data.uncertain if isinstance(data.uncertain, dict) else {"": data.uncertain}
+    for name, policy in policies.items():
+        if policy not in UNCERTAIN_POLICIES:
+            key = f"data.uncertain.{name}" if name else "data.uncertain"
+            raise ConfigError(f"'{key}': expected one of {', '.join(UNCERTAIN_POLICIES)} (or a map "
+                              f"{{class: policy, default: policy}}), got {policy!r}")
 
 
 def to_dict(cfg: SpftConfig) -> dict:

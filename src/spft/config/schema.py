@@ -27,9 +27,9 @@ class PhantomConfig:
 
 @dataclass
 class DataConfig:
-    name: Literal["csv", "phantom"] = "csv"
-    root: Optional[str] = None  # image paths in the CSV are relative to this (default: the CSV's folder)
-    csv: Optional[str] = None
+    name: Literal["csv", "phantom", "chestxray14", "chexpert", "ham10000"] = "csv"
+    root: Optional[str] = None  # csv: image paths are relative to this (default: the CSV's folder); adapters: download
+    csv: Optional[str] = None  # chestxray14 / ham10000: the metadata file, when not found below data.root
     image_column: str = "image"
     id_column: Optional[str] = None  # default: the image column
     label_columns: list[str] = field(default_factory=list)
@@ -41,6 +41,13 @@ class DataConfig:
     color: Literal["grey", "rgb"] = "grey"
     num_workers: int = 2
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    # Real-dataset adapters (spft.data.chestxray14 / chexpert / ham10000):
+    val_fraction: float = 0.1  # validation carved from the official train pool, grouped by patient / lesion
+    views: Literal["frontal", "lateral", "both"] = "frontal"  # chexpert, from the Frontal/Lateral column
+    uncertain: Any = "ignore"  # chexpert -1: ignore (masked) | zeros | ones, or a map {class: policy, default: ...}
+    blank: Literal["zero", "ignore"] = "zero"  # chexpert blank cells: negative, or unknown (masked)
+    official_test: bool = True  # ham10000: the ISIC 2018 Task 3 test set is the test split when its files are present
+    image_cache: Optional[str] = None  # folder of pre-resized images written by `spft prepare cache`
 
 
 @dataclass

@@ -7,7 +7,7 @@ A :class:`LabelTable` is the in-memory index of one dataset before images are re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,13 @@ class LabelTable:
     labels: np.ndarray
     split_policy: str = ""
     label_policy: str = ""
+    # Optional, filled by the dataset adapters: [N, C] bool of labels that were *uncertain* in the source (before the
+    # uncertainty policy mapped them), the kind of group ("patient", "lesion", "image"), where the rows came from,
+    # and load-time warnings such as counts that differ from the published ones.
+    uncertain: np.ndarray | None = None
+    group_kind: str = "patient"
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.paths)
@@ -33,6 +40,8 @@ class LabelTable:
             raise ValueError("LabelTable columns have different lengths")
         if self.labels.ndim != 2 or self.labels.shape[1] != len(self.classes):
             raise ValueError(f"labels must be [N, {len(self.classes)}], got {self.labels.shape}")
+        if self.uncertain is not None and self.uncertain.shape != self.labels.shape:
+            raise ValueError(f"uncertain must have the labels' shape {self.labels.shape}, got {self.uncertain.shape}")
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.splits) == split)

@@ -63,8 +63,10 @@ def _splits_from_column(df: pd.DataFrame, csv: Path, column: str) -> list[str]:
     return mapped.tolist()
 
 
-def read_csv_table(data_cfg, seed: int) -> LabelTable:
+def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
     """Read ``data.csv`` into a :class:`LabelTable`, resolving image paths against ``data.root``.
+
+    ``check=False`` returns the table without refusing missing files or leakage (``spft data check`` reports them).
 
     Raises:
         FileNotFoundError: the CSV, or images it lists, do not exist (the first few are named).
@@ -111,9 +113,14 @@ def read_csv_table(data_cfg, seed: int) -> LabelTable:
         policy = f"seeded split (seed {split_seed}) grouped by {unit}, fractions {list(data_cfg.split_fractions)}"
     table = LabelTable(classes=list(data_cfg.label_columns), paths=paths, ids=ids, groups=groups, splits=splits,
                        labels=labels, split_policy=policy,
-                       label_policy="0/1 from the label columns; blank = unknown (masked)")
-    check_table(table, csv)
+                       label_policy="0/1 from the label columns; blank = unknown (masked)", source=str(csv),
+                       group_kind="patient" if data_cfg.patient_column else "image")
+    if check:
+        check_table(table, csv)
     return table
+
+
+_SEE_ALL = "Run `spft data check CONFIG [KEY=VALUE ...]` with the same config and overrides to list them all."
 
 
 def check_table(table: LabelTable, source: Path | str) -> None:
@@ -121,11 +128,13 @@ def check_table(table: LabelTable, source: Path | str) -> None:
     missing = [p for p in table.paths if not Path(p).is_file()]
     if missing:
         shown = "\n  ".join(missing[:5])
-        raise FileNotFoundError(f"{source}: {len(missing)} listed image(s) not found, first:\n  {shown}")
+        raise FileNotFoundError(f"{source}: {len(missing)} listed image(s) not found, first:\n  {shown}\n"
+                                f"{_SEE_ALL}")
     leaked = table.leaked_groups()
     if leaked:
         raise ValueError(f"{source}: {len(leaked)} patient/lesion group(s) appear in more than one split "
-                         f"(leakage), first: {', '.join(leaked[:5])}")
+                         f"(leakage), first: {', '.join(leaked[:5])}\n{_SEE_ALL}")
     for split in SPLITS:
         if len(table.indices(split)) == 0:
-            raise ValueError(f"{source}: the {split} split is empty (check data.split_column or data.split_fractions)")
+            raise ValueError(f"{source}: the {split} split is empty (check data.split_column, data.split_fractions "
+                             "or data.val_fraction)")

@@ -34,3 +34,22 @@ def grouped_split(groups: list[str], fractions: list[float], seed: int) -> list[
         assigned[group] = SPLITS[min(index, len(SPLITS) - 1)]
         filled += counts[group]
     return [assigned[g] for g in groups]
+
+
+def stratified_grouped_split(groups: list[str], strata: list[str], fractions: list[float], seed: int) -> list[str]:
+    """:func:`grouped_split` within each stratum (e.g. the diagnosis), so every split keeps the class mix.
+
+    A group belongs to the stratum of its first row; a group never spans two splits.
+
+    >>> s = stratified_grouped_split(["a", "a", "b", "c"], ["x", "x", "y", "y"], [0.5, 0.5, 0.0], seed=0)
+    >>> s[0] == s[1]
+    True
+    """
+    stratum_of: dict[str, str] = {}
+    for group, stratum in zip(groups, strata):
+        stratum_of.setdefault(group, stratum)
+    assigned: dict[str, str] = {}
+    for stratum in sorted(set(stratum_of.values())):
+        rows = [g for g in groups if stratum_of[g] == stratum]
+        assigned.update(zip(rows, grouped_split(rows, fractions, seed)))
+    return [assigned[g] for g in groups]
