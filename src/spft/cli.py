@@ -50,31 +50,36 @@ def find_demo_config() -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from spft.tasks.classification.evaluate import format_table
-    from spft.tasks.classification.train import resume, train
+    from spft.tasks.registry import task_api, task_of_run
 
     if args.resume:
         if args.config:
             raise SystemExit("spft train: give either CONFIG or --resume RUN_DIR, not both "
                              "(a resumed run keeps its own config)")
-        run_dir = resume(args.resume)
+        run_dir = task_api(task_of_run(args.resume)).resume(args.resume)
     else:
         if not args.config:
             raise SystemExit("spft train: CONFIG is required (or --resume RUN_DIR)")
         from spft.config import load_config
 
         cfg = load_config(args.config, args.overrides)
-        run_dir = train(cfg)
-    _print_result(run_dir, format_table)
+        run_dir = task_api(cfg.task).train(cfg)
+    _print_result(run_dir)
     print(run_dir)
     return 0
 
 
-def _print_result(run_dir: Path, format_table) -> None:
+def _print_result(run_dir: Path) -> None:
     metrics_file = Path(run_dir) / "metrics.json"
     if not metrics_file.is_file():
         return
     m = json.loads(metrics_file.read_text())
+    if "per_class_auc" not in m:  # detection / segmentation: print the metrics as they are
+        print(f"\nTest metrics ({m.get('split')}, n={m.get('n')}):")
+        for key, value in m.items():
+            if key not in ("split", "n"):
+                print(f"  {key}: {json.dumps(value)}")
+        return
     width = max(len(c) for c in list(m["per_class_auc"]) + ["macro AUC"])
     print(f"\nTest AUC per class ({m['n']} images, best epoch {m.get('best_epoch')}):")
     for c, v in m["per_class_auc"].items():
@@ -86,20 +91,20 @@ def _print_result(run_dir: Path, format_table) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from spft.tasks.classification.evaluate import evaluate_run, format_table
+    from spft.tasks.registry import task_api, task_of_run
 
-    ev = evaluate_run(args.run_dir, tuple(args.overrides), split=args.split, checkpoint=args.checkpoint)
+    api = task_api(task_of_run(args.run_dir))
+    ev = api.evaluate_run(args.run_dir, tuple(args.overrides), split=args.split, checkpoint=args.checkpoint)
     if args.json:
         print(json.dumps(ev.metrics(), indent=2))
     else:
-        print(format_table(ev))
+        print(api.format_table(ev))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from spft.config import load_config
     from spft.reporting.figures import auc_bar_chart
-    from spft.tasks.classification.evaluate import format_table
     from spft.tasks.classification.train import train
 
     out = Path(args.out) if args.out else Path("runs") / "demo" / time.strftime("%Y%m%d-%H%M%S")
@@ -108,7 +113,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log.info("demo: %s — phantom chest X-rays, small random Dinov2, full two-stage SPFT recipe", config)
     start = time.time()
     run_dir = train(cfg)
-    _print_result(run_dir, format_table)
+    _print_result(run_dir)
     chart = auc_bar_chart(run_dir / "metrics.json", run_dir / "auc_per_class.png", title="SPFT demo: per-class AUC")
     print(f"\nfinished in {time.time() - start:.0f} s; per-class AUC chart: {chart}")
     print(run_dir)
@@ -140,8 +145,9 @@ def _run_sweep(args: argparse.Namespace, study) -> int:
     from spft.experiments.sweep import parse_seeds, plan_sweep, run_sweep, summary_rows
 
     sweep = plan_sweep(args.config, parse_seeds(args.seeds), tuple(args.overrides), study, args.out)
-    width = max(len(r.overlay) for r in sweep.runs)
-    print(f"sweep {sweep.out}: {len(sweep.runs)} runs ({sweep.study.name}, seeds {','.join(map(str, sweep.seeds))})")
+    width = max([len("overlay")] + [len(r.overlay) for r in sweep.runs])
+    print(f"sweep {sweep.out} ({sweep.study.name}, seeds {','.join(map(str, sweep.seeds))}): {len(sweep.runs)} "
+          f"run{'s' if len(sweep.runs) != 1 else ''}")
     for r in sweep.runs:
         print(f"  {r.overlay:<{width}}  seed {r.seed:<4} {r.action:<8} {r.note}")
     try:

@@ -118,6 +118,7 @@ class TrainerConfig:
 @dataclass
 class SpftConfig:
     name: Optional[str] = None  # experiment name; default: the config file's stem
+    task: Literal["classification", "detection", "segmentation"] = "classification"
     seed: int = 0
     loss: Literal["bce", "ce"] = "bce"
     run: RunConfig = field(default_factory=RunConfig)
