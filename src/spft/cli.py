@@ -6,6 +6,7 @@
     spft demo [--out DIR]                     phantoms + tiny random Dinov2, end to end on a CPU
     spft data check CONFIG [KEY=VALUE ...] [--json] [--scan]   counts, leakage, missing / unreadable files
     spft prepare cache CONFIG [KEY=VALUE ...] pre-resize every image once into data.image_cache
+    spft prepare vindr-cxr|tbx11k CONFIG [KEY=VALUE ...]   real detection data -> Ultralytics dataset
     spft repeat CONFIG [KEY=VALUE ...] [--seeds 0,1,2] [--out DIR]     one run per seed; last line = sweep directory
     spft ablate CONFIG [KEY=VALUE ...] [--study ladder|depth|probe|FILE] [--seeds ...] [--out DIR]
     spft report SWEEP_DIR [--out DIR] [--bootstrap 1000]             tables, figures, report.html
@@ -141,6 +142,22 @@ def cmd_prepare_cache(args: argparse.Namespace) -> int:
     return 1 if s["failed"] else 0
 
 
+def cmd_prepare_detection(args: argparse.Namespace) -> int:
+    from spft.config import load_config
+    from spft.tasks.detection.checks import check_detection_config
+
+    cfg = load_config(args.config, args.overrides)
+    check_detection_config(cfg)
+    if args.prepare_command == "vindr-cxr":
+        from spft.data.vindr_cxr import prepare_vindr_cxr as prepare
+    else:
+        from spft.data.tbx11k import prepare_tbx11k as prepare
+    dataset_yaml = prepare(cfg)
+    print(f"Ultralytics dataset: {dataset_yaml}")
+    print(dataset_yaml)
+    return 0
+
+
 def _run_sweep(args: argparse.Namespace, study) -> int:
     from spft.experiments.sweep import parse_seeds, plan_sweep, run_sweep, summary_rows
 
@@ -224,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. data.image_cache=/scratch/spft-cache")
     p.add_argument("--workers", type=int, default=None, help="threads (default: min(8, CPUs))")
     p.set_defaults(func=cmd_prepare_cache)
+    for name, what in (("vindr-cxr", "VinDr-CXR DICOMs + box CSV"), ("tbx11k", "TBX-11K COCO json")):
+        p = prepare_sub.add_parser(name, help=f"{what} -> Ultralytics detection dataset (resumable)")
+        p.add_argument("config", help=f"experiment YAML (configs/{name.replace('-', '_')}_yolov8.yaml)")
+        p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. data.root=/data/x")
+        p.set_defaults(func=cmd_prepare_detection)
 
     sweep_help = "KEY=VALUE overrides for every run (not seed or run.dir: the sweep sets them)"
     p = sub.add_parser("repeat", help="one run per seed, each in its own process; finished runs are skipped")

@@ -27,7 +27,8 @@ class PhantomConfig:
 
 @dataclass
 class DataConfig:
-    name: Literal["csv", "phantom", "chestxray14", "chexpert", "ham10000"] = "csv"
+    name: Literal["csv", "phantom", "chestxray14", "chexpert", "ham10000", "phantom_detect", "vindr_cxr",
+                  "tbx11k", "phantom_segment", "mask_folder", "chexmask"] = "csv"
     root: Optional[str] = None  # csv: image paths are relative to this (default: the CSV's folder); adapters: download
     csv: Optional[str] = None  # chestxray14 / ham10000: the metadata file, when not found below data.root
     image_column: str = "image"
@@ -48,6 +49,11 @@ class DataConfig:
     blank: Literal["zero", "ignore"] = "zero"  # chexpert blank cells: negative, or unknown (masked)
     official_test: bool = True  # ham10000: the ISIC 2018 Task 3 test set is the test split when its files are present
     image_cache: Optional[str] = None  # folder of pre-resized images written by `spft prepare cache`
+    # Segmentation (spft.data.chexmask): the CheXmask CSV of one source, joined to the images below images_root
+    masks_csv: Optional[str] = None
+    images_root: Optional[str] = None  # default: data.root
+    source: Literal["vindr-cxr", "chestxray14", "chexpert"] = "vindr-cxr"
+    min_rca: float = 0.7  # CheXmask quality filter: keep rows with Dice RCA (Mean) >= min_rca
 
 
 @dataclass
@@ -116,6 +122,38 @@ class TrainerConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """Detection on Ultralytics (task: detection); model.name is a model YAML (yolov8n.yaml) or weights (yolov8s.pt)."""
+
+    imgsz: int = 640
+    weights: Optional[str] = None  # .pt whose matching tensors load into the model built from model.name
+    backbone_lr_ratio: Optional[float] = None  # backbone LR = ratio x optim.lr_head; null: optim.lr_encoder
+    backbone_modules: Optional[int] = None  # default: the length of the model YAML's `backbone` list
+    mosaic: float = 1.0
+    fliplr: float = 0.0  # no horizontal flips by default: chest X-ray laterality matters
+    conf: float = 0.001  # confidence threshold for validation / evaluation
+    figures: int = 4  # validation images drawn with predicted vs ground-truth boxes (0: none)
+    dataset_dir: Optional[str] = None  # the prepared Ultralytics dataset (default: under $SPFT_CACHE/detect)
+    long_side: int = 1024  # vindr_cxr preparation: long side of the written PNGs (boxes scaled alike)
+    fusion: Literal["wbf", "union", "majority"] = "wbf"  # vindr_cxr: how the 3 radiologists' boxes merge
+    iou_thr: float = 0.55  # vindr_cxr: IoU threshold of the box fusion
+    no_finding_share: float = 1.0  # vindr_cxr: share of "No finding" training images kept as background
+
+
+@dataclass
+class SegmentationConfig:
+    """Segmentation with SAM2 (task: segmentation): one box prompt per structure, Dice + BCE per structure."""
+
+    structures: list[str] = field(default_factory=lambda: ["heart", "left_lung", "right_lung"])
+    box_jitter: float = 0.05  # training boxes: each edge moves by up to this fraction of the box side
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    lr_decoder: Optional[float] = None  # mask decoder LR; null: optim.lr_head
+    n_overlays: int = 8  # test images written to predictions_test/ (masks + prediction-vs-truth overlay)
+    prevalence_images: int = 1000  # training images sampled for the pixel-prevalence structure weights
+
+
+@dataclass
 class SpftConfig:
     name: Optional[str] = None  # experiment name; default: the config file's stem
     task: Literal["classification", "detection", "segmentation"] = "classification"
@@ -127,3 +165,5 @@ class SpftConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)

@@ -1,0 +1,255 @@
+"""Multi-seed and ablation sweeps: one ``spft train`` subprocess per (overlay, seed), finished runs skipped.
+
+Layout: ``<sweep>/sweep.json`` (what the sweep is and where each run stands), ``<sweep>/<overlay>/seed<k>/`` (a
+normal run directory) and ``<sweep>/logs/<overlay>-seed<k>.log`` (the child's output). A run directory with
+``DONE`` is skipped, one without is continued with ``spft train --resume``, so re-running an interrupted sweep
+picks up where it stopped. A failed run is recorded and the sweep goes on with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spft.config import ConfigError
+from spft.experiments.rundir import atomic_write_json, is_done
+from spft.experiments.studies import REPEAT, Study, validate_study
+
+log = logging.getLogger(__name__)
+
+SWEEP_JSON = "sweep.json"
+
+
+@dataclass
+class PlannedRun:
+    """One (overlay, seed) of a sweep; ``action`` is skip | resume | train | blocked, ``status`` where it stands."""
+
+    overlay: str
+    seed: int
+    run_dir: Path
+    action: str
+    overrides: tuple[str, ...] = ()
+    status: str = "pending"
+    returncode: int | None = None
+    seconds: float | None = None
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.overlay}/seed{self.seed}"
+
+
+@dataclass
+class Sweep:
+    """A planned sweep: the config, the study (one ``base`` overlay for ``repeat``), the seeds and every run."""
+
+    kind: str  # repeat | ablate
+    config: Path
+    study: Study
+    seeds: list[int]
+    overrides: tuple[str, ...]
+    out: Path
+    runs: list[PlannedRun] = field(default_factory=list)
+    status: str = "planned"
+
+    @property
+    def failed(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.status == "failed"]
+
+    def definition(self) -> dict:
+        """What must match for an existing sweep directory to be continued (seeds may grow)."""
+        return {"kind": self.kind, "config": str(self.config), "overrides": list(self.overrides),
+                "study": self.study.as_dict()}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or ``"0-4"`` (or a mix, ``"0-2,7"``) → sorted unique seeds.
+
+    >>> parse_seeds("0-2,7")
+    [0, 1, 2, 7]
+    """
+    seeds: set[int] = set()
+    try:
+        for part in (p.strip() for p in str(text).split(",") if p.strip()):
+            lo, _, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
+            seeds.update(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected integers such as 0,1,2 or 0-4") from None
+    if not seeds:
+        raise ConfigError(f"--seeds {text!r}: no seed given")
+    return sorted(seeds)
+
+
+def run_action(run_dir: Path) -> tuple[str, str]:
+    """What a run directory needs: ``skip`` (DONE), ``resume`` (config.yaml, no DONE), ``train`` or ``blocked``."""
+    if is_done(run_dir):
+        return "skip", "finished (DONE)"
+    if (run_dir / "config.yaml").is_file():
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return "resume", "from last.ckpt" if last.is_file() else "no epoch finished: starts again"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return "blocked", f"{run_dir} is not empty and holds no run (no config.yaml): move it away"
+    return "train", "new"
+
+
+def plan_sweep(config: str | Path, seeds: list[int], overrides: tuple[str, ...] = (), study: Study | None = None,
+               out: str | Path | None = None) -> Sweep:
+    """Validate every overlay, lay out the run directories and decide what each run needs.
+
+    Args:
+        config: the experiment YAML.
+        seeds: one run per seed and overlay.
+        overrides: ``KEY=VALUE`` applied to every run, before the overlay's own (the overlay wins).
+        study: an ablation study; ``None`` is a plain multi-seed repeat.
+        out: the sweep directory; default ``runs/<config name>/repeat`` or ``runs/<config name>/ablate-<study>``,
+            so running the same command again continues the same sweep.
+
+    Raises:
+        ConfigError: naming the overlay and key that do not validate, before anything runs.
+        FileExistsError: when ``out`` holds a sweep with another config, overrides or study.
+    """
+    kind = "repeat" if study is None else "ablate"
+    study = study or REPEAT
+    config = Path(config).resolve()
+    resolved = validate_study(config, study, tuple(overrides), seed=seeds[0])
+    if out is None:
+        name = next(iter(resolved.values())).name or config.stem
+        out = Path("runs") / name / ("repeat" if kind == "repeat" else f"ablate-{study.name}")
+    sweep = Sweep(kind, config, study, list(seeds), tuple(overrides), Path(out))
+    previous = _read_previous(sweep)
+    for overlay in study.overlays:
+        for seed in sweep.seeds:
+            run_dir = sweep.out / overlay.name / f"seed{seed}"
+            action, note = run_action(run_dir)
+            run_overrides = (*sweep.overrides, *overlay.overrides, f"seed={seed}", f"run.dir={run_dir}")
+            sweep.runs.append(PlannedRun(overlay.name, seed, run_dir, action, run_overrides, note=note))
+    known = {r.key for r in sweep.runs}
+    for key, entry in previous.items():  # runs of seeds not asked for this time stay in the record
+        if key not in known:
+            sweep.runs.append(PlannedRun(entry["overlay"], int(entry["seed"]), sweep.out / entry["run_dir"], "keep",
+                                         status=entry.get("status", "pending"), returncode=entry.get("returncode"),
+                                         seconds=entry.get("seconds"), note="not in --seeds this time"))
+    sweep.seeds = sorted({r.seed for r in sweep.runs})
+    return sweep
+
+
+def _read_previous(sweep: Sweep) -> dict[str, dict]:
+    path = sweep.out / SWEEP_JSON
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    mine = sweep.definition()
+    differs = [k for k in mine if old.get("definition", {}).get(k) != mine[k]]
+    if differs:
+        raise FileExistsError(f"{sweep.out} holds another sweep (its {', '.join(differs)} differ from this "
+                              f"command's, see {path}); give another --out or remove that directory")
+    return {f"{r['overlay']}/seed{r['seed']}": r for r in old.get("runs", [])}
+
+
+def write_sweep_json(sweep: Sweep) -> Path:
+    """Record the sweep (definition, seeds, every run with its status) in ``<sweep>/sweep.json``, atomically."""
+    runs = [{"overlay": r.overlay, "seed": r.seed, "run_dir": _relative(r.run_dir, sweep.out), "status": r.status,
+             "action": r.action, "returncode": r.returncode, "seconds": r.seconds, "note": r.note,
+             "log": _relative(_log_path(sweep, r), sweep.out)} for r in sweep.runs]
+    path = sweep.out / SWEEP_JSON
+    atomic_write_json(path, {"definition": sweep.definition(), "seeds": sweep.seeds, "status": sweep.status,
+                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "runs": runs})
+    return path
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _log_path(sweep: Sweep, run: PlannedRun) -> Path:
+    return sweep.out / "logs" / f"{run.overlay}-seed{run.seed}.log"
+
+
+def _command(sweep: Sweep, run: PlannedRun) -> list[str]:
+    base = [sys.executable, "-m", "spft.cli", "train"]
+    if run.action == "resume":
+        return [*base, "--resume", str(run.run_dir)]
+    return [*base, str(sweep.config), *run.overrides]
+
+
+def _execute(sweep: Sweep, run: PlannedRun) -> None:
+    """Run one ``spft train`` child with its output appended to the run's log; record status and time."""
+    log_path = _log_path(sweep, run)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    run.status = "running"
+    write_sweep_json(sweep)
+    with open(log_path, "a") as fh:
+        fh.write(f"\n$ {' '.join(_command(sweep, run))}\n")
+        fh.flush()
+        proc = subprocess.Popen(_command(sweep, run), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            run.returncode = proc.wait()
+        except KeyboardInterrupt:
+            proc.wait()  # the child got the same SIGINT; let it stop, record, then stop the sweep
+            run.status, run.seconds = "interrupted", round(time.time() - start, 1)
+            raise
+    run.seconds = round(time.time() - start, 1)
+    run.status = "done" if run.returncode == 0 and is_done(run.run_dir) else "failed"
+    if run.status == "failed":
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-8:]
+        run.note = f"exit code {run.returncode}; see {log_path}"
+        log.error("%s failed (exit code %s); last lines of %s:\n  %s", run.key, run.returncode, log_path,
+                  "\n  ".join(line if len(line) <= 300 else line[:300] + " ..." for line in tail))
+
+
+def _macro(run_dir: Path) -> str:
+    try:
+        value = json.loads((run_dir / "metrics.json").read_text())["macro_auc"]
+        return "n/a" if value is None else f"{value:.4f}"
+    except (OSError, ValueError, KeyError):
+        return "n/a"
+
+
+def run_sweep(sweep: Sweep) -> Sweep:
+    """Run every planned run in order (skipping finished ones); returns the sweep with each run's status.
+
+    A failed run is logged with the tail of its output and the sweep continues; ``sweep.failed`` lists them.
+    """
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in sweep.runs if r.action in ("train", "resume")]
+    for r in sweep.runs:
+        if r.action == "skip":
+            r.status = "done"
+        elif r.action == "blocked":
+            r.status = "failed"
+    sweep.status = "running"
+    write_sweep_json(sweep)
+    durations: list[float] = []
+    try:
+        for i, run in enumerate(todo, 1):
+            eta = f", about {sum(durations) / len(durations) * (len(todo) - i + 1):.0f} s left" if durations else ""
+            log.info("[%d/%d] %s: %s%s", i, len(todo), run.key, "resuming" if run.action == "resume" else "training",
+                     eta)
+            _execute(sweep, run)
+            durations.append(run.seconds or 0.0)
+            if run.status == "done":
+                log.info("[%d/%d] %s: done in %.0f s, test macro AUC %s", i, len(todo), run.key, run.seconds,
+                         _macro(run.run_dir))
+            write_sweep_json(sweep)
+    except KeyboardInterrupt:
+        sweep.status = "interrupted"
+        write_sweep_json(sweep)
+        raise
+    sweep.status = "failed" if sweep.failed else "finished"
+    write_sweep_json(sweep)
+    return sweep
+
+
+def summary_rows(sweep: Sweep) -> list[tuple[str, int, str, str, str]]:
+    """(overlay, seed, status, macro AUC, run dir) for each run, in plan order, for the CLI's closing table."""
+    return [(r.overlay, r.seed, r.status, _macro(r.run_dir) if r.status == "done" else "-", str(r.run_dir))
+            for r in sweep.runs]

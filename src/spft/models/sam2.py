@@ -1,0 +1,107 @@
+"""SAM2 for SPFT segmentation: transformers ``Sam2Model`` with one box prompt per structure, and its layer groups.
+
+Loads by hub id (``facebook/sam2.1-hiera-tiny``) or local directory, or builds from ``model.config`` with random
+weights (offline). The recipe sees it as: blocks = the Hiera blocks of the image encoder (bottom -> top), final norm =
+the FPN neck (opens with the top block), embeddings = patch embedding + position embeddings, head = the mask
+decoder. The prompt encoder stays frozen throughout (SPEC §3, specs/engines.md C5).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spft.models.encoders import Preprocessing
+from spft.recipe import LayerGroups
+
+log = logging.getLogger(__name__)
+
+# Sam2ImageProcessor defaults: square resize (no crop), 1/255, ImageNet statistics.
+SAM2_MEAN = (0.485, 0.456, 0.406)
+SAM2_STD = (0.229, 0.224, 0.225)
+
+
+class _Params(nn.Module):
+    """Groups loose parameters (Hiera's position embeddings) with the patch embedding as one recipe part."""
+
+    def __init__(self, module: nn.Module, **params: nn.Parameter):
+        super().__init__()
+        self.module = module
+        for name, p in params.items():
+            self.register_parameter(name, p)
+
+
+class SpftSam2(nn.Module):
+    """``Sam2Model`` called with box prompts; returns mask logits ``[B, P, S, S]`` at the model's input size."""
+
+    def __init__(self, sam: nn.Module):
+        super().__init__()
+        self.sam = sam
+        self.size = int(sam.config.prompt_encoder_config.image_size)
+        # Never trained: prompts come from the ground truth; the memory token is for video.
+        for p in (*sam.prompt_encoder.parameters(), sam.no_memory_embedding):
+            p.requires_grad_(False)
+        # In eval mode SAM2 may swap the single-mask output for the best multimask one when it looks unstable; we
+        # fine-tune the single-mask token only, so evaluation must read that same token.
+        sam.mask_decoder.dynamic_multimask_via_stability = False
+        sam.config.mask_decoder_config.dynamic_multimask_via_stability = False
+
+    def forward(self, pixel_values: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Mask logits for one box per structure.
+
+        Args:
+            pixel_values: ``[B, 3, S, S]`` normalised images.
+            boxes: ``[B, P, 4]`` boxes ``x_min, y_min, x_max, y_max`` in input pixels.
+        """
+        out = self.sam(pixel_values=pixel_values, input_boxes=boxes, multimask_output=False)
+        low = out.pred_masks[:, :, 0]  # [B, P, h, w]
+        return F.interpolate(low.float(), size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+
+    def layer_groups(self) -> LayerGroups:
+        backbone = self.sam.vision_encoder.backbone
+        embeddings = _Params(backbone.patch_embed, pos_embed=backbone.pos_embed,
+                             pos_embed_window=backbone.pos_embed_window)
+        # Not registered as a submodule of self: it only groups parameters that the model already owns.
+        return LayerGroups(blocks=list(backbone.blocks), head=self.sam.mask_decoder, embeddings=embeddings,
+                           final_norm=self.sam.vision_encoder.neck)
+
+
+def _preprocessing(name: str | None, size: int) -> Preprocessing:
+    if name is not None:
+        try:
+            from transformers import AutoImageProcessor
+
+            proc = AutoImageProcessor.from_pretrained(name)
+            mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+            return Preprocessing(size, mean, std, f"image_processor:{name} (square resize to {size})")
+        except (OSError, ValueError, ImportError) as exc:
+            log.warning("no image processor for %s (%s): using Sam2ImageProcessor's defaults", name, exc)
+    return Preprocessing(size, SAM2_MEAN, SAM2_STD, "Sam2ImageProcessor defaults (square resize, ImageNet stats)")
+
+
+def build_sam2(model_cfg) -> tuple[SpftSam2, Preprocessing]:
+    """The SAM2 model and its preprocessing from ``model.name`` and/or ``model.config`` (a ``Sam2Config`` mapping)."""
+    from transformers import Sam2Config, Sam2Model
+
+    name, config = model_cfg.name, dict(model_cfg.config or {})
+    config.pop("model_type", None)
+    if name is None:
+        if not config:
+            raise ValueError("model: give model.name (e.g. facebook/sam2.1-hiera-tiny) or model.config (Sam2Config)")
+        try:
+            sam = Sam2Model(Sam2Config(**config))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"model.config: cannot build a Sam2Config: {exc}") from exc
+    else:
+        try:
+            sam = Sam2Model.from_pretrained(name, **config)
+        except OSError as exc:
+            where = "local directory" if Path(name).exists() else "hub id"
+            raise OSError(f"model.name: could not load {where} '{name}': {exc}\nWithout network, download it once "
+                          "(huggingface-cli download) and set model.name to that folder.") from exc
+    model = SpftSam2(sam)
+    return model, _preprocessing(name, model.size)

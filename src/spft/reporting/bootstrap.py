@@ -1,0 +1,159 @@
+"""95% bootstrap confidence intervals of per-class and macro AUC, resampling patients (or lesions) or images.
+
+Protocol (what a reader needs to reproduce an interval): units are the sorted unique values of the ``group``
+column when some group holds more than one image, else the images; ``rng = np.random.default_rng(seed)`` draws
+``rng.integers(0, n_units, size=(B, n_units))`` (int64); replicate b is every image of every drawn unit (with
+repetition); a class without a positive or a negative in a replicate is left out of that replicate; macro AUC of a
+replicate is the mean over the classes defined on the full set; the interval is the 2.5th/97.5th percentile.
+
+Each replicate is the Mann-Whitney AUC of :func:`spft.metrics.binary_auc` on the resampled set, evaluated as a
+weighted sum (image weight = how often its unit was drawn) so one sort per class serves all B replicates in a few
+matrix operations instead of B sorts; a test checks it against ``binary_auc`` on materialised resamples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spft.metrics import multilabel_auc
+
+_CHUNK = 64  # replicates per block: bounds memory at a few _CHUNK x n_images arrays
+
+
+@dataclass
+class BootstrapResult:
+    """Point AUCs, their percentile intervals, and how the resampling was done (for the caption)."""
+
+    classes: list[str]
+    point: dict[str, float | None]
+    lo: dict[str, float | None]
+    hi: dict[str, float | None]
+    macro: float | None
+    macro_lo: float | None
+    macro_hi: float | None
+    unit: str  # "groups" or "images"
+    n_units: int
+    n_boot: int
+    seed: int
+
+    def interval(self, name: str) -> tuple[float | None, float | None, float | None]:
+        """``(point, lo, hi)`` for a class name or ``"macro"``."""
+        if name == "macro":
+            return self.macro, self.macro_lo, self.macro_hi
+        return self.point[name], self.lo[name], self.hi[name]
+
+
+def resample_units(groups: np.ndarray | list | None, n: int) -> tuple[np.ndarray, str]:
+    """Unit index of each image and the unit kind: groups when some group repeats, images otherwise."""
+    if groups is not None:
+        _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        if inverse.max(initial=-1) + 1 < n:
+            return inverse.ravel(), "groups"
+    return np.arange(n), "images"
+
+
+class _SortedClass:
+    """One class, prepared once for all B replicates: its negatives sorted by score and, for each positive, how
+    many negatives score strictly below it (``lo``) and at most as high (``hi``)."""
+
+    def __init__(self, scores: np.ndarray, is_pos: np.ndarray, unit: np.ndarray):
+        neg = np.flatnonzero(~is_pos)
+        neg = neg[np.argsort(scores[neg], kind="mergesort")]
+        pos = np.flatnonzero(is_pos)
+        neg_scores = scores[neg]
+        self.neg, self.pos = unit[neg], unit[pos]  # the resampling unit of each negative / positive image
+        self.lo = np.searchsorted(neg_scores, scores[pos], side="left")
+        self.hi = np.searchsorted(neg_scores, scores[pos], side="right")
+
+
+def _class_auc(k: _SortedClass, counts: np.ndarray) -> np.ndarray:
+    """AUC of class ``k`` for each row of ``counts`` ([B, units]: how often each unit is drawn); NaN if undefined."""
+    # gathering from the per-unit counts (small, cache-resident) is much faster than from per-image weights;
+    # np.take returns C order (weights[:, idx] does not), so the ravel() below is free
+    w_neg = np.take(counts, k.neg, axis=1)
+    # cum[:, j] = weight of the j lowest-scoring negatives; one flat cumsum (2x faster than axis=1) minus row starts
+    cum = np.zeros((w_neg.shape[0], w_neg.shape[1] + 1))
+    cum[:, 1:] = np.cumsum(w_neg.ravel()).reshape(w_neg.shape)
+    cum[:, 1:] -= np.r_[0.0, cum[:-1, -1]][:, None]
+    w_pos = np.take(counts, k.pos, axis=1)
+    beaten = 0.5 * (cum[:, k.lo] + cum[:, k.hi])  # negatives below a positive, ties counted one half
+    n_pos, n_neg = w_pos.sum(1), cum[:, -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (w_pos * beaten).sum(1) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
+
+
+def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC of one class for each row of ``weights`` ([B, N], integer multiplicities); NaN where undefined.
+
+    Equals :func:`spft.metrics.binary_auc` on the set where image i appears ``weights[b, i]`` times
+    (ties count one half). ``labels`` must be known (0/1) for every image passed.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    k = _SortedClass(scores, np.asarray(labels) > 0.5, np.arange(scores.size))
+    return _class_auc(k, np.asarray(weights, dtype=np.float64))
+
+
+def _replicates(probs: np.ndarray, labels: np.ndarray, unit_of: np.ndarray, n_units: int, n_boot: int,
+                seed: int) -> np.ndarray:
+    """``[B, C]`` AUC of every replicate and class (NaN where a class is undefined in a replicate)."""
+    rng = np.random.default_rng(seed)
+    prepared = []
+    for c in range(probs.shape[1]):
+        known = np.flatnonzero(~np.isnan(labels[:, c]))
+        prepared.append(_SortedClass(probs[known, c], labels[known, c] > 0.5, unit_of[known]))
+    out = np.full((n_boot, probs.shape[1]), np.nan)
+    for b0 in range(0, n_boot, _CHUNK):
+        # int64 draws are taken one 64-bit word each, so block after block equals one (B, n_units) call
+        block = rng.integers(0, n_units, size=(min(_CHUNK, n_boot - b0), n_units), dtype=np.int64)
+        offsets = (np.arange(len(block)) * n_units)[:, None]
+        counts = np.bincount((block + offsets).ravel(), minlength=len(block) * n_units)
+        per_unit = counts.reshape(len(block), n_units).astype(np.float64)
+        for c, k in enumerate(prepared):
+            out[b0:b0 + len(block), c] = _class_auc(k, per_unit)
+    return out
+
+
+def bootstrap_auc(probs: np.ndarray, labels: np.ndarray, classes: list[str], groups=None, n_boot: int = 1000,
+                  seed: int = 0, level: float = 0.95) -> BootstrapResult:
+    """Percentile bootstrap intervals of per-class and macro AUC (see the module docstring for the protocol).
+
+    Args:
+        probs: ``[N, C]`` predicted probabilities.
+        labels: ``[N, C]`` 0/1 labels, NaN = unknown (ignored for that class).
+        classes: the C class names.
+        groups: patient/lesion id per image (``predictions_test.csv`` column ``group``); None → images.
+        n_boot: number of replicates B.
+        seed: seed of ``np.random.default_rng``.
+        level: coverage of the interval.
+
+    >>> r = bootstrap_auc(np.array([[.1], [.4], [.35], [.8]]), np.array([[0.], [0], [1], [1]]), ["a"], n_boot=50)
+    >>> r.point["a"], r.unit
+    (0.75, 'images')
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    point = multilabel_auc(probs, labels, classes)
+    unit_of, unit = resample_units(groups, len(probs))
+    reps = _replicates(probs, labels, unit_of, int(unit_of.max(initial=-1)) + 1, n_boot, seed)
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    lo, hi = {}, {}
+    for c, name in enumerate(classes):
+        col = reps[:, c][~np.isnan(reps[:, c])]
+        ok = point.per_class[name] is not None and col.size > 0
+        lo[name], hi[name] = (float(v) for v in np.percentile(col, q)) if ok else (None, None)
+    defined = [c for c, name in enumerate(classes) if point.per_class[name] is not None]
+    macro_lo = macro_hi = None
+    if defined:
+        sub = reps[:, defined]
+        n_defined = (~np.isnan(sub)).sum(1)
+        macro = np.nansum(sub, axis=1)[n_defined > 0] / n_defined[n_defined > 0]
+        if macro.size:
+            macro_lo, macro_hi = (float(v) for v in np.percentile(macro, q))
+    return BootstrapResult(list(classes), point.per_class, lo, hi, point.macro, macro_lo, macro_hi, unit,
+                           int(unit_of.max(initial=-1)) + 1, n_boot, seed)

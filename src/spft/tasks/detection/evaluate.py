@@ -1,0 +1,154 @@
+"""Evaluation of a detection run: mAP@50, mAP@50-95, precision, recall and per-class AP@50 on a split, plus mAP@40
+(the VinBigData competition metric) for VinDr-CXR, through Ultralytics' own validator on the run's weights.
+
+Used at the end of training (best EMA weights on the test split -> ``metrics.json``) and by
+``spft evaluate RUN_DIR`` (``metrics_<split>_eval.json``, so the training record is never overwritten).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from spft.data.yolo_layout import read_dataset, split_image_list
+from spft.experiments.rundir import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DetectionEvaluation:
+    """Detection metrics of one split."""
+
+    split: str
+    n: int
+    map50: float
+    map50_95: float
+    precision: float
+    recall: float
+    per_class_ap50: dict[str, float | None]
+    map40: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def metrics(self) -> dict:
+        out = {"split": self.split, "n": self.n, "map50": self.map50, "map50_95": self.map50_95,
+               "precision": self.precision, "recall": self.recall, "per_class_ap50": self.per_class_ap50}
+        if self.map40 is not None:
+            out["map40"] = self.map40
+        return {**out, **self.extra}
+
+
+def is_rtdetr(cfg) -> bool:
+    """RT-DETR models are named so by Ultralytics (rtdetr-l.yaml, rtdetr-resnet50.yaml, our rtdetr-tiny.yaml)."""
+    return "rtdetr" in Path(str(cfg.model.name)).name.lower()
+
+
+def device_of(cfg) -> str:
+    """Ultralytics device string: ``cpu`` or ``0`` (first GPU)."""
+    if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return "0"
+
+
+def _iou40(base):
+    """A validator class that scores at the single IoU threshold 0.4 (its "mAP50" is then mAP@40)."""
+
+    class Iou40Validator(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.iouv = torch.tensor([0.4])
+            self.niou = 1
+
+    return Iou40Validator
+
+
+def _val(model, cfg, dataset_yaml: Path, split: str, out: Path, validator=None):
+    kwargs = {"data": str(dataset_yaml), "split": split, "imgsz": cfg.detection.imgsz, "plots": False,
+              "batch": cfg.trainer.eval_batch_size or cfg.trainer.batch_size, "conf": cfg.detection.conf,
+              "device": device_of(cfg), "workers": cfg.data.num_workers, "verbose": False, "project": str(out.parent),
+              "name": out.name, "exist_ok": True}
+    return model.val(validator=validator, **kwargs) if validator else model.val(**kwargs)
+
+
+def evaluate_weights(weights: Path, cfg, dataset_yaml: Path, split: str, out: Path) -> DetectionEvaluation:
+    """Score ``weights`` on ``split`` of ``dataset_yaml``; mAP@40 too when the data is VinDr-CXR."""
+    from ultralytics import RTDETR, YOLO
+    from ultralytics.models.rtdetr.val import RTDETRValidator
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    from spft.tasks.detection import restore_pil_open
+
+    restore_pil_open()
+    rtdetr = is_rtdetr(cfg)
+    model = (RTDETR if rtdetr else YOLO)(str(weights))
+    names = read_dataset(dataset_yaml)["names"]
+    classes = [names[i] for i in sorted(names)]
+    m = _val(model, cfg, dataset_yaml, split, out)
+    ap50 = {int(c): float(v) for c, v in zip(m.box.ap_class_index, m.box.ap50)}
+    map40 = None
+    if cfg.data.name == "vindr_cxr":
+        base = RTDETRValidator if rtdetr else DetectionValidator
+        map40 = float(_val(model, cfg, dataset_yaml, split, out.with_name(out.name + "_iou40"), _iou40(base)).box.map50)
+    return DetectionEvaluation(split=split, n=len(split_image_list(dataset_yaml, split)), map50=float(m.box.map50),
+                               map50_95=float(m.box.map), precision=float(m.box.mp), recall=float(m.box.mr),
+                               per_class_ap50={c: ap50.get(i) for i, c in enumerate(classes)}, map40=map40)
+
+
+def format_table(ev: DetectionEvaluation) -> str:
+    """Per-class AP@50 and the summary metrics, as printed by ``spft evaluate``."""
+    width = max(len(c) for c in list(ev.per_class_ap50) + ["mAP@50-95"])
+    lines = [f"{'class':<{width}}  AP@50", "-" * (width + 10)]
+    for c, v in ev.per_class_ap50.items():
+        lines.append(f"{c:<{width}}  {'  n/a' if v is None else f'{v:.4f}'}")
+    lines.append("-" * (width + 10))
+    for label, value in (("mAP@50", ev.map50), ("mAP@50-95", ev.map50_95), ("precision", ev.precision),
+                         ("recall", ev.recall), ("mAP@40", ev.map40)):
+        if value is not None:
+            lines.append(f"{label:<{width}}  {value:.4f}")
+    lines.append(f"({ev.split}, n={ev.n}; n/a = no box of that class in the split)")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _quiet_ultralytics():
+    """Ultralytics' INFO logging off and stray prints sent to stderr, restored afterwards."""
+    ulog = logging.getLogger("ultralytics")
+    level = ulog.level
+    ulog.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        ulog.setLevel(level)
+
+
+def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: str = "test",
+                 checkpoint: str = "best") -> DetectionEvaluation:
+    """Re-evaluate a detection run directory's ``checkpoints/<checkpoint>.pt`` (EMA weights) on ``split``.
+
+    Overrides such as ``detection.dataset_dir=/other/copy`` evaluate on another prepared copy (same classes).
+    Writes ``metrics_<split>_eval.json``.
+    """
+    from spft.config import load_config
+    from spft.tasks.detection.train import dataset_yaml_for
+
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"--split: expected train, val or test, got {split!r}")
+    cfg = load_config(None, overrides=overrides, base=yaml.safe_load(config_file.read_text()))
+    weights = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found (has the run finished its first epoch?)")
+    with _quiet_ultralytics():  # Ultralytics logs to stdout; keep stdout for the table / --json output
+        ev = evaluate_weights(weights, cfg, dataset_yaml_for(cfg), split, run_dir / "ultralytics" / f"eval_{split}")
+    atomic_write_json(run_dir / f"metrics_{split}_eval.json", ev.metrics())
+    return ev

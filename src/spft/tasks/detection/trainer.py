@@ -1,0 +1,218 @@
+"""SPFT inside Ultralytics: trainer subclasses for YOLOv8 and RT-DETR that take every recipe decision from
+:mod:`spft.recipe` (stage plan, optimizer groups, cosine, EMA decay, class weights) instead of Ultralytics' own.
+
+Ultralytics resets ``requires_grad`` in ``_setup_train`` and builds its own optimizer, scheduler and EMA
+(specs/engines.md C3), so the hooks sit in overridden methods: ``build_optimizer`` (recipe groups, created once),
+``_setup_scheduler`` (recipe cosine per group), ``_model_train`` (the epoch's trainable state, applied after
+setup and at every epoch start), ``set_class_weights`` / ``validate`` (instance-count weights refined from AP@50).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+from torch import nn
+from ultralytics.models.rtdetr.train import RTDETRTrainer
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils.torch_utils import unwrap_model
+
+from spft.recipe import (
+    LayerGroups,
+    StagePlan,
+    apply_trainable,
+    build_optimizer,
+    build_scheduler,
+    ema_decay_at,
+    stage_at,
+    trainable_at,
+)
+from spft.tasks.detection import restore_pil_open
+from spft.tasks.detection.records import DetectionClassWeights, RunRecorder
+
+restore_pil_open()
+
+log = logging.getLogger(__name__)
+
+
+class RecipeEmaDecay:
+    """Replaces ``ModelEMA.decay``: the recipe's ``ema_decay_at(updates)``, or 0 (EMA = raw weights) when disabled."""
+
+    def __init__(self, decay: float, warmup: bool, enabled: bool) -> None:
+        self.decay, self.warmup, self.enabled = decay, warmup, enabled
+
+    def __call__(self, updates: int) -> float:
+        return ema_decay_at(int(updates), self.decay, self.warmup) if self.enabled else 0.0
+
+
+def stage_plan(cfg) -> StagePlan:
+    """The recipe's stage plan from the config (the same keys as classification)."""
+    u = cfg.recipe.unfreeze
+    return StagePlan(stage1_epochs=cfg.recipe.stage1_epochs, unfreeze=u.enabled, top_k=u.top_k,
+                     blocks_per_epoch=u.blocks_per_epoch, embeddings=False)
+
+
+def layer_groups(model: nn.Module, n_backbone: int | None) -> LayerGroups:
+    """Backbone modules ``model.0 .. model.{n-1}`` are the blocks (bottom -> top); neck and head are the head."""
+    seq = unwrap_model(model).model
+    n = n_backbone if n_backbone is not None else len(unwrap_model(model).yaml.get("backbone", []))
+    if not 0 < n < len(seq):
+        raise ValueError(f"detection.backbone_modules: {n} is not between 1 and {len(seq) - 1} for this model")
+    return LayerGroups(blocks=list(seq[:n]), head=nn.ModuleList(list(seq[n:])))
+
+
+class SpftTrainerMixin:
+    """The SPFT hooks shared by the YOLOv8 and RT-DETR trainers (mixed in before the Ultralytics class)."""
+
+    def __init__(self, *args, spft_cfg=None, run_dir=None, **kwargs) -> None:
+        self.spft_cfg = spft_cfg
+        self.run_dir = Path(run_dir)
+        self.plan = stage_plan(spft_cfg)
+        self.groups: LayerGroups | None = None
+        self.class_weights: DetectionClassWeights | None = None
+        self.recorder = RunRecorder(self.run_dir)
+        super().__init__(*args, **kwargs)
+        self.wdir = self.run_dir / "checkpoints"
+        self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
+
+    # ---- optimizer and schedule -------------------------------------------------------------------------------
+    def _lrs(self) -> tuple[float, float]:
+        opt, det = self.spft_cfg.optim, self.spft_cfg.detection
+        lr_backbone = opt.lr_head * det.backbone_lr_ratio if det.backbone_lr_ratio is not None else opt.lr_encoder
+        return lr_backbone, opt.lr_head
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """AdamW over the recipe's groups (backbone LR, neck/head LR, no decay on norms/biases), created once."""
+        self.groups = layer_groups(model, self.spft_cfg.detection.backbone_modules)
+        lr_backbone, lr_head = self._lrs()
+        optimizer = build_optimizer(self.groups, lr_backbone, lr_head, self.spft_cfg.optim.weight_decay)
+        for group in optimizer.param_groups:  # Ultralytics' OOM rebuild rescales the "weight" groups' decay
+            group["param_group"] = "weight" if group["name"].endswith("/decay") else "bn"
+        log.info("optimizer: AdamW, %d groups, backbone LR %.3g, neck/head LR %.3g", len(optimizer.param_groups),
+                 lr_backbone, lr_head)
+        return optimizer
+
+    def _setup_scheduler(self):
+        """Recipe cosine per group, evaluated per epoch (Ultralytics steps its scheduler at each epoch start)."""
+        steps_per_epoch = max(1, len(self.train_loader) // max(1, self.accumulate))
+        warmup = math.ceil(self.spft_cfg.optim.warmup_steps / steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, self.plan, self.groups.n_blocks, steps_per_epoch=1,
+                                         total_steps=self.epochs, warmup_steps=warmup,
+                                         min_factor=self.spft_cfg.optim.min_lr_factor)
+        self.lf = self.scheduler.lr_lambdas[-1]  # the head's factor, for Ultralytics code that reads self.lf
+
+    # ---- stages -------------------------------------------------------------------------------------------------
+    def _setup_train(self):
+        super()._setup_train()
+        self._set_ema_decay()
+        self.recorder.restore(self.start_epoch, self.class_weights)
+        if self.class_weights is not None:
+            self._push_class_weights()
+
+    def _set_ema_decay(self) -> None:
+        ema_cfg = self.spft_cfg.recipe.ema
+        if self.ema is not None:
+            self.ema.decay = RecipeEmaDecay(ema_cfg.decay, ema_cfg.warmup, ema_cfg.enabled)
+
+    def _model_train(self):
+        """Apply the epoch's trainable state, keep frozen blocks' BN in eval mode, snapshot the backbone."""
+        state = trainable_at(self.plan, self.epoch, self.groups.n_blocks)
+        apply_trainable(self.groups, state)
+        model = unwrap_model(self.model)
+        for name, p in model.named_parameters():
+            if ".dfl" in name:  # Ultralytics keeps the DFL projection frozen always
+                p.requires_grad_(False)
+        open_set = set(state.open_blocks)
+        frozen = [i for i in range(self.groups.n_blocks) if i not in open_set]
+        self.freeze_layer_names = [f"model.{i}." for i in frozen] + [".dfl"]
+        self.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.open_blocks = len(state.open_blocks)
+        log.info("epoch %d: stage %d, top %d/%d backbone modules open, %d trainable parameters", self.epoch,
+                 state.stage, len(state.open_blocks), self.groups.n_blocks, self.trainable_params)
+        self._set_ema_decay()  # NaN recovery rebuilds the EMA with Ultralytics' decay
+        self.recorder.snapshot(self.groups)
+        super()._model_train()
+
+    # ---- class weights --------------------------------------------------------------------------------------------
+    def set_class_weights(self):
+        """Instance-count weights (SPEC §3) on the model, where the YOLO loss reads them; RT-DETR gets a loss that
+        uses them. Runs before Ultralytics copies the model into its EMA."""
+        cwc = self.spft_cfg.recipe.class_weights
+        counts = [int(c) for c in self.get_class_counts()]
+        names = [self.data["names"][i] for i in range(self.data["nc"])]
+        self.class_weights = DetectionClassWeights(names, counts, heuristic=cwc.heuristic, enabled=cwc.enabled,
+                                                   eta=cwc.eta, w_min=cwc.w_min, w_max=cwc.w_max)
+        self._install_loss(unwrap_model(self.model))
+        self._push_class_weights()
+
+    def _install_loss(self, model: nn.Module) -> None:
+        """Nothing for YOLOv8: ``v8DetectionLoss`` reads ``model.class_weights`` when it is built."""
+
+    def _push_class_weights(self) -> None:
+        w = self.class_weights.current.float()
+        models = [unwrap_model(self.model)] + ([self.ema.ema] if self.ema is not None else [])
+        for model in models:
+            model.class_weights = w.to(self.device)
+            criterion = getattr(model, "criterion", None)
+            if criterion is not None and getattr(criterion, "class_weights", None) is not None:
+                old = criterion.class_weights
+                criterion.class_weights = w.to(old.device).reshape(old.shape)
+
+    def loss_class_weights(self) -> list[float] | None:
+        """The weights the training loss holds right now (None before the first batch built it)."""
+        criterion = getattr(unwrap_model(self.model), "criterion", None)
+        cw = getattr(criterion, "class_weights", None)
+        return None if cw is None else [float(v) for v in cw.flatten().tolist()]
+
+    def validate(self):
+        """Ultralytics validation (EMA weights), then refine the class weights from per-class AP@50 in stage 2."""
+        metrics, fitness = super().validate()
+        box = self.validator.metrics.box
+        ap50 = {int(c): float(v) for c, v in zip(box.ap_class_index, box.ap50)}
+        self.per_class_ap50 = [ap50.get(i) for i in range(self.data["nc"])]
+        cwc = self.spft_cfg.recipe.class_weights
+        if cwc.refine and stage_at(self.plan, self.epoch) == 2:
+            self.class_weights.refine(self.epoch, self.per_class_ap50)
+            self._push_class_weights()
+        self.recorder.write_class_weights(self.class_weights, self.loss_class_weights())
+        return metrics, fitness
+
+    # ---- records ------------------------------------------------------------------------------------------------
+    def save_metrics(self, metrics):
+        super().save_metrics(metrics)
+        lrs = self.recorder.group_lrs(self.optimizer, self.groups.n_blocks)
+        self.recorder.add_epoch(self.epoch, stage_at(self.plan, self.epoch), self.trainable_params, self.open_blocks,
+                                lrs, metrics, self.groups)
+
+    def save_model(self):
+        """Ultralytics' checkpoint, written to temp files first and moved into place (never a truncated file)."""
+        final_last, final_best = self.last, self.best
+        self.last, self.best = self.wdir / ".last.pt.tmp", self.wdir / ".best.pt.tmp"
+        try:
+            saved = super().save_model()
+        finally:
+            tmp_last, tmp_best = self.last, self.best
+            self.last, self.best = final_last, final_best
+        if tmp_best.is_file():
+            os.replace(tmp_best, final_best)
+        if tmp_last.is_file():
+            os.replace(tmp_last, final_last)
+        crash = os.environ.get("SPFT_CRASH_AFTER_EPOCH")
+        if crash and int(crash) == self.epoch:  # test hook: a power cut right after epoch k's checkpoint
+            os._exit(17)
+        return saved
+
+
+class SpftYoloTrainer(SpftTrainerMixin, DetectionTrainer):
+    """YOLOv8 (any Ultralytics ``DetectionModel``) under the SPFT recipe."""
+
+
+class SpftRtdetrTrainer(SpftTrainerMixin, RTDETRTrainer):
+    """RT-DETR under the SPFT recipe; its loss is swapped for one that applies the class weights."""
+
+    def _install_loss(self, model: nn.Module) -> None:
+        from spft.tasks.detection.losses import WeightedRTDETRLoss
+
+        model.criterion = WeightedRTDETRLoss(nc=model.nc, class_weights=self.class_weights.current, use_vfl=True)

@@ -1,0 +1,83 @@
+"""SPFT on Ultralytics through the real CLI: YOLOv8 (killed after epoch 0, then resumed) and RT-DETR on phantoms.
+
+Checks the recipe reached Ultralytics: the backbone does not move in stage 1 and moves once opened; the backbone
+LR is the configured fraction of the head's; the class weights are those in the loss; the run directory and
+metrics.json have the documented fields; ``spft evaluate`` works on a detection run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+# Not imported here: only the CLI subprocesses import Ultralytics (it patches PIL.Image.open process-wide).
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(find_spec("ultralytics") is None, reason="needs spft[detect]")]
+
+FIELDS = {"split", "n", "map50", "map50_95", "precision", "recall", "per_class_ap50"}
+
+
+def overrides(run_dir: Path, model: str) -> list[str]:
+    return [f"model.name={model}", "data.phantom.n_images=40", "data.phantom.image_size=64", "data.num_workers=0",
+            "detection.imgsz=64", "detection.mosaic=0.0", "detection.figures=1", "detection.backbone_lr_ratio=0.1",
+            "optim.lr_head=1e-3", "recipe.stage1_epochs=1", "recipe.unfreeze.blocks_per_epoch=2",
+            "trainer.max_epochs=2", "trainer.batch_size=8", f"run.dir={run_dir}"]
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def check_run(run_dir: Path) -> None:
+    for name in ("config.yaml", "env.json", "history.csv", "class_weights.json", "metrics.json", "ultralytics.json",
+                 "checkpoints/best.pt", "checkpoints/last.pt", "DONE"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "figures").glob("val_*.png"))
+    h = read_history(run_dir)
+    assert [(int(r["epoch"]), int(r["stage"])) for r in h] == [(0, 1), (1, 2)]
+    # stage 1: backbone frozen (LR factor 0, not a single weight moved); stage 2: the top 2 modules opened and moved
+    assert float(h[0]["backbone_change"]) == 0.0 and int(h[0]["changed_blocks"]) == 0
+    assert float(h[0]["lr_backbone"]) == 0.0 and int(h[0]["open_backbone_modules"]) == 0
+    assert int(h[1]["open_backbone_modules"]) == 2 and int(h[1]["changed_blocks"]) == 2
+    assert float(h[1]["backbone_change"]) > 0
+    assert int(h[1]["trainable_params"]) > int(h[0]["trainable_params"])
+    assert float(h[1]["lr_backbone"]) == pytest.approx(0.1 * float(h[1]["lr_head"]))
+    cw = json.loads((run_dir / "class_weights.json").read_text())
+    current = [cw["current"][c] for c in cw["classes"]]
+    assert cw["in_loss"] == pytest.approx(current) and len({round(w, 6) for w in current}) > 1
+    assert cw["instance_counts"] and cw["refinements"] and cw["refinements"][0]["epoch"] == 1
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert FIELDS <= set(m) and m["split"] == "test" and m["n"] > 0
+    assert set(m["per_class_ap50"]) == set(cw["classes"])
+
+
+def test_yolov8_spft_crash_resume_and_evaluate(tmp_path, spft_cache):
+    run_dir = tmp_path / "yolo"
+    proc = run_cli("train", "configs/phantom_detect_yolov8.yaml", *overrides(run_dir, "yolov8n.yaml"),
+                   env={"SPFT_CRASH_AFTER_EPOCH": "0"}, check=False)
+    assert proc.returncode == 17, proc.stderr[-2000:]
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "DONE").exists()
+    assert len(read_history(run_dir)) == 1
+    proc = run_cli("train", "--resume", str(run_dir))
+    assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
+    check_run(run_dir)
+    ultra = json.loads((run_dir / "ultralytics.json").read_text())
+    assert ultra["trainer"] == "SpftYoloTrainer" and "ema_decay_at" in ultra["ema"]
+    # evaluate the same prepared data as if it were VinDr-CXR: metrics gain map40 (IoU 0.4)
+    dataset_dir = Path(json.loads((run_dir / "data.json").read_text())["dataset_yaml"]).parent
+    ev = json.loads(run_cli("evaluate", str(run_dir), "data.name=vindr_cxr", f"detection.dataset_dir={dataset_dir}",
+                            "--split", "val", "--json").stdout)
+    assert FIELDS | {"map40"} <= set(ev) and ev["split"] == "val" and ev["map40"] >= ev["map50"]
+    assert (run_dir / "metrics_val_eval.json").is_file()
+
+
+def test_rtdetr_spft_weighted_loss(tmp_path, spft_cache):
+    run_dir = tmp_path / "rtdetr"
+    run_cli("train", "configs/phantom_detect_yolov8.yaml", *overrides(run_dir, "rtdetr-tiny.yaml"))
+    check_run(run_dir)
+    assert json.loads((run_dir / "ultralytics.json").read_text())["trainer"] == "SpftRtdetrTrainer"

@@ -1,0 +1,120 @@
+"""Segmentation pieces without training: Dice vs a numpy reference, the weighted loss, datasets, SAM2 layer groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from segmentation_fixtures import TINY_SAM2
+
+from spft.config import load_config
+from spft.data.masks import MaskDataset, box_of, read_mask_folder, read_phantom_masks
+from spft.metrics import dice_score, mean_dice
+from spft.models.encoders import Preprocessing
+from spft.tasks.segmentation.loss import weighted_dice_bce
+from spft.tasks.segmentation.module import jitter_boxes
+
+PREP = Preprocessing(32, (0.5,) * 3, (0.5,) * 3, "test")
+
+
+def _reference_dice(p: np.ndarray, t: np.ndarray) -> float:
+    return 2 * np.logical_and(p, t).sum() / (p.sum() + t.sum())
+
+
+def test_dice_equals_numpy_reference_on_hand_made_masks():
+    a = np.zeros((6, 6), bool)
+    a[1:4, 1:4] = True  # 9 pixels
+    b = np.zeros((6, 6), bool)
+    b[2:5, 2:5] = True  # 9 pixels, 4 shared
+    assert dice_score(a, b) == pytest.approx(8 / 18) == pytest.approx(_reference_dice(a, b))
+    assert dice_score(a, a) == 1.0 and dice_score(np.zeros_like(a), a) == 0.0
+    assert dice_score(a, np.zeros_like(a)) is None  # empty truth: no Dice, excluded from the mean
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        p, t = rng.random((9, 7)) > 0.5, rng.random((9, 7)) > 0.4
+        assert dice_score(p, t) == pytest.approx(_reference_dice(p, t))
+
+
+def test_mean_dice_averages_images_then_structures():
+    mean, per = mean_dice([[1.0, 0.5], [0.5, None], [0.0, 0.7]], ["heart", "lung"])
+    assert per == {"heart": pytest.approx(0.5), "lung": pytest.approx(0.6)} and mean == pytest.approx(0.55)
+    assert mean_dice([[None]], ["heart"]) == (None, {"heart": None})
+
+
+def test_structure_weights_reach_the_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    masks = (torch.rand(2, 3, 8, 8) > 0.5).float()
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    with torch.no_grad():
+        ones = weighted_dice_bce(logits, masks, valid, torch.ones(3)).item()
+        parts = [weighted_dice_bce(logits, masks, valid, torch.eye(3)[p]).item() for p in range(3)]
+        w = torch.tensor([2.0, 0.5, 0.0])
+        weighted = weighted_dice_bce(logits, masks, valid, w).item()
+        absent = torch.tensor([[True, True, False], [True, True, False]])
+        masked = weighted_dice_bce(logits, masks, absent, torch.ones(3)).item()
+    assert ones == pytest.approx(sum(parts))
+    assert weighted == pytest.approx(2.0 * parts[0] + 0.5 * parts[1])
+    assert masked == pytest.approx(parts[0] + parts[1])  # a structure absent from an image adds nothing
+    weighted_dice_bce(logits, masks, valid, w).backward()
+    assert logits.grad[:, 2].abs().sum() == 0 and logits.grad[:, 0].abs().sum() > 0  # weight 0: no gradient
+
+
+def test_box_of_and_jitter_stay_inside_the_image():
+    m = np.zeros((10, 10), bool)
+    m[2:5, 3:9] = True
+    assert box_of(m) == [3.0, 2.0, 8.0, 4.0] and box_of(np.zeros((4, 4), bool)) == [0.0] * 4
+    boxes = torch.tensor([[[3.0, 2.0, 8.0, 4.0], [0.0, 0.0, 0.0, 0.0]]])
+    moved = jitter_boxes(boxes, torch.tensor([[True, False]]), 0.5, 10)
+    assert (moved[0, 0] != boxes[0, 0]).any() and (moved[0, 1] == 0).all()
+    assert (moved >= 0).all() and (moved <= 9).all() and (moved[..., 2:] >= moved[..., :2]).all()
+
+
+def test_mask_folder_layouts(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((16, 16), 80, np.uint8)).save(tmp_path / "images" / f"x{i}.png")
+        heart = np.zeros((16, 16), np.uint8)
+        heart[4:9, 5:12] = 255
+        Image.fromarray(heart).save(tmp_path / "masks" / f"x{i}_heart.png")
+    cfg = load_config("configs/phantom_segment_sam2.yaml", ["data.name=mask_folder", f"data.root={tmp_path}"]).data
+    table = read_mask_folder(cfg, ["heart", "left_lung"], seed=0)
+    assert table.ids == [f"x{i}" for i in range(8)] and all(m[1] is None for m in table.masks)
+    sample = MaskDataset(table, table.splits[0], PREP)[0]
+    assert sample["valid"].tolist() == [True, False] and sample["boxes"][0].tolist() == [10.0, 8.0, 23.0, 17.0]
+    csv = tmp_path / "list.csv"
+    csv.write_text("file,mask_heart,split\n" + "".join(f"images/x{i}.png,masks/x{i}_heart.png,{s}\n"
+                                                     for i, s in enumerate(["train"] * 4 + ["val"] * 2 + ["test"] * 2)))
+    cfg = load_config("configs/phantom_segment_sam2.yaml", ["data.name=mask_folder", f"data.csv={csv}",
+                                                            "data.image_column=file", "data.split_column=split"]).data
+    table = read_mask_folder(cfg, ["heart"], seed=0)
+    assert table.splits[:4] == ["train"] * 4 and table.masks[0][0].endswith("x0_heart.png")
+    table.check()
+
+
+def test_phantom_masks_follow_the_generator(spft_cache):
+    cfg = load_config("configs/phantom_segment_sam2.yaml", ["data.phantom.n_images=12", "data.phantom.image_size=32"])
+    table = read_phantom_masks(cfg.data, ["heart", "left_lung", "right_lung"], seed=0)
+    assert len(table.ids) == 12 and table.masks[0][1].endswith(f"{table.ids[0]}_left_lung.png")
+    _, masks = MaskDataset(table, "train", PREP).original(0)
+    left_x, right_x = np.flatnonzero(masks[1].any(0)).mean(), np.flatnonzero(masks[2].any(0)).mean()
+    assert left_x > right_x  # patient's left lung on the image's right
+    with pytest.raises(KeyError, match="liver"):
+        read_phantom_masks(cfg.data, ["liver"], seed=0)
+
+
+def test_sam2_layer_groups_cover_the_encoder_and_freeze_prompts():
+    from spft.models.sam2 import build_sam2
+
+    cfg = load_config("configs/phantom_segment_sam2.yaml", [TINY_SAM2])
+    model, prep = build_sam2(cfg.model)
+    groups = model.layer_groups()
+    assert prep.size == 64 and groups.n_blocks == 5 and groups.head is model.sam.mask_decoder
+    encoder = {id(p) for p in model.sam.vision_encoder.parameters()}
+    grouped = {id(p) for m in groups.encoder_modules() for p in m.parameters()}
+    assert encoder == grouped  # every encoder parameter belongs to a recipe part
+    assert not any(p.requires_grad for p in model.sam.prompt_encoder.parameters())
+    logits = model(torch.zeros(2, 3, 64, 64), torch.tensor([[[4.0, 4, 30, 40]] * 3] * 2))
+    assert logits.shape == (2, 3, 64, 64)
