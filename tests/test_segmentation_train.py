@@ -77,6 +77,9 @@ def test_run_directory_and_metrics(resumed_run):
     assert {"split", "n", "mean_dice", "per_structure_dice"} <= set(metrics) and metrics["split"] == "test"
     assert list(metrics["per_structure_dice"]) == STRUCTURES and metrics["n"] > 0
     assert 0.0 <= metrics["mean_dice"] <= 1.0
+    assert list(metrics["per_structure_hd95"]) == STRUCTURES and "mean_hd95" in metrics
+    header = (run_dir / "predictions_test.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["id", "group"] and "dice_heart" in header and "hd95_right_lung" in header
     written = {p.name for p in (run_dir / "predictions_test").iterdir()}
     assert len([n for n in written if n.endswith("_overlay.png")]) == 2
     assert len([n for n in written if n.endswith("_left_lung.png")]) == 2

@@ -118,3 +118,13 @@ def test_sam2_layer_groups_cover_the_encoder_and_freeze_prompts():
     assert not any(p.requires_grad for p in model.sam.prompt_encoder.parameters())
     logits = model(torch.zeros(2, 3, 64, 64), torch.tensor([[[4.0, 4, 30, 40]] * 3] * 2))
     assert logits.shape == (2, 3, 64, 64)
+
+
+def test_hd95_on_hand_made_masks():
+    from spft.metrics import hd95
+
+    a = np.zeros((20, 20), bool)
+    a[5:10, 5:10] = True
+    assert hd95(a, a) == 0.0
+    assert hd95(a, np.roll(a, 4, axis=0)) == pytest.approx(4.0)
+    assert hd95(a, np.zeros_like(a)) is None

@@ -115,7 +115,8 @@ def read_chexmask(data_cfg, structures: list[str], seed: int) -> MaskTable:
         raise ValueError(f"data.source: {source!r} is not one of {', '.join(ID_COLUMNS)}")
     unknown = [s for s in structures if s not in STRUCTURE_COLUMNS]
     if unknown:
-        raise KeyError(f"segmentation.structures: {unknown} are not CheXmask structures ({', '.join(STRUCTURE_COLUMNS)})")
+        raise KeyError(f"segmentation.structures: {unknown} are not CheXmask structures "
+                       f"({', '.join(STRUCTURE_COLUMNS)})")
     df, csv = _read_rows(data_cfg, source)
     cols = [find_column(df, csv, STRUCTURE_COLUMNS[s]) for s in structures]
     h_col, w_col = find_column(df, csv, "Height"), find_column(df, csv, "Width")

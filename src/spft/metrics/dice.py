@@ -1,4 +1,4 @@
-"""Dice for segmentation: per image and structure, then averaged over images (SPEC §3, paper's Table).
+"""Dice (and HD95) for segmentation: per image and structure, then averaged over images (SPEC §3).
 
 A structure absent from an image's ground truth is excluded from that structure's average (it has no Dice to
 speak of); a structure absent from every image has a Dice of None, listed rather than scored 0 or 1.
@@ -22,6 +22,33 @@ def dice_score(pred: np.ndarray, target: np.ndarray) -> float | None:
     if n_t == 0:
         return None
     return 2.0 * int((p & t).sum()) / (int(p.sum()) + n_t)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_erosion
+
+    return mask & ~binary_erosion(mask, border_value=0)
+
+
+def hd95(pred: np.ndarray, target: np.ndarray) -> float | None:
+    """95th-percentile Hausdorff distance in pixels between the boundaries of two boolean masks (MONAI's definition:
+    the larger of the two directed 95th percentiles); None when either mask is empty.
+
+    >>> a = np.zeros((9, 9), bool); a[2:5, 2:5] = True
+    >>> hd95(a, a), hd95(a, np.roll(a, 3, axis=1))
+    (0.0, 3.0)
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    p, t = np.asarray(pred, bool), np.asarray(target, bool)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and target {t.shape} differ in shape")
+    if not p.any() or not t.any():
+        return None
+    sp, st = _surface(p), _surface(t)
+    to_t = distance_transform_edt(~st)[sp]
+    to_p = distance_transform_edt(~sp)[st]
+    return float(max(np.percentile(to_t, 95), np.percentile(to_p, 95)))
 
 
 def mean_dice(per_image: list[list[float | None]], structures: list[str]) -> tuple[float | None, dict]:

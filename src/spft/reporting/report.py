@@ -131,6 +131,10 @@ def build_report(sweep_dir: str | Path, out: str | Path | None = None, n_boot: i
         n_boot: bootstrap replicates per run (B).
         seed: bootstrap seed.
     """
+    from spft.reporting.segmentation import build_segmentation_report, is_segmentation
+
+    if is_segmentation(sweep_dir):  # Dice, not AUC: per-structure tables of their own
+        return build_segmentation_report(sweep_dir, out)
     data = collect(sweep_dir)
     out = Path(out) if out else data.root / "report"
     log.info("report: %d runs used, %d skipped; bootstrap B=%d per run", len(data.runs), len(data.skipped), n_boot)

@@ -1,9 +1,9 @@
 """Evaluation of a SAM2 segmenter over a whole split: Dice at each image's own size, masks and overlay figures.
 
 Predicted logits are upsampled from the model's input size back to the image's size before thresholding, then
-scored against the full-resolution ground truth with exact box prompts. Writes ``metrics.json``
-(``split, n, mean_dice, per_structure_dice``), ``predictions_<split>.csv`` (per-image Dice, with the patient group
-for bootstrap) and ``predictions_<split>/`` (predicted masks and prediction-vs-truth overlays for a sample).
+scored against the full-resolution ground truth with exact box prompts. Writes ``metrics.json`` (``split, n,
+mean_dice, per_structure_dice``, plus HD95 in pixels), ``predictions_<split>.csv`` (per-image Dice and HD95, with the
+patient group for bootstrap) and ``predictions_<split>/`` (predicted masks and prediction-vs-truth overlays).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from spft.experiments.rundir import atomic_write_csv, atomic_write_json
-from spft.metrics import dice_score, mean_dice
+from spft.metrics import dice_score, hd95, mean_dice
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,13 @@ class SegEvaluation:
     groups: list[str]
     structures: list[str]
     dice: list[list[float | None]]  # [image][structure]
+    hd95: list[list[float | None]]  # [image][structure], pixels at the image's size; None: an empty mask
 
     def metrics(self) -> dict:
         mean, per = mean_dice(self.dice, self.structures)
-        return {"split": self.split, "n": len(self.ids), "mean_dice": mean, "per_structure_dice": per}
+        mean_hd, per_hd = mean_dice(self.hd95, self.structures)  # the same per-image averaging
+        return {"split": self.split, "n": len(self.ids), "mean_dice": mean, "per_structure_dice": per,
+                "mean_hd95": mean_hd, "per_structure_hd95": per_hd}
 
 
 def _predict_original(logits: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -49,18 +52,19 @@ def evaluate_module(module, dataset, split: str, device="cpu", batch_size: int =
     """Predict every image of ``dataset`` with the evaluation (EMA) weights and score Dice at the image's size."""
     model = module.eval_model().to(device).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    ids, groups, dice = [], [], []
+    ids, groups, dice, hd = [], [], [], []
     for batch in loader:
         logits = model(batch["image"].to(device), batch["boxes"].to(device)).cpu()
         for b, i in enumerate(batch["index"].tolist()):
             image, truth = dataset.original(i)
             pred = _predict_original(logits[b], truth.shape[1:])
             dice.append([dice_score(p, t) for p, t in zip(pred, truth)])
+            hd.append([hd95(p, t) for p, t in zip(pred, truth)])
             ids.append(batch["id"][b])
             groups.append(batch["group"][b])
             if out_dir is not None and len(ids) <= n_overlays:
                 _save_prediction(out_dir, batch["id"][b], image, pred, truth, module.structures)
-    return SegEvaluation(split, ids, groups, list(module.structures), dice)
+    return SegEvaluation(split, ids, groups, list(module.structures), dice, hd)
 
 
 def _save_prediction(out_dir: Path, image_id: str, image, pred: np.ndarray, truth: np.ndarray,
@@ -93,8 +97,11 @@ def _save_prediction(out_dir: Path, image_id: str, image, pred: np.ndarray, trut
 
 def write_evaluation(run_dir: Path, ev: SegEvaluation, best_epoch: int | None = None, suffix: str = "") -> None:
     """``metrics.json`` (or ``metrics_<split><suffix>.json``) and ``predictions_<split><suffix>.csv``."""
-    rows = [{"id": i, "group": g, **{f"dice_{s}": ("" if d is None else d) for s, d in zip(ev.structures, row)}}
-            for i, g, row in zip(ev.ids, ev.groups, ev.dice)]
+    rows = []
+    for i, g, row, hd_row in zip(ev.ids, ev.groups, ev.dice, ev.hd95):
+        cells = {f"dice_{s}": ("" if d is None else d) for s, d in zip(ev.structures, row)}
+        cells.update({f"hd95_{s}": ("" if h is None else h) for s, h in zip(ev.structures, hd_row)})
+        rows.append({"id": i, "group": g, **cells})
     atomic_write_csv(run_dir / f"predictions_{ev.split}{suffix}.csv", rows)
     metrics = ev.metrics()
     if best_epoch is not None:
@@ -141,6 +148,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
         raise ValueError(f"the config's structures {module.structures} differ from the run's {saved}")
     module.load_state_dict(state["state_dict"])
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
-    ev = evaluate_module(module, dm.datasets[split], split, device, cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
+    batch_size = cfg.trainer.eval_batch_size or cfg.trainer.batch_size
+    ev = evaluate_module(module, dm.datasets[split], split, device, batch_size)
     write_evaluation(run_dir, ev, state.get("epoch"), suffix="_eval")
     return ev

@@ -1,0 +1,95 @@
+"""``spft report`` for segmentation sweeps: per-run and mean ± std per-structure Dice tables from run directories.
+
+Segmentation runs have Dice, not AUC, so they get their own tables; everything else (finding the runs of a sweep,
+table formats, the HTML page) is the classification report's. Numbers come from each run's ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+import spft
+from spft.experiments.rundir import atomic_write_json, atomic_write_text, is_done
+from spft.reporting.collect import _entries
+from spft.reporting.html import render_html
+from spft.reporting.tables import Table, mean_std
+
+MEAN = "mean Dice"
+
+
+def is_segmentation(root: str | Path) -> bool:
+    """True when the first run of the sweep (or run directory) at ``root`` is a segmentation run."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    for entry in _entries(root)[2]:
+        config = Path(entry["run_dir"]) / "config.yaml"
+        if config.is_file():
+            return (yaml.safe_load(config.read_text()) or {}).get("task") == "segmentation"
+    return False
+
+
+def _runs(root: Path) -> tuple[list[dict], list[list[str]]]:
+    runs, skipped = [], []
+    for entry in _entries(root)[2]:
+        run_dir = Path(entry["run_dir"])
+        metrics = run_dir / "metrics.json"
+        seed = entry["seed"]
+        if seed is None and (run_dir / "config.yaml").is_file():
+            seed = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("seed", 0)
+        if is_done(run_dir) and metrics.is_file():
+            runs.append({"overlay": entry["overlay"], "seed": seed, "run_dir": run_dir,
+                         "metrics": json.loads(metrics.read_text())})
+        else:
+            skipped.append([entry["overlay"], str(seed), str(run_dir), "not finished (no DONE or metrics.json)"])
+    if not runs:
+        raise FileNotFoundError(f"{root}: no finished segmentation run (with DONE and metrics.json) to report on")
+    return runs, skipped
+
+
+def dice_tables(runs: list[dict]) -> tuple[Table, Table]:
+    """(mean ± std across seeds per structure and overlay, one row per run)."""
+    structures = list(runs[0]["metrics"]["per_structure_dice"])
+    overlays = list(dict.fromkeys(r["overlay"] for r in runs))
+    summary = Table("dice_mean_std", "Test Dice, mean ± std across seeds",
+                    "Per-structure test Dice (per image, averaged over images); std is the sample std (ddof=1).",
+                    ["structure", *overlays])
+    for name in [*structures, MEAN]:
+        cells = []
+        for o in overlays:
+            of = [r["metrics"] for r in runs if r["overlay"] == o]
+            cells.append(mean_std([m["mean_dice"] if name == MEAN else m["per_structure_dice"].get(name) for m in of]))
+        summary.rows.append([name, *cells])
+    per_run = Table("dice_per_run", "Test Dice per run", "One row per run directory.",
+                    ["overlay", "seed", *structures, MEAN, "n"])
+    for r in runs:
+        m = r["metrics"]
+        per_run.rows.append([r["overlay"], str(r["seed"]), *[m["per_structure_dice"].get(s) for s in structures],
+                             m["mean_dice"], str(m.get("n", ""))])
+    return summary, per_run
+
+
+def build_segmentation_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``tables/``, ``report.md``, ``report.json`` and ``report.html`` for a segmentation sweep."""
+    root = Path(sweep_dir)
+    out = Path(out) if out else root / "report"
+    runs, skipped = _runs(root)
+    summary, per_run = dice_tables(runs)
+    for table in (summary, per_run):
+        table.write(out / "tables")
+    note = "Every number comes from the runs' metrics.json (Dice at each test image's own size, exact box prompts)."
+    atomic_write_text(out / "report.md", f"# SPFT segmentation report: {root.name}\n\n{note}\n\n"
+                      + "\n".join(t.to_markdown() for t in (summary, per_run)))
+    atomic_write_json(out / "report.json", {"sweep": str(root), "task": "segmentation", "runs": [
+        {"overlay": r["overlay"], "seed": r["seed"], "run_dir": str(r["run_dir"]), **r["metrics"]} for r in runs],
+        "skipped": [{"overlay": s[0], "seed": s[1], "run_dir": s[2], "reason": s[3]} for s in skipped]})
+    lines = [("sweep", str(root)), ("task", "segmentation"), ("runs", f"{len(runs)} used, {len(skipped)} skipped"),
+             ("generated", f"{time.strftime('%Y-%m-%d %H:%M:%S')} by spft {spft.__version__}")]
+    # the runs-used list of the page is AUC-shaped; the per-run Dice table below takes its place
+    atomic_write_text(out / "report.html", render_html(f"SPFT segmentation report: {root.name}", lines, note, [],
+                                                       skipped, [summary], [], [per_run]))
+    return out
