@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -138,8 +137,8 @@ def test_bad_input_fails_fast_with_a_named_error(spft_cache, tmp_path, override,
 
 
 def test_missing_image_fails_before_training(spft_cache, tmp_path):
-    from spft.data.registry import ensure_phantoms
     from spft.config import load_config
+    from spft.data.registry import ensure_phantoms
 
     cfg = load_config(CONFIG, tiny_overrides(tmp_path / "unused"))
     folder = ensure_phantoms(cfg.data.phantom)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import TINY_MODEL, run_cli
 from datasets_fixtures import CHEXPERT_OBS, NIH_FINDINGS, make_chestxray14, make_chexpert, make_ham10000
+
 from spft.config import load_config
 from spft.data.registry import load_table
 

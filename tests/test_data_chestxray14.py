@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import TINY_MODEL, run_cli
 from datasets_fixtures import NIH_FINDINGS, make_chestxray14
+from PIL import Image
+
 from spft.config import load_config
 from spft.data.io import load_image
 from spft.data.registry import build_table, load_table

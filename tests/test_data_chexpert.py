@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from datasets_fixtures import CHEXPERT_OBS, make_chexpert
+
 from spft.config import ConfigError, load_config
 from spft.data.registry import build_table, load_table
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from datasets_fixtures import HAM_DX, make_ham10000
+
 from spft.config import load_config
 from spft.data.registry import build_table, load_table
 

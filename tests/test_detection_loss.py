@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-pytest.importorskip("ultralytics")
-
 from ultralytics.models.utils.loss import RTDETRDetectionLoss
 
 from spft.tasks.detection.losses import WeightedRTDETRLoss

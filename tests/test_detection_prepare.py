@@ -15,9 +15,6 @@ import yaml
 from conftest import run_cli
 from PIL import Image
 
-pydicom = pytest.importorskip("pydicom")
-pytest.importorskip("ensemble_boxes")
-
 from spft.config import load_config
 from spft.data.dicom import read_dicom
 from spft.data.vindr_cxr import CLASSES, fuse_boxes, prepare_vindr_cxr

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL, run_cli
 from datasets_fixtures import make_chestxray14, make_ham10000
+
 from spft.config import load_config
 from spft.data.cache import ImageCache, prepare_cache
 from spft.data.dataset import ImageDataset

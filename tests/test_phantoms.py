@@ -140,7 +140,6 @@ def test_render_cxr_contract():
 
 def test_cxr_findings_are_visible(cxr600):
     """A logistic regression on 16x16 thumbnails separates the large findings (AUC > 0.8, cross-validated)."""
-    pytest.importorskip("sklearn")
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import cross_val_predict
@@ -197,7 +196,6 @@ def test_labels_csv_written_last(tmp_path, monkeypatch):
 
 def test_lesion_classes_are_visible(lesions600):
     """A logistic regression on 12x12 colour thumbnails tells the seven classes apart (macro one-vs-rest AUC > 0.9)."""
-    pytest.importorskip("sklearn")
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import cross_val_predict

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import run_cli
+
 from spft.metrics import binary_auc
 from spft.reporting.bootstrap import bootstrap_auc, resample_units, weighted_auc
 from spft.reporting.report import build_report

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import run_cli, tiny_overrides
 from sklearn.metrics import roc_auc_score
 
-from conftest import run_cli, tiny_overrides
 from spft.config import ConfigError
 from spft.experiments.studies import BUILTIN, load_study
 from spft.experiments.sweep import parse_seeds, plan_sweep, run_sweep

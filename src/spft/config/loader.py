@@ -225,7 +225,8 @@ def validate(cfg: SpftConfig) -> None:
     if cfg.recipe.stage1_epochs < 0:
         raise ConfigError(f"'recipe.stage1_epochs': expected >= 0, got {cfg.recipe.stage1_epochs}")
     if cfg.recipe.unfreeze.top_k is not None and cfg.recipe.unfreeze.top_k < 1:
-        raise ConfigError(f"'recipe.unfreeze.top_k': expected >= 1 or null (all blocks), got {cfg.recipe.unfreeze.top_k}")
+        raise ConfigError("'recipe.unfreeze.top_k': expected >= 1 or null (all blocks), "
+                          f"got {cfg.recipe.unfreeze.top_k}")
     if not 0.0 <= cfg.recipe.ema.decay < 1.0:
         raise ConfigError(f"'recipe.ema.decay': expected a value in [0, 1), got {cfg.recipe.ema.decay}")
     for name, mult in cfg.recipe.class_weights.heuristic.items():

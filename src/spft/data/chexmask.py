@@ -126,7 +126,7 @@ def read_chexmask(data_cfg, structures: list[str], seed: int) -> MaskTable:
     index = FileIndex(root)
     stems = index.images_by_stem()
     paths, ids, masks, skipped = [], [], [], {"no image": 0, "no size": 0}
-    for i, row in df.iterrows():
+    for _, row in df.iterrows():
         path = _image_path(source, row["_id"], index, stems)
         h, w = pd.to_numeric(row[h_col], errors="coerce"), pd.to_numeric(row[w_col], errors="coerce")
         if path is None:

@@ -31,7 +31,8 @@ def _require_columns(df: pd.DataFrame, csv: Path, columns: dict[str, str]) -> No
 
             close = difflib.get_close_matches(column, available, n=1)
             hint = f" — did you mean '{close[0]}'?" if close else ""
-            raise KeyError(f"{csv}: column '{column}' (from {key}) not found{hint}; the CSV has: {', '.join(available)}")
+            raise KeyError(f"{csv}: column '{column}' (from {key}) not found{hint}; "
+                           f"the CSV has: {', '.join(available)}")
 
 
 def _parse_labels(df: pd.DataFrame, csv: Path, label_columns: list[str]) -> np.ndarray:
