@@ -104,3 +104,48 @@ def is_done(run_dir: str | Path) -> bool:
 
 def mark_done(run_dir: str | Path) -> None:
     atomic_write_text(Path(run_dir) / DONE, time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+
+
+def create_run_dir(cfg) -> Path:
+    """The run directory for a new run: ``run.dir`` or ``runs/<name>/<timestamp>``; an existing run is refused.
+
+    Sets ``cfg.run.dir`` so the resolved ``config.yaml`` records where the run lives.
+    """
+    run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg.name or "run")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
+                              f"{run_dir}` or choose another run.dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.run.dir = str(run_dir)
+    return run_dir
+
+
+def load_run_config(run_dir: str | Path, overrides: tuple[str, ...] | list[str] = ()):
+    """The validated config recorded in ``run_dir/config.yaml``, with optional ``KEY=VALUE`` overrides."""
+    import yaml
+
+    from spft.config import load_config
+
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(None, overrides=overrides, base=yaml.safe_load(config_file.read_text()))
+    cfg.run.dir = str(run_dir)
+    return cfg
+
+
+def config_to_resume(run_dir: str | Path):
+    """The config of a run to continue, or ``None`` when it already finished (``DONE`` exists)."""
+    cfg = load_run_config(run_dir)
+    if is_done(run_dir):
+        import logging
+
+        logging.getLogger(__name__).info("%s is already finished (DONE exists); nothing to resume", run_dir)
+        return None
+    return cfg
+
+
+def checked_split(split: str) -> str:
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"--split: expected train, val or test, got {split!r}")
+    return split

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from spft.experiments.rundir import atomic_write_csv, atomic_write_json
 from spft.metrics import AucResult, multilabel_auc
@@ -103,16 +102,12 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     Results are written as ``metrics_<split>_eval.json`` and ``predictions_<split>_eval.csv`` so the training
     record (``metrics.json``, ``predictions_test.csv``) is never overwritten.
     """
-    from spft.config import load_config
+    from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.classification.train import build_run
 
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"--split: expected train, val or test, got {split!r}")
-    cfg = load_config(None, overrides=overrides, base=yaml.safe_load(config_file.read_text()))
+    split = checked_split(split)
+    cfg = load_run_config(run_dir, overrides)
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt} not found (has the run finished its first epoch?)")

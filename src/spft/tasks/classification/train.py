@@ -7,28 +7,24 @@ configured end. Both finish by evaluating the best (EMA) weights on the test spl
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from spft.config import SpftConfig, dump_yaml, load_config
+from spft.config import SpftConfig, dump_yaml
 from spft.data.registry import build_table
 from spft.data.transforms import ImageTransform
 from spft.experiments.rundir import (
-    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    default_run_dir,
+    config_to_resume,
+    create_run_dir,
     environment,
-    is_done,
     mark_done,
 )
 from spft.models.classifier import build_classifier
@@ -36,42 +32,11 @@ from spft.recipe import ClassWeights
 from spft.tasks.classification.datamodule import ClassificationDataModule
 from spft.tasks.classification.evaluate import evaluate_module, write_evaluation
 from spft.tasks.classification.module import ClassificationModule
+from spft.tasks.lightning_recipe import AtomicCheckpointIO, CrashAfterEpoch, resolve_precision
 
 log = logging.getLogger(__name__)
 
 MONITOR = "val/auc"
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Serialise to memory, write to a temp file beside the target, fsync, ``os.replace``: never a truncated .ckpt."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        atomic_write_bytes(path, buf.getvalue())
-
-
-class CrashAfterEpoch(L.Callback):
-    """Test hook: ``SPFT_CRASH_AFTER_EPOCH=k`` kills the process (os._exit) once epoch k's checkpoint is written.
-
-    It fires at the start of epoch k+1, i.e. after ``last.ckpt`` for epoch k exists — like a power cut would.
-    """
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch + 1:
-            os._exit(17)
-
-
-def resolve_precision(cfg: SpftConfig) -> str:
-    if cfg.trainer.precision:
-        return cfg.trainer.precision
-    wants_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-    if wants_gpu and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 def build_run(cfg: SpftConfig, run_dir: Path | None):
@@ -161,26 +126,16 @@ def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Pa
 def train(cfg: SpftConfig) -> Path:
     """Run the full two-stage SPFT recipe for ``cfg`` and return the run directory."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg.name or "run")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
-                              f"{run_dir}` or choose another run.dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.run.dir = str(run_dir)
+    run_dir = create_run_dir(cfg)
     return _fit_and_finish(cfg, run_dir, None)
 
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a killed run from ``checkpoints/last.ckpt`` (or start it again if no epoch finished)."""
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    if is_done(run_dir):
-        log.info("%s is already finished (DONE exists); nothing to resume", run_dir)
+    cfg = config_to_resume(run_dir)
+    if cfg is None:
         return run_dir
-    cfg = load_config(None, base=yaml.safe_load(config_file.read_text()))
-    cfg.run.dir = str(run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from spft.data.yolo_layout import read_dataset, split_image_list
 from spft.experiments.rundir import atomic_write_json
@@ -135,16 +134,12 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     Overrides such as ``detection.dataset_dir=/other/copy`` evaluate on another prepared copy (same classes).
     Writes ``metrics_<split>_eval.json``.
     """
-    from spft.config import load_config
+    from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.detection.train import dataset_yaml_for
 
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"--split: expected train, val or test, got {split!r}")
-    cfg = load_config(None, overrides=overrides, base=yaml.safe_load(config_file.read_text()))
+    split = checked_split(split)
+    cfg = load_run_config(run_dir, overrides)
     weights = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found (has the run finished its first epoch?)")

@@ -14,13 +14,13 @@ import torch
 import ultralytics  # the `detect` extra: the task registry turns its absence into an install hint
 import yaml
 
-from spft.config import SpftConfig, dump_yaml, load_config
+from spft.config import SpftConfig, dump_yaml
 from spft.experiments.rundir import (
     atomic_write_json,
     atomic_write_text,
-    default_run_dir,
+    config_to_resume,
+    create_run_dir,
     environment,
-    is_done,
     mark_done,
 )
 from spft.tasks.detection import restore_pil_open
@@ -180,26 +180,16 @@ def _run(cfg: SpftConfig, run_dir: Path, resume_from: Path | None) -> Path:
 
 def train(cfg: SpftConfig) -> Path:
     """Run the two-stage SPFT recipe on Ultralytics for ``cfg`` and return the run directory."""
-    run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg.name or "run")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
-                              f"{run_dir}` or choose another run.dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.run.dir = str(run_dir)
+    run_dir = create_run_dir(cfg)
     return _run(cfg, run_dir, None)
 
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a killed detection run from ``checkpoints/last.pt`` (or start it again if no epoch finished)."""
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    if is_done(run_dir):
-        log.info("%s is already finished (DONE exists); nothing to resume", run_dir)
+    cfg = config_to_resume(run_dir)
+    if cfg is None:
         return run_dir
-    cfg = load_config(None, base=yaml.safe_load(config_file.read_text()))
-    cfg.run.dir = str(run_dir)
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         log.warning("%s has no last.pt (killed before the first epoch ended): starting it again", run_dir)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 
 from spft.experiments.rundir import atomic_write_csv, atomic_write_json
@@ -128,16 +127,12 @@ def format_table(ev: SegEvaluation) -> str:
 def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: str = "test",
                  checkpoint: str = "best") -> SegEvaluation:
     """Re-evaluate a run directory on ``split`` (optionally other data via overrides); writes ``*_eval`` files."""
-    from spft.config import load_config
+    from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.segmentation.train import build_run
 
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"--split: expected train, val or test, got {split!r}")
-    cfg = load_config(None, overrides=overrides, base=yaml.safe_load(config_file.read_text()))
+    split = checked_split(split)
+    cfg = load_run_config(run_dir, overrides)
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt} not found (has the run finished its first epoch?)")

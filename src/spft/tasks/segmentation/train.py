@@ -15,23 +15,22 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from spft.config import SpftConfig, dump_yaml, load_config
+from spft.config import SpftConfig, dump_yaml
 from spft.data.masks import build_mask_table, pixel_prevalence
 from spft.experiments.rundir import (
     atomic_write_json,
     atomic_write_text,
-    default_run_dir,
+    config_to_resume,
+    create_run_dir,
     environment,
-    is_done,
     mark_done,
 )
 from spft.models.sam2 import build_sam2
 from spft.recipe import ClassWeights
-from spft.tasks.classification.train import AtomicCheckpointIO, CrashAfterEpoch, resolve_precision
+from spft.tasks.lightning_recipe import AtomicCheckpointIO, CrashAfterEpoch, resolve_precision
 from spft.tasks.segmentation.datamodule import SegmentationDataModule
 from spft.tasks.segmentation.evaluate import evaluate_module, write_evaluation
 from spft.tasks.segmentation.module import SegmentationModule
@@ -123,26 +122,16 @@ def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Pa
 def train(cfg: SpftConfig) -> Path:
     """Run the two-stage SPFT recipe on SAM2 for ``cfg`` and return the run directory."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg.name or "run")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
-                              f"{run_dir}` or choose another run.dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.run.dir = str(run_dir)
+    run_dir = create_run_dir(cfg)
     return _fit_and_finish(cfg, run_dir, None)
 
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a killed run from ``checkpoints/last.ckpt`` (or start it again if no epoch finished)."""
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    if is_done(run_dir):
-        log.info("%s is already finished (DONE exists); nothing to resume", run_dir)
+    cfg = config_to_resume(run_dir)
+    if cfg is None:
         return run_dir
-    cfg = load_config(None, base=yaml.safe_load(config_file.read_text()))
-    cfg.run.dir = str(run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():

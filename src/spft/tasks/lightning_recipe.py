@@ -1,0 +1,218 @@
+"""The SPFT recipe on Lightning, shared by every Lightning task (classification, segmentation).
+
+:class:`RecipeModule` owns what does not depend on the task: the stage plan applied at each epoch (idempotent
+freezing), the per-epoch reseed that makes ``--resume`` equal an uninterrupted run, the EMA update after every
+optimizer step, the AdamW groups and cosine schedule from :mod:`spft.recipe`, the class/structure weights and
+history in every checkpoint, and the per-epoch history row. Tasks add their forward, loss and validation metric.
+EMA is torch's ``AveragedModel`` held as a submodule rather than Lightning's ``EMAWeightAveraging``: we need raw
+and EMA metrics each epoch, a warm-up, and both weight sets in every checkpoint regardless of
+``save_weights_only`` (specs/engines.md C1).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from spft.experiments.rundir import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from spft.recipe import (
+    ClassWeights,
+    StagePlan,
+    apply_trainable,
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    describe,
+    trainable_at,
+)
+
+log = logging.getLogger(__name__)
+
+
+def stage_plan(recipe_cfg) -> StagePlan:
+    """The recipe section of the config as a :class:`~spft.recipe.StagePlan`."""
+    u = recipe_cfg.unfreeze
+    return StagePlan(stage1_epochs=recipe_cfg.stage1_epochs, unfreeze=u.enabled, top_k=u.top_k,
+                     blocks_per_epoch=u.blocks_per_epoch, embeddings=u.embeddings)
+
+
+def seed_everything_for_epoch(seed: int, epoch: int) -> None:
+    """Reseed python, numpy and torch from (seed, epoch): training randomness becomes a function of the epoch."""
+    s = (seed * 1_000_003 + epoch) % (2**31)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def rng_state() -> dict:
+    """Recorded for provenance; resume does not need it because every epoch reseeds from (seed, epoch)."""
+    # plain types only: Lightning loads checkpoints with torch.load(weights_only=True), which refuses numpy objects
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python": random.getstate()}
+
+
+def clean_row(row: dict) -> dict:
+    """None and NaN as empty CSV cells."""
+    return {k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()}
+
+
+class RecipeModule(L.LightningModule):
+    """Base LightningModule running the SPFT recipe around ``self.model`` (which must offer ``layer_groups()``).
+
+    Args:
+        cfg: the resolved :class:`~spft.config.SpftConfig`.
+        model: the task model; ``model.layer_groups()`` names embeddings, blocks, final norm and head.
+        classes: label names (classes or structures), in the order of the weights.
+        weights: the run's :class:`~spft.recipe.ClassWeights`.
+        run_dir: where ``history.csv`` and ``class_weights.json`` go (None: write nothing, e.g. in evaluation).
+        head_name: how stage messages call the head (``mask decoder`` for SAM2).
+    """
+
+    head_lr_key = "lr_head"
+
+    def __init__(self, cfg, model, classes: list[str], weights: ClassWeights, run_dir: str | Path | None = None,
+                 head_name: str = "head"):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        self.classes = list(classes)
+        self.cw = weights
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.head_name = head_name
+        self.plan = stage_plan(cfg.recipe)
+        self.groups = model.layer_groups()
+        self.n_blocks = len(self.groups.blocks)
+        self.ema = build_ema(model, cfg.recipe.ema.decay, cfg.recipe.ema.warmup) if cfg.recipe.ema.enabled else None
+        self.history: list[dict] = []
+        self._state = None
+        self._n_trainable = 0
+        self._epoch_lrs: dict[str, float] = {}
+        self._train_loss = (0.0, 0)
+        apply_trainable(self.groups, trainable_at(self.plan, 0, self.n_blocks))
+
+    # ---- recipe hooks -------------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        state = trainable_at(self.plan, self.current_epoch, self.n_blocks)
+        self._n_trainable = apply_trainable(self.groups, state)
+        if state != self._state:
+            text = describe(state, self.n_blocks).replace("head", self.head_name)
+            log.info("epoch %d: %s (%s trainable parameters)", self.current_epoch, text, f"{self._n_trainable:,}")
+        self._state = state
+        self._train_loss = (0.0, 0)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Reseed at the first batch, not at epoch start: on resume Lightning creates the DataLoader iterator (which
+        # draws from the global RNG) at a different moment than in an uninterrupted run.
+        if batch_idx == 0:
+            seed_everything_for_epoch(self.cfg.seed, self.current_epoch)
+            # the learning rates of the epoch's first step, one per recipe part, for history.csv
+            self._epoch_lrs = {}
+            for group in self.trainer.optimizers[0].param_groups:
+                self._epoch_lrs.setdefault(f"lr_{group['part']}", group["lr"])
+
+    def track_train_loss(self, loss: torch.Tensor, n: int) -> None:
+        total, count = self._train_loss
+        self._train_loss = (total + float(loss.detach()) * n, count + n)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def eval_model(self) -> torch.nn.Module:
+        """The weights used for evaluation and export: EMA when enabled, raw otherwise."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def refine_weights(self, metric_per_class: list[float | None]):
+        """Stage 2 only, after each validation: the recipe's refinement from a per-class validation metric."""
+        state = trainable_at(self.plan, self.current_epoch, self.n_blocks)
+        refined = state.stage == 2 and self.cfg.recipe.class_weights.refine and self.cw.enabled
+        if refined:
+            self.cw.refine(self.current_epoch, metric_per_class)
+        return state, refined
+
+    def record_epoch(self, state, refined: bool, val_loss: float, metrics: dict, weight_log: str) -> dict:
+        """Append one history row (stage, trainable parameters, lrs, losses, ``metrics``, weights) and write files."""
+        train_total, train_n = self._train_loss
+        row = {"epoch": self.current_epoch, "stage": state.stage, "open_blocks": len(state.open_blocks),
+               "trainable_params": self._n_trainable, "step": self.global_step,
+               "train_loss": train_total / train_n if train_n else None, "val_loss": val_loss, **metrics}
+        row.update(self._epoch_lrs)
+        row.update({f"w_{c}": float(w) for c, w in zip(self.classes, self.cw.current)})
+        self.history.append(row)
+        self.log("stage", float(state.stage))
+        self.log("trainable_params", float(self._n_trainable))
+        for c, w in zip(self.classes, self.cw.current):
+            self.log(f"{weight_log}/{c}", float(w))
+        if self.run_dir is not None and self.trainer.is_global_zero:
+            atomic_write_csv(self.run_dir / "history.csv", [clean_row(r) for r in self.history])
+            if refined or not (self.run_dir / "class_weights.json").exists():
+                atomic_write_json(self.run_dir / "class_weights.json", self.cw.as_dict())
+        return row
+
+    # ---- optimizer ----------------------------------------------------------------------------------------------
+    def head_lr(self) -> float:
+        return self.cfg.optim.lr_head
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        optimizer = build_optimizer(self.groups, o.lr_encoder, self.head_lr(), o.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, math.ceil(total / max(1, self.trainer.max_epochs)))
+        scheduler = build_scheduler(optimizer, self.plan, self.n_blocks, steps_per_epoch, total,
+                                    warmup_steps=o.warmup_steps, min_factor=o.min_lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoint extras --------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["spft"] = {"class_weights": self.cw.state_dict(), "history": self.history,
+                              "classes": self.classes, "rng": rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("spft", {})
+        if "class_weights" in extra:
+            self.cw.load_state_dict(extra["class_weights"])
+        self.history = list(extra.get("history", []))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Serialise to memory, write to a temp file beside the target, fsync, ``os.replace``: never a truncated .ckpt."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+
+class CrashAfterEpoch(L.Callback):
+    """Test hook: ``SPFT_CRASH_AFTER_EPOCH=k`` kills the process (os._exit) once epoch k's checkpoint is written.
+
+    It fires at the start of epoch k+1, i.e. after ``last.ckpt`` for epoch k exists — like a power cut would.
+    """
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch + 1:
+            os._exit(17)
+
+
+def resolve_precision(cfg) -> str:
+    """``trainer.precision``, else bf16-mixed on a GPU that supports it (16-mixed otherwise), else fp32."""
+    if cfg.trainer.precision:
+        return cfg.trainer.precision
+    wants_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    if wants_gpu and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
