@@ -22,6 +22,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from spft.experiments.rundir import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from spft.recipe import (
@@ -216,3 +218,43 @@ def resolve_precision(cfg) -> str:
     if wants_gpu and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
+
+
+def build_trainer(cfg, run_dir: Path, monitor: str) -> L.Trainer:
+    """The Lightning Trainer every Lightning task uses: best/last checkpoints and early stopping on ``monitor``
+    (an EMA metric when EMA is on), progress bar, CSV + TensorBoard logs, atomic checkpoint files."""
+    callbacks = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+                        save_last=True, save_top_k=1, enable_version_counter=False),
+        EarlyStopping(monitor=monitor, mode="max", patience=cfg.trainer.patience, check_finite=False),
+    ]
+    if cfg.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
+    if os.environ.get("SPFT_CRASH_AFTER_EPOCH"):
+        callbacks.append(CrashAfterEpoch(int(os.environ["SPFT_CRASH_AFTER_EPOCH"])))
+    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tb")]
+    return L.Trainer(
+        default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices, precision=resolve_precision(cfg), callbacks=callbacks, logger=loggers,
+        plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.trainer.log_every_n_steps, num_sanity_val_steps=0,
+        enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
+        deterministic=cfg.trainer.deterministic,
+    )
+
+
+def load_best_weights(module: RecipeModule, run_dir: Path) -> int | None:
+    """Load ``best.ckpt`` (else ``last.ckpt``) into ``module`` — raw and EMA weights; returns the saved epoch."""
+    best = run_dir / "checkpoints" / "best.ckpt"
+    state = torch.load(best if best.is_file() else run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    return state.get("epoch")
+
+
+def resume_checkpoint(run_dir: Path) -> str | None:
+    """``last.ckpt`` to resume from, or None (with a warning) when the run died before its first epoch ended."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return str(last)
+    log.warning("%s has no last.ckpt (killed before the first epoch ended): starting it again", run_dir)
+    return None

@@ -8,13 +8,10 @@ configured end. Both finish by evaluating the best (EMA) weights on the test spl
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from spft.config import SpftConfig, dump_yaml
 from spft.data.registry import build_table
@@ -32,7 +29,7 @@ from spft.recipe import ClassWeights
 from spft.tasks.classification.datamodule import ClassificationDataModule
 from spft.tasks.classification.evaluate import evaluate_module, write_evaluation
 from spft.tasks.classification.module import ClassificationModule
-from spft.tasks.lightning_recipe import AtomicCheckpointIO, CrashAfterEpoch, resolve_precision
+from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -73,39 +70,9 @@ def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str) -
     })
 
 
-def _trainer(cfg: SpftConfig, run_dir: Path) -> L.Trainer:
-    ckpt_dir = run_dir / "checkpoints"
-    callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_last=True,
-                        save_top_k=1, enable_version_counter=False),
-        EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.trainer.patience, check_finite=False),
-    ]
-    if cfg.trainer.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
-    crash = os.environ.get("SPFT_CRASH_AFTER_EPOCH")
-    if crash:
-        callbacks.append(CrashAfterEpoch(int(crash)))
-    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tb")]
-    return L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=cfg.trainer.max_epochs,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        precision=resolve_precision(cfg),
-        callbacks=callbacks,
-        logger=loggers,
-        plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        num_sanity_val_steps=0,
-        enable_progress_bar=cfg.trainer.progress_bar,
-        enable_model_summary=False,
-        deterministic=cfg.trainer.deterministic,
-    )
-
-
 def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Path:
     table, prep, module, dm = build_run(cfg, run_dir)
-    trainer = _trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, MONITOR)
     device = str(trainer.strategy.root_device)
     if ckpt_path is None:
         _write_run_files(cfg, run_dir, table, prep, device)
@@ -113,12 +80,9 @@ def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Pa
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.global_rank != 0:
         return run_dir
-    best = run_dir / "checkpoints" / "best.ckpt"
-    state = torch.load(best if best.is_file() else run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=False)
-    module.load_state_dict(state["state_dict"])
+    best_epoch = load_best_weights(module, run_dir)
     result = evaluate_module(module, dm.test_dataloader(), split="test", device=trainer.strategy.root_device)
-    write_evaluation(run_dir, result, best_epoch=state.get("epoch"))
+    write_evaluation(run_dir, result, best_epoch=best_epoch)
     mark_done(run_dir)
     return run_dir
 
@@ -137,7 +101,4 @@ def resume(run_dir: str | Path) -> Path:
     if cfg is None:
         return run_dir
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        log.warning("%s has no last.ckpt (killed before the first epoch ended): starting it again", run_dir)
-    return _fit_and_finish(cfg, run_dir, str(last) if last.is_file() else None)
+    return _fit_and_finish(cfg, run_dir, resume_checkpoint(run_dir))

@@ -10,13 +10,10 @@ precision, the crash hook and the per-epoch reseeding are the classification eng
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from spft.config import SpftConfig, dump_yaml
 from spft.data.masks import build_mask_table, pixel_prevalence
@@ -30,7 +27,7 @@ from spft.experiments.rundir import (
 )
 from spft.models.sam2 import build_sam2
 from spft.recipe import ClassWeights
-from spft.tasks.lightning_recipe import AtomicCheckpointIO, CrashAfterEpoch, resolve_precision
+from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_checkpoint
 from spft.tasks.segmentation.datamodule import SegmentationDataModule
 from spft.tasks.segmentation.evaluate import evaluate_module, write_evaluation
 from spft.tasks.segmentation.module import SegmentationModule
@@ -81,40 +78,19 @@ def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str) -
     })
 
 
-def _trainer(cfg: SpftConfig, run_dir: Path) -> L.Trainer:
-    callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_last=True,
-                        save_top_k=1, enable_version_counter=False),
-        EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.trainer.patience, check_finite=False),
-    ]
-    if cfg.trainer.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
-    if os.environ.get("SPFT_CRASH_AFTER_EPOCH"):
-        callbacks.append(CrashAfterEpoch(int(os.environ["SPFT_CRASH_AFTER_EPOCH"])))
-    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tb")]
-    return L.Trainer(default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
-                     devices=cfg.trainer.devices, precision=resolve_precision(cfg), callbacks=callbacks, logger=loggers,
-                     plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.trainer.log_every_n_steps,
-                     num_sanity_val_steps=0, enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
-                     deterministic=cfg.trainer.deterministic)
-
-
 def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Path:
     table, prep, module, dm = build_run(cfg, run_dir)
-    trainer = _trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, MONITOR)
     if ckpt_path is None:
         _write_run_files(cfg, run_dir, table, prep, str(trainer.strategy.root_device))
     log.info("run directory: %s", run_dir)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.global_rank != 0:
         return run_dir
-    best = run_dir / "checkpoints" / "best.ckpt"
-    state = torch.load(best if best.is_file() else run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=False)
-    module.load_state_dict(state["state_dict"])
+    best_epoch = load_best_weights(module, run_dir)
     ev = evaluate_module(module, dm.datasets["test"], "test", trainer.strategy.root_device, dm.eval_batch_size,
                          out_dir=run_dir / "predictions_test", n_overlays=cfg.segmentation.n_overlays)
-    write_evaluation(run_dir, ev, best_epoch=state.get("epoch"))
+    write_evaluation(run_dir, ev, best_epoch=best_epoch)
     mark_done(run_dir)
     return run_dir
 
@@ -133,7 +109,4 @@ def resume(run_dir: str | Path) -> Path:
     if cfg is None:
         return run_dir
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        log.warning("%s has no last.ckpt (killed before the first epoch ended): starting it again", run_dir)
-    return _fit_and_finish(cfg, run_dir, str(last) if last.is_file() else None)
+    return _fit_and_finish(cfg, run_dir, resume_checkpoint(run_dir))
