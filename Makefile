@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -36,3 +36,6 @@ lint: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+bench: install
+	$(PY) benchmarks/bench.py
