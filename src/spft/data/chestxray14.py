@@ -16,7 +16,15 @@ import numpy as np
 import pandas as pd
 
 from spft.data.contract import LabelTable
-from spft.data.files import FileIndex, add_warning, count_warning, find_column, read_metadata, split_seed
+from spft.data.files import (
+    FileIndex,
+    add_warning,
+    count_warning,
+    find_column,
+    metadata_path,
+    read_metadata,
+    split_seed,
+)
 from spft.data.splits import grouped_split
 
 log = logging.getLogger(__name__)
@@ -55,18 +63,6 @@ def _read_list(index: FileIndex, name: str) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def _metadata_path(data_cfg, index: FileIndex) -> str:
-    if data_cfg.csv:
-        if not Path(data_cfg.csv).expanduser().is_file():
-            raise FileNotFoundError(f"data.csv: file not found: {data_cfg.csv}")
-        return str(Path(data_cfg.csv).expanduser())
-    path = index.find(*METADATA_NAMES)
-    if path is None:
-        raise FileNotFoundError(f"chestxray14: neither {' nor '.join(METADATA_NAMES)} found below data.root="
-                                f"{index.root} (or set data.csv to the Data_Entry file)")
-    return path
-
-
 def _official_splits(names: list[str], index: FileIndex, warnings: list[str]) -> list[str | None]:
     """'trainval' / 'test' per row from the official lists; ``None`` for rows in neither list (dropped)."""
     trainval = _read_list(index, "train_val_list.txt")
@@ -98,7 +94,7 @@ def read_chestxray14(data_cfg, seed: int) -> LabelTable:
         ValueError: an unknown finding name (file, row and column named) or a duplicated image.
     """
     index = FileIndex(data_cfg.root)
-    metadata = _metadata_path(data_cfg, index)
+    metadata = metadata_path(data_cfg, index, METADATA_NAMES, "chestxray14", "the Data_Entry file")
     df = read_metadata(metadata)
     image_col = find_column(df, metadata, "Image Index")
     labels_col = find_column(df, metadata, "Finding Labels")

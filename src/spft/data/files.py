@@ -122,3 +122,21 @@ def add_warning(warnings: list[str], text: str | None) -> None:
 def split_seed(data_cfg, seed: int) -> int:
     """``data.split_seed`` when set, else the run's seed."""
     return seed if data_cfg.split_seed is None else int(data_cfg.split_seed)
+
+
+def metadata_path(data_cfg, index: FileIndex, names: tuple[str, ...], dataset: str, what: str) -> str:
+    """``data.csv`` when set (it must exist), else the first of ``names`` found below ``data.root``.
+
+    Raises:
+        FileNotFoundError: naming ``data.csv`` or the file names looked for and the root.
+    """
+    if data_cfg.csv:
+        path = Path(data_cfg.csv).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data.csv: file not found: {data_cfg.csv}")
+        return str(path)
+    found = index.find(*names)
+    if found is None:
+        raise FileNotFoundError(f"{dataset}: none of {', '.join(names)} found below data.root={index.root} "
+                                f"(or set data.csv to {what})")
+    return found

@@ -17,7 +17,15 @@ import numpy as np
 import pandas as pd
 
 from spft.data.contract import LabelTable
-from spft.data.files import FileIndex, add_warning, count_warning, find_column, read_metadata, split_seed
+from spft.data.files import (
+    FileIndex,
+    add_warning,
+    count_warning,
+    find_column,
+    metadata_path,
+    read_metadata,
+    split_seed,
+)
 from spft.data.splits import stratified_grouped_split
 
 log = logging.getLogger(__name__)
@@ -90,18 +98,6 @@ def _read_test(index: FileIndex, images: dict[str, str], warnings: list[str]):
     return [ids[i] for i in keep], [groups[i] for i in keep], labels[keep]
 
 
-def _metadata_path(data_cfg, index: FileIndex) -> str:
-    if data_cfg.csv:
-        if not Path(data_cfg.csv).expanduser().is_file():
-            raise FileNotFoundError(f"data.csv: file not found: {data_cfg.csv}")
-        return str(Path(data_cfg.csv).expanduser())
-    path = index.find(*METADATA_NAMES)
-    if path is None:
-        raise FileNotFoundError(f"ham10000: none of {', '.join(METADATA_NAMES)} found below data.root={index.root} "
-                                "(or set data.csv to the metadata file)")
-    return path
-
-
 def read_ham10000(data_cfg, seed: int) -> LabelTable:
     """The HAM10000 LabelTable (unchecked: missing files and leakage are reported by the caller).
 
@@ -111,7 +107,7 @@ def read_ham10000(data_cfg, seed: int) -> LabelTable:
         ValueError: an unknown diagnosis or a non-one-hot ISIC row (file and row named), a duplicated image id.
     """
     index = FileIndex(data_cfg.root)
-    metadata = _metadata_path(data_cfg, index)
+    metadata = metadata_path(data_cfg, index, METADATA_NAMES, "ham10000", "the metadata file")
     images = index.images_by_stem()
     warnings: list[str] = []
     ids, groups, labels = _read_metadata_format(read_metadata(metadata), metadata)
