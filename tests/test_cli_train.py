@@ -97,6 +97,8 @@ def test_evaluate_reproduces_test_metrics(finished_run):
     assert (run_dir / "metrics_test_eval.json").is_file()
     proc = run_cli("evaluate", str(run_dir), "--split", "val")
     assert "macro AUC" in proc.stdout and "(val, n=" in proc.stdout
+    proc = run_cli("evaluate", str(run_dir), "data.label_columns=[Nodule, Mass]", check=False)
+    assert proc.returncode == 2 and "differ from the run's" in proc.stderr
 
 
 def test_kill_and_resume_equals_uninterrupted(finished_run, tmp_path):

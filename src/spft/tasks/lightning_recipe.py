@@ -242,13 +242,46 @@ def build_trainer(cfg, run_dir: Path, monitor: str) -> L.Trainer:
     )
 
 
-def load_best_weights(module: RecipeModule, run_dir: Path) -> int | None:
-    """Load ``best.ckpt`` (else ``last.ckpt``) into ``module`` — raw and EMA weights; returns the saved epoch."""
-    best = run_dir / "checkpoints" / "best.ckpt"
-    state = torch.load(best if best.is_file() else run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=False)
+def load_checkpoint_into(module: RecipeModule, ckpt: Path) -> int | None:
+    """Load raw and EMA weights from ``ckpt`` into ``module``; the labels must be the run's. Returns the epoch."""
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt} not found (has the run finished its first epoch?)")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved = state.get("spft", {}).get("classes")
+    if saved is not None and list(saved) != list(module.classes):
+        raise ValueError(f"the data's classes/structures {module.classes} differ from the run's {list(saved)}")
     module.load_state_dict(state["state_dict"])
     return state.get("epoch")
+
+
+def load_best_weights(module: RecipeModule, run_dir: Path) -> int | None:
+    """Load ``best.ckpt`` (else ``last.ckpt``) into ``module``; returns the saved epoch."""
+    best = run_dir / "checkpoints" / "best.ckpt"
+    return load_checkpoint_into(module, best if best.is_file() else run_dir / "checkpoints" / "last.ckpt")
+
+
+def eval_device(cfg) -> str:
+    return "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+
+
+def start_run(cfg, fit_and_finish) -> Path:
+    """A new run: seed, create the run directory, ``fit_and_finish(cfg, run_dir, None)``."""
+    from spft.experiments.rundir import create_run_dir
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return fit_and_finish(cfg, create_run_dir(cfg), None)
+
+
+def resume_run(run_dir: str | Path, fit_and_finish) -> Path:
+    """Continue a killed run from ``last.ckpt`` (or start it again if no epoch finished); a finished run is left."""
+    from spft.experiments.rundir import config_to_resume
+
+    run_dir = Path(run_dir)
+    cfg = config_to_resume(run_dir)
+    if cfg is None:
+        return run_dir
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return fit_and_finish(cfg, run_dir, resume_checkpoint(run_dir))
 
 
 def resume_checkpoint(run_dir: Path) -> str | None:

@@ -104,21 +104,14 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     """
     from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.classification.train import build_run
+    from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
 
     run_dir = Path(run_dir)
     split = checked_split(split)
     cfg = load_run_config(run_dir, overrides)
-    ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt} not found (has the run finished its first epoch?)")
-    table, _, module, dm = build_run(cfg, None)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    saved_classes = state.get("spft", {}).get("classes")
-    if saved_classes is not None and list(saved_classes) != list(table.classes):
-        raise ValueError(f"the data's classes {table.classes} differ from the run's {saved_classes}")
-    module.load_state_dict(state["state_dict"])
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    _, _, module, dm = build_run(cfg, None)
+    epoch = load_checkpoint_into(module, run_dir / "checkpoints" / f"{checkpoint}.ckpt")
     loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
-    ev = evaluate_module(module, loader, split, device)
-    write_evaluation(run_dir, ev, state.get("epoch"), suffix="_eval")
+    ev = evaluate_module(module, loader, split, eval_device(cfg))
+    write_evaluation(run_dir, ev, epoch, suffix="_eval")
     return ev

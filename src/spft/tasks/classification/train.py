@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from spft.config import SpftConfig, dump_yaml
@@ -19,8 +18,6 @@ from spft.data.transforms import ImageTransform
 from spft.experiments.rundir import (
     atomic_write_json,
     atomic_write_text,
-    config_to_resume,
-    create_run_dir,
     environment,
     mark_done,
 )
@@ -29,7 +26,7 @@ from spft.recipe import ClassWeights
 from spft.tasks.classification.datamodule import ClassificationDataModule
 from spft.tasks.classification.evaluate import evaluate_module, write_evaluation
 from spft.tasks.classification.module import ClassificationModule
-from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_checkpoint
+from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_run, start_run
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +86,9 @@ def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Pa
 
 def train(cfg: SpftConfig) -> Path:
     """Run the full two-stage SPFT recipe for ``cfg`` and return the run directory."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = create_run_dir(cfg)
-    return _fit_and_finish(cfg, run_dir, None)
+    return start_run(cfg, _fit_and_finish)
 
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a killed run from ``checkpoints/last.ckpt`` (or start it again if no epoch finished)."""
-    run_dir = Path(run_dir)
-    cfg = config_to_resume(run_dir)
-    if cfg is None:
-        return run_dir
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return _fit_and_finish(cfg, run_dir, resume_checkpoint(run_dir))
+    return resume_run(run_dir, _fit_and_finish)

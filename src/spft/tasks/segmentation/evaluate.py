@@ -128,22 +128,15 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
                  checkpoint: str = "best") -> SegEvaluation:
     """Re-evaluate a run directory on ``split`` (optionally other data via overrides); writes ``*_eval`` files."""
     from spft.experiments.rundir import checked_split, load_run_config
+    from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
     from spft.tasks.segmentation.train import build_run
 
     run_dir = Path(run_dir)
     split = checked_split(split)
     cfg = load_run_config(run_dir, overrides)
-    ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt} not found (has the run finished its first epoch?)")
     _, _, module, dm = build_run(cfg, None)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    saved = state.get("spft", {}).get("classes")
-    if saved is not None and list(saved) != module.structures:
-        raise ValueError(f"the config's structures {module.structures} differ from the run's {saved}")
-    module.load_state_dict(state["state_dict"])
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    epoch = load_checkpoint_into(module, run_dir / "checkpoints" / f"{checkpoint}.ckpt")
     batch_size = cfg.trainer.eval_batch_size or cfg.trainer.batch_size
-    ev = evaluate_module(module, dm.datasets[split], split, device, batch_size)
-    write_evaluation(run_dir, ev, state.get("epoch"), suffix="_eval")
+    ev = evaluate_module(module, dm.datasets[split], split, eval_device(cfg), batch_size)
+    write_evaluation(run_dir, ev, epoch, suffix="_eval")
     return ev

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from spft.config import SpftConfig, dump_yaml
@@ -20,14 +19,12 @@ from spft.data.masks import build_mask_table, pixel_prevalence
 from spft.experiments.rundir import (
     atomic_write_json,
     atomic_write_text,
-    config_to_resume,
-    create_run_dir,
     environment,
     mark_done,
 )
 from spft.models.sam2 import build_sam2
 from spft.recipe import ClassWeights
-from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_checkpoint
+from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_run, start_run
 from spft.tasks.segmentation.datamodule import SegmentationDataModule
 from spft.tasks.segmentation.evaluate import evaluate_module, write_evaluation
 from spft.tasks.segmentation.module import SegmentationModule
@@ -97,16 +94,9 @@ def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Pa
 
 def train(cfg: SpftConfig) -> Path:
     """Run the two-stage SPFT recipe on SAM2 for ``cfg`` and return the run directory."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = create_run_dir(cfg)
-    return _fit_and_finish(cfg, run_dir, None)
+    return start_run(cfg, _fit_and_finish)
 
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a killed run from ``checkpoints/last.ckpt`` (or start it again if no epoch finished)."""
-    run_dir = Path(run_dir)
-    cfg = config_to_resume(run_dir)
-    if cfg is None:
-        return run_dir
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return _fit_and_finish(cfg, run_dir, resume_checkpoint(run_dir))
+    return resume_run(run_dir, _fit_and_finish)
