@@ -107,7 +107,7 @@ def test_dataset_sample_contract(tmp_path):
     table = read_csv_table(_cfg(csv, "data.split_column=split", "data.patient_column=pid"), seed=0)
     ds = ImageDataset(table, "train", ImageTransform(16, (0.5,) * 3, (0.25,) * 3))
     sample = ds[0]
-    assert set(sample) == {"image", "labels", "id", "group"}
+    assert set(sample) == {"image", "labels", "id", "group", "index"} and sample["index"] == 0
     assert sample["image"].shape == (3, 16, 16) and sample["labels"].shape == (2,)
     assert sample["id"] == "img/0.png" and sample["group"] == "p0"
 

@@ -26,6 +26,18 @@ class PhantomConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Random training augmentation (classification). Off by default; when on, the stage-1 feature cache is bypassed."""
+
+    enabled: bool = False
+    scale: list[float] = field(default_factory=lambda: [0.85, 1.0])  # random resized crop: area fraction range
+    rotate: float = 5.0  # degrees, uniform in [-rotate, rotate]
+    brightness: float = 0.1  # multiplicative, uniform in [1 - b, 1 + b]
+    contrast: float = 0.1  # around the image mean, uniform in [1 - c, 1 + c]
+    hflip: float = 0.0  # probability; 0 by default because chest X-ray laterality matters
+
+
+@dataclass
 class DataConfig:
     name: Literal["csv", "phantom", "chestxray14", "chexpert", "ham10000", "phantom_detect", "vindr_cxr",
                   "tbx11k", "phantom_segment", "mask_folder", "chexmask"] = "csv"
@@ -40,7 +52,10 @@ class DataConfig:
     split_seed: Optional[int] = None  # default: the run's seed
     image_size: Optional[int] = None  # default: the model's own input size
     color: Literal["grey", "rgb"] = "grey"
-    num_workers: int = 2
+    num_workers: Optional[int] = None  # DataLoader workers; null: chosen from the core count (spft.data.loading)
+    pin_memory: Optional[bool] = None  # null: on when training on a GPU
+    prefetch_factor: Optional[int] = None  # batches prefetched per worker; null: chosen with the workers
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     # Real-dataset adapters (spft.data.chestxray14 / chexpert / ham10000):
     val_fraction: float = 0.1  # validation carved from the official train pool, grouped by patient / lesion
@@ -63,6 +78,9 @@ class ModelConfig:
     pooling: Literal["mean", "cls"] = "mean"
     head_hidden: int = 512
     head_dropout: float = 0.2
+    attn_implementation: Optional[str] = "sdpa"  # transformers attention: sdpa | eager | flash_attention_2
+    gradient_checkpointing: bool = False  # recompute encoder activations in backward: less memory, ~25% slower
+    channels_last: Optional[bool] = None  # null: on for CNN encoders on a GPU, off for ViTs (no gain)
 
 
 @dataclass
@@ -113,7 +131,11 @@ class TrainerConfig:
     batch_size: int = 32
     eval_batch_size: Optional[int] = None  # default: 2 x batch_size
     accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
-    devices: Any = 1
+    devices: Any = 1  # an int, a list of GPU ids, or "auto"; >1 trains with DDP
+    num_nodes: int = 1  # multi-node DDP (torchrun / SLURM set the ranks)
+    strategy: str = "auto"  # Lightning strategy: auto | ddp | ddp_find_unused_parameters_true | ...
+    compile: bool = False  # torch.compile the encoder (recompiles once per unfreeze step)
+    feature_cache: bool = True  # stage 1: train the head on cached pooled features of the frozen encoder
     precision: Optional[str] = None  # default: bf16-mixed where supported, else 32-true
     patience: int = 5  # early stopping, in validations
     log_every_n_steps: int = 10

@@ -34,27 +34,57 @@ class ImageDataset(Dataset):
             "labels": torch.from_numpy(self.table.labels[row].copy()),
             "id": self.table.ids[row],
             "group": self.table.groups[row],
+            "index": i,  # position in the split: gathered DDP predictions are put back in this order
         }
 
 
 class EpochSeededSampler(Sampler[int]):
-    """Shuffles with a generator seeded by (seed, epoch).
+    """Shuffles with a generator seeded by (seed, epoch); under DDP each rank takes every ``world``-th index.
 
     Lightning calls ``set_epoch`` before every training epoch, so the order of epoch e is the same whether the run
     went straight through or was resumed at e — one of the pieces that make resume equal an uninterrupted run.
+    With ``world > 1`` the permutation is padded (by repeating its start) to a multiple of ``world`` so every rank
+    runs the same number of steps — DDP's gradient all-reduce needs that; evaluation never pads (ShardSampler).
     """
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} out of range for world size {world}")
         self.n = n
         self.seed = seed
+        self.rank = rank
+        self.world = world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world)
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=gen).tolist())
+        order = torch.randperm(self.n, generator=gen).tolist()
+        if self.world > 1:
+            total = len(self) * self.world
+            order = (order * (1 + total // max(1, self.n)))[:total]
+        return iter(order[self.rank::self.world])
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation order under DDP: rank r reads indices r, r + world, ... — no padding, so no duplicates to drop.
+
+    Predictions carry their dataset index, are gathered from every rank and put back in dataset order, so the
+    metrics equal a single-process evaluation exactly.
+    """
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} out of range for world size {world}")
+        self.n, self.rank, self.world = n, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world))

@@ -214,8 +214,7 @@ def resolve_precision(cfg) -> str:
     """``trainer.precision``, else bf16-mixed on a GPU that supports it (16-mixed otherwise), else fp32."""
     if cfg.trainer.precision:
         return cfg.trainer.precision
-    wants_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-    if wants_gpu and torch.cuda.is_available():
+    if trains_on_gpu(cfg):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
@@ -235,7 +234,9 @@ def build_trainer(cfg, run_dir: Path, monitor: str) -> L.Trainer:
     loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tb")]
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices, precision=resolve_precision(cfg), callbacks=callbacks, logger=loggers,
+        devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=cfg.trainer.strategy,
+        use_distributed_sampler=False,  # spft.tasks.lightning_data shards itself: no padded evaluation sets
+        precision=resolve_precision(cfg), callbacks=callbacks, logger=loggers,
         plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.trainer.log_every_n_steps, num_sanity_val_steps=0,
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
         deterministic=cfg.trainer.deterministic,
@@ -258,6 +259,11 @@ def load_best_weights(module: RecipeModule, run_dir: Path) -> int | None:
     """Load ``best.ckpt`` (else ``last.ckpt``) into ``module``; returns the saved epoch."""
     best = run_dir / "checkpoints" / "best.ckpt"
     return load_checkpoint_into(module, best if best.is_file() else run_dir / "checkpoints" / "last.ckpt")
+
+
+def trains_on_gpu(cfg) -> bool:
+    """Whether the trainer will run on a CUDA GPU (decides pinned memory and precision defaults)."""
+    return cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 def eval_device(cfg) -> str:

@@ -26,7 +26,7 @@ from spft.recipe import ClassWeights
 from spft.tasks.classification.datamodule import ClassificationDataModule
 from spft.tasks.classification.evaluate import evaluate_module, write_evaluation
 from spft.tasks.classification.module import ClassificationModule
-from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_run, start_run
+from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_run, start_run, trains_on_gpu
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
         from spft.data.cache import ImageCache
 
         reading = ImageCache(cfg.data.image_cache, prep.size, cfg.data.color).redirect(table)
-    dm = ClassificationDataModule(reading, transform, cfg.data.color, cfg.trainer.batch_size,
-                                  cfg.trainer.eval_batch_size, cfg.data.num_workers, cfg.seed)
+    dm = ClassificationDataModule(reading, transform, cfg.data.color, cfg.data, cfg.trainer.batch_size,
+                                  cfg.trainer.eval_batch_size, cfg.seed, on_gpu=trains_on_gpu(cfg))
     return table, prep, module, dm
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from spft.data.loading import resolve_workers
 from spft.data.yolo_layout import read_dataset, split_image_list
 from spft.experiments.rundir import atomic_write_json
 
@@ -70,8 +71,8 @@ def _iou40(base):
 def _val(model, cfg, dataset_yaml: Path, split: str, out: Path, validator=None):
     kwargs = {"data": str(dataset_yaml), "split": split, "imgsz": cfg.detection.imgsz, "plots": False,
               "batch": cfg.trainer.eval_batch_size or cfg.trainer.batch_size, "conf": cfg.detection.conf,
-              "device": device_of(cfg), "workers": cfg.data.num_workers, "verbose": False, "project": str(out.parent),
-              "name": out.name, "exist_ok": True}
+              "device": device_of(cfg), "workers": resolve_workers(cfg.data), "verbose": False,
+              "project": str(out.parent), "name": out.name, "exist_ok": True}
     return model.val(validator=validator, **kwargs) if validator else model.val(**kwargs)
 
 

@@ -15,6 +15,7 @@ import ultralytics  # the `detect` extra: the task registry turns its absence in
 import yaml
 
 from spft.config import SpftConfig, dump_yaml
+from spft.data.loading import resolve_workers
 from spft.experiments.rundir import (
     atomic_write_json,
     atomic_write_text,
@@ -74,7 +75,7 @@ def trainer_overrides(cfg: SpftConfig, run_dir: Path, data_yaml: Path) -> dict:
     det = cfg.detection
     return {
         "model": resolve_model(cfg.model.name), "data": str(data_yaml), "epochs": cfg.trainer.max_epochs,
-        "batch": cfg.trainer.batch_size, "imgsz": det.imgsz, "device": device, "workers": cfg.data.num_workers,
+        "batch": cfg.trainer.batch_size, "imgsz": det.imgsz, "device": device, "workers": resolve_workers(cfg.data),
         "seed": cfg.seed, "deterministic": cfg.trainer.deterministic, "patience": cfg.trainer.patience,
         "optimizer": "AdamW", "lr0": cfg.optim.lr_head, "weight_decay": cfg.optim.weight_decay,
         "nbs": cfg.trainer.batch_size,  # one optimizer step per batch, as in the recipe

@@ -24,7 +24,7 @@ from spft.experiments.rundir import (
 )
 from spft.models.sam2 import build_sam2
 from spft.recipe import ClassWeights
-from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_run, start_run
+from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_run, start_run, trains_on_gpu
 from spft.tasks.segmentation.datamodule import SegmentationDataModule
 from spft.tasks.segmentation.evaluate import evaluate_module, write_evaluation
 from spft.tasks.segmentation.module import SegmentationModule
@@ -58,8 +58,8 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
     table = build_mask_table(cfg.data, structures, cfg.seed)
     model, prep = build_sam2(cfg.model)
     module = SegmentationModule(cfg, model, structures, structure_weights(cfg, table), run_dir)
-    dm = SegmentationDataModule(table, prep, cfg.data.color, cfg.trainer.batch_size, cfg.trainer.eval_batch_size,
-                                cfg.data.num_workers, cfg.seed)
+    dm = SegmentationDataModule(table, prep, cfg.data.color, cfg.data, cfg.trainer.batch_size,
+                                cfg.trainer.eval_batch_size, cfg.seed, on_gpu=trains_on_gpu(cfg))
     return table, prep, module, dm
 
 
