@@ -64,6 +64,7 @@ class DataConfig:
     blank: Literal["zero", "ignore"] = "zero"  # chexpert blank cells: negative, or unknown (masked)
     official_test: bool = True  # ham10000: the ISIC 2018 Task 3 test set is the test split when its files are present
     image_cache: Optional[str] = None  # folder of pre-resized images written by `spft prepare cache`
+    image_cache_format: Literal["png", "npy"] = "png"  # png files, or one uint8 memory-mapped array per split
     # Segmentation (spft.data.chexmask): the CheXmask CSV of one source, joined to the images below images_root
     masks_csv: Optional[str] = None
     images_root: Optional[str] = None  # default: data.root
