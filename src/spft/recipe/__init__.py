@@ -14,7 +14,7 @@ from spft.recipe.class_weights import (
     normalise,
     refine,
 )
-from spft.recipe.ema import EmaAvgFn, build_ema, ema_decay_at
+from spft.recipe.ema import EmaModel, build_ema, ema_decay_at
 from spft.recipe.freezing import apply_trainable, count_trainable, frozen_prefix_length
 from spft.recipe.layers import EMBEDDINGS, FINAL_NORM, HEAD, LayerGroups, block_part
 from spft.recipe.loss import weighted_bce, weighted_ce
@@ -35,7 +35,7 @@ __all__ = [
     "FINAL_NORM",
     "HEAD",
     "ClassWeights",
-    "EmaAvgFn",
+    "EmaModel",
     "GroupLrFactor",
     "LayerGroups",
     "StagePlan",

@@ -1,15 +1,22 @@
 """EMA of the model weights for evaluation, with the usual decay warm-up, on top of torch's ``AveragedModel``.
 
-We use ``torch.optim.swa_utils.AveragedModel`` rather than our own copy loop (ARCHITECTURE rule 10). Torch's
-``get_ema_multi_avg_fn`` has a fixed decay and no warm-up, so a custom, picklable ``avg_fn`` (:class:`EmaAvgFn`)
-ramps the decay as ``min(decay, (1 + n) / (10 + n))``. ``AveragedModel`` copies the weights on its first update
-(``n_averaged == 0``) and calls ``avg_fn`` from the second one on, with ``n`` = number of updates already averaged.
+We keep torch's ``AveragedModel`` (its ``module`` copy, ``n_averaged`` buffer and state-dict layout, ARCHITECTURE
+rule 10) but replace its update: torch's ``get_ema_multi_avg_fn`` has a fixed decay and no warm-up, and a per-tensor
+``avg_fn`` costs a Python call and two temporaries per tensor. :class:`EmaModel` ramps the decay as
+``min(decay, (1 + n) / (10 + n))`` (``n`` = updates already averaged; the first update copies) and applies it with one
+``torch._foreach_lerp_`` per device/dtype group, to the parameters that currently train plus the float buffers.
+Skipping frozen parameters is exact, not an approximation: a frozen parameter has not moved since the first update
+copied it, and ``lerp(a, a, w) == a`` bit for bit, so the EMA copy of every frozen part stays equal to the model's
+(which also lets stage 1 serve the EMA model from the same cached features). The decay is computed from a Python
+counter mirrored in ``n_averaged``, so an update never waits on the GPU.
 """
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 
 def ema_decay_at(num_updates: int, decay: float = 0.999, warmup: bool = True) -> float:
@@ -27,31 +34,50 @@ def ema_decay_at(num_updates: int, decay: float = 0.999, warmup: bool = True) ->
     return min(decay, (1 + num_updates) / (10 + num_updates))
 
 
-class EmaAvgFn:
-    """Picklable ``avg_fn`` for ``AveragedModel``: ``d * averaged + (1 - d) * current``, ``d = ema_decay_at(n)``."""
-
-    def __init__(self, decay: float = 0.999, warmup: bool = True) -> None:
-        ema_decay_at(0, decay, warmup)  # validates decay
-        self.decay = decay
-        self.warmup = warmup
-
-    def __call__(self, averaged_param: Tensor, current_param: Tensor, num_averaged: Tensor | int) -> Tensor:
-        # Integer buffers (e.g. BatchNorm's num_batches_tracked) cannot be averaged: follow the model.
-        if not averaged_param.is_floating_point():
-            return current_param
-        d = ema_decay_at(int(num_averaged), self.decay, self.warmup)
-        return averaged_param * d + current_param * (1.0 - d)
-
-    def __repr__(self) -> str:
-        return f"EmaAvgFn(decay={self.decay}, warmup={self.warmup})"
-
-
-def build_ema(model: nn.Module, decay: float = 0.999, warmup: bool = True) -> AveragedModel:
-    """``AveragedModel`` holding the EMA of ``model`` (buffers averaged too); its parameters never need grads.
+class EmaModel(AveragedModel):
+    """``AveragedModel`` whose :meth:`update_parameters` is the warm-up EMA over trainable parameters and buffers.
 
     Call ``ema.update_parameters(model)`` after every optimizer step and evaluate ``ema.module``.
     """
-    ema = AveragedModel(model, avg_fn=EmaAvgFn(decay, warmup), use_buffers=True)
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    return ema
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
+        ema_decay_at(0, decay, warmup)  # validates decay
+        super().__init__(model, use_buffers=True)
+        self.decay = decay
+        self.warmup = warmup
+        self._count: int | None = None  # Python mirror of n_averaged (None: read it at the next update)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._count = None  # n_averaged is being replaced: re-read it
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self._count is None:
+            self._count = int(self.n_averaged)
+        params = list(zip(self.module.parameters(), model.parameters(), strict=True))
+        buffers = list(zip(self.module.buffers(), model.buffers(), strict=True))
+        if self._count == 0:
+            for mine, theirs in params + buffers:
+                mine.copy_(theirs.detach().to(mine.device))
+        else:
+            weight = 1.0 - ema_decay_at(self._count, self.decay, self.warmup)
+            moving = [(e, m) for e, m in params if m.requires_grad]
+            moving += [(e, m) for e, m in buffers if e.is_floating_point()]
+            for e, m in buffers:
+                if not e.is_floating_point():  # e.g. BatchNorm's num_batches_tracked: follow the model
+                    e.copy_(m)
+            if moving:
+                grouped = _group_tensors_by_device_and_dtype([[e for e, _ in moving],
+                                                               [m.detach().to(e.device) for e, m in moving]])
+                for (ema_list, model_list), _ in grouped.values():
+                    torch._foreach_lerp_(ema_list, model_list, weight)
+        self.n_averaged += 1
+        self._count += 1
+
+
+def build_ema(model: nn.Module, decay: float = 0.999, warmup: bool = True) -> EmaModel:
+    """The :class:`EmaModel` of ``model`` (its parameters never need grads)."""
+    return EmaModel(model, decay, warmup)

@@ -63,6 +63,22 @@ def rng_state() -> dict:
             "python": random.getstate()}
 
 
+def gather_by_index(parts: dict[str, list], world: int, per_batch: tuple[str, ...] = ("loss",)) -> dict:
+    """Concatenate per-batch lists of tensors from every DDP rank and put the samples back in dataset order.
+
+    ``parts["index"]`` holds each sample's position in the split; every other per-sample key is reordered by it,
+    keys in ``per_batch`` (e.g. summed losses) are just concatenated. Evaluation shards carry no padding
+    (:class:`~spft.data.dataset.ShardSampler`), so the result is exactly the single-process evaluation set.
+    """
+    local = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items() if v or k == "index"}
+    if world > 1:
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, local)
+        local = {k: torch.cat([g[k] for g in gathered]) for k in local}
+    order = torch.argsort(local["index"].long())
+    return {k: (v if k in per_batch else v[order]) for k, v in local.items()}
+
+
 def clean_row(row: dict) -> dict:
     """None and NaN as empty CSV cells."""
     return {k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()}
@@ -126,6 +142,25 @@ class RecipeModule(L.LightningModule):
         total, count = self._train_loss
         self._train_loss = (total + float(loss.detach()) * n, count + n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
+
+    def on_fit_start(self) -> None:
+        # DDP registers for gradient all-reduce only the parameters that train when it wraps the model (before
+        # this hook); blocks opened later would silently diverge across ranks (Lightning #20340, ARCHITECTURE
+        # rule 3). Remember the registered set; on_after_backward averages the others' gradients itself.
+        self._ddp_registered = {id(p) for p in self.parameters() if p.requires_grad}
+
+    def on_after_backward(self) -> None:
+        if self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return
+        late = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None
+                and id(p) not in self._ddp_registered]
+        if late:
+            grads = [p.grad for p in late]
+            flat = torch._utils._flatten_dense_tensors(grads)
+            torch.distributed.all_reduce(flat)
+            flat /= self.trainer.world_size
+            for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                g.copy_(synced)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
@@ -219,9 +254,12 @@ def resolve_precision(cfg) -> str:
     return "32-true"
 
 
-def build_trainer(cfg, run_dir: Path, monitor: str) -> L.Trainer:
+def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = False) -> L.Trainer:
     """The Lightning Trainer every Lightning task uses: best/last checkpoints and early stopping on ``monitor``
-    (an EMA metric when EMA is on), progress bar, CSV + TensorBoard logs, atomic checkpoint files."""
+    (an EMA metric when EMA is on), progress bar, CSV + TensorBoard logs, atomic checkpoint files.
+
+    ``reload_dataloaders`` asks the DataModule for its loaders every epoch (the stage-1 feature cache switches
+    from feature batches to images at stage 2; the DataModule hands back the same loader objects otherwise)."""
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                         save_last=True, save_top_k=1, enable_version_counter=False),
@@ -239,6 +277,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str) -> L.Trainer:
         precision=resolve_precision(cfg), callbacks=callbacks, logger=loggers,
         plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.trainer.log_every_n_steps, num_sanity_val_steps=0,
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
+        reload_dataloaders_every_n_epochs=1 if reload_dataloaders else 0,
         deterministic=cfg.trainer.deterministic,
     )
 

@@ -13,9 +13,10 @@ import logging
 import torch
 
 from spft.metrics import multilabel_auc
-from spft.recipe import weighted_bce, weighted_ce
+from spft.recipe import trainable_at, weighted_bce, weighted_ce
 from spft.tasks.lightning_recipe import (  # noqa: F401  (re-exported for callers of the old location)
     RecipeModule,
+    gather_by_index,
     seed_everything_for_epoch,
     stage_plan,
 )
@@ -32,8 +33,21 @@ class ClassificationModule(RecipeModule):
             return weighted_ce(logits.float(), labels, weights)
         return weighted_bce(logits.float(), labels, weights)
 
+    feature_cache_blocker: str | None = "not set up"  # set by build_run: why stage 1 cannot use cached features
+
+    def uses_feature_cache(self, epoch: int) -> bool:
+        """Stage-1 epochs train the head on cached encoder features unless :attr:`feature_cache_blocker` says no."""
+        return self.feature_cache_blocker is None and trainable_at(self.plan, epoch, self.n_blocks).stage == 1
+
+    def forward_batch(self, batch: dict, model=None) -> torch.Tensor:
+        """Logits of ``model`` (default: the raw model) for an image batch or a batch of cached features."""
+        model = self.model if model is None else model
+        if "features" in batch:
+            return model.head(batch["features"])
+        return model(batch["image"])
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self.model(batch["image"])
+        logits = self.forward_batch(batch)
         loss = self.loss_fn(logits, batch["labels"])
         self.track_train_loss(loss, len(logits))
         return loss
@@ -43,22 +57,24 @@ class ClassificationModule(RecipeModule):
         return torch.softmax(logits.float(), -1) if self.cfg.loss == "ce" else torch.sigmoid(logits.float())
 
     def on_validation_epoch_start(self) -> None:
-        self._val = {"raw": [], "ema": [], "labels": [], "loss": []}
+        self._val = {"raw": [], "ema": [], "labels": [], "loss": [], "index": []}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.model(batch["image"])
+        logits = self.forward_batch(batch)
         self._val["raw"].append(self.probabilities(logits).cpu())
-        self._val["loss"].append(float(self.loss_fn(logits, batch["labels"])) * len(logits))
+        self._val["loss"].append(self.loss_fn(logits, batch["labels"]).detach().cpu().reshape(1) * len(logits))
         if self.ema is not None:
-            self._val["ema"].append(self.probabilities(self.ema.module(batch["image"])).cpu())
+            self._val["ema"].append(self.probabilities(self.forward_batch(batch, self.ema.module)).cpu())
         self._val["labels"].append(batch["labels"].cpu())
+        self._val["index"].append(batch["index"].cpu())
 
     def on_validation_epoch_end(self) -> None:
-        labels = torch.cat(self._val["labels"]).numpy()
-        raw = multilabel_auc(torch.cat(self._val["raw"]).numpy(), labels, self.classes)
-        ema = multilabel_auc(torch.cat(self._val["ema"]).numpy(), labels, self.classes) if self.ema else None
+        val = gather_by_index(self._val, self.trainer.world_size)  # every rank: the whole split, in order
+        labels = val["labels"].numpy()
+        raw = multilabel_auc(val["raw"].numpy(), labels, self.classes)
+        ema = multilabel_auc(val["ema"].numpy(), labels, self.classes) if self.ema else None
         monitored = ema if ema is not None else raw
-        val_loss = sum(self._val["loss"]) / max(1, len(labels))
+        val_loss = float(val["loss"].sum()) / max(1, len(labels))
         nan = float("nan")
         self.log("val/auc_raw", raw.macro if raw.macro is not None else nan)
         if ema is not None:

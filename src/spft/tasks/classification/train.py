@@ -25,8 +25,16 @@ from spft.models.classifier import build_classifier
 from spft.recipe import ClassWeights
 from spft.tasks.classification.datamodule import ClassificationDataModule
 from spft.tasks.classification.evaluate import evaluate_module, write_evaluation
+from spft.tasks.classification.feature_cache import FeatureCache, cache_blocker
 from spft.tasks.classification.module import ClassificationModule
-from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_run, start_run, trains_on_gpu
+from spft.tasks.lightning_recipe import (
+    build_trainer,
+    load_best_weights,
+    resume_run,
+    stage_plan,
+    start_run,
+    trains_on_gpu,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +59,15 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
         from spft.data.cache import ImageCache
 
         reading = ImageCache(cfg.data.image_cache, prep.size, cfg.data.color).redirect(table)
+    module.feature_cache_blocker = cache_blocker(cfg, model)
+    if module.feature_cache_blocker is None and stage_plan(cfg.recipe).stage1_epochs > 0:
+        log.info("stage 1 trains the head on cached encoder features (computed once; trainer.feature_cache)")
+    elif module.feature_cache_blocker is not None and cfg.recipe.stage1_epochs > 0 and run_dir is not None:
+        log.info("stage-1 feature cache bypassed: %s", module.feature_cache_blocker)
+    cache = FeatureCache(model, transform, cfg.data.color) if module.feature_cache_blocker is None else None
     dm = ClassificationDataModule(reading, transform, cfg.data.color, cfg.data, cfg.trainer.batch_size,
-                                  cfg.trainer.eval_batch_size, cfg.seed, on_gpu=trains_on_gpu(cfg))
+                                  cfg.trainer.eval_batch_size, cfg.seed, on_gpu=trains_on_gpu(cfg),
+                                  feature_cache=cache)
     return table, prep, module, dm
 
 
@@ -69,7 +84,7 @@ def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str) -
 
 def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Path:
     table, prep, module, dm = build_run(cfg, run_dir)
-    trainer = build_trainer(cfg, run_dir, MONITOR)
+    trainer = build_trainer(cfg, run_dir, MONITOR, reload_dataloaders=dm.feature_cache is not None)
     device = str(trainer.strategy.root_device)
     if ckpt_path is None:
         _write_run_files(cfg, run_dir, table, prep, device)

@@ -1,0 +1,215 @@
+"""The stage-1 feature cache: the frozen encoder's pooled features, computed once, on which the head trains.
+
+In stage 1 the encoder is frozen and deterministic, so ``head(pool(encoder(x)))`` only needs ``pool(encoder(x))``
+once per image. :class:`FeatureCache` computes it for the train and validation splits (inference mode, bf16 autocast
+on a GPU, each DDP rank a strided shard, then gathered), stores it under ``$SPFT_CACHE/features/<key>/`` and serves
+it as batches in the very order the image loader would have used (same :class:`EpochSeededSampler`), so the head sees
+the same features in the same order and the run equals the uncached one within float tolerance. Stage 2 switches
+back to images and continues from the same head.
+
+The key hashes everything the features depend on — the encoder's weights (every tensor), pooling, preprocessing
+(size, mean, std, colour), the extraction precision, and each image's path, size and modification time — so a
+cache entry is never stale. :func:`cache_blocker` says why the cache cannot be used for a run (random augmentation,
+a stochastic encoder, switched off), and the run's log says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from spft.data.dataset import ShardSampler
+from spft.data.registry import cache_root
+from spft.models.encoders import hidden_size
+
+log = logging.getLogger(__name__)
+
+FEATURE_CACHE_VERSION = 1
+
+
+def cache_blocker(cfg, model: nn.Module) -> str | None:
+    """Why the stage-1 feature cache cannot be used with ``cfg`` and ``model``; None when it can."""
+    if not cfg.trainer.feature_cache:
+        return "trainer.feature_cache is false"
+    if cfg.data.augment.enabled:
+        return "random augmentation is on (data.augment.enabled): every epoch sees different pixels"
+    for name, module in model.encoder.named_modules():
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            return f"the encoder has dropout in training mode ({name or 'encoder'}, p={module.p})"
+        if float(getattr(module, "drop_prob", 0.0) or 0.0) > 0:
+            return f"the encoder has stochastic depth ({name}, drop_prob={module.drop_prob})"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return f"the encoder has batch norm ({name}), whose statistics move in training mode"
+    return None
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 over every tensor of ``module.state_dict()`` (name, dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def files_digest(paths: list[str]) -> str:
+    """SHA-256 over each image's path, size and modification time (a changed file changes the key)."""
+    h = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        h.update(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+class FeatureBatches(Dataset):
+    """Whole batches of cached features: ``self[indices]`` is the batch dict the image loader would have given,
+    with ``features`` in place of ``image``."""
+
+    def __init__(self, features: torch.Tensor, dataset):
+        self.features = features
+        self.labels = torch.from_numpy(np.ascontiguousarray(dataset.labels()))
+        table, index = dataset.table, dataset.index
+        self.ids = [table.ids[int(r)] for r in index]
+        self.groups = [table.groups[int(r)] for r in index]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, indices: list[int]) -> dict:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {"features": self.features[idx], "labels": self.labels[idx], "index": idx,
+                "id": [self.ids[i] for i in indices], "group": [self.groups[i] for i in indices]}
+
+
+class BatchesOf(Sampler[list[int]]):
+    """Groups an index sampler into lists of ``batch_size`` (last one shorter) and forwards ``set_epoch``."""
+
+    def __init__(self, sampler, batch_size: int):
+        self.sampler = sampler
+        self.batch_size = batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self):
+        batch = []
+        for i in self.sampler:
+            batch.append(i)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+class FeatureCache:
+    """Pooled features of ``model``'s frozen encoder for the datasets of a split, in memory and on disk."""
+
+    def __init__(self, model: nn.Module, transform, color: str, folder: str | Path | None = None):
+        self.model = model
+        self.transform = transform
+        self.color = color
+        self.folder = Path(folder) if folder else cache_root() / "features"
+        self._features: dict[str, torch.Tensor] = {}
+        self._weights: str | None = None
+
+    def key(self, dataset, precision: str) -> str:
+        if self._weights is None:
+            self._weights = weights_digest(self.model.encoder)
+        t = self.transform
+        meta = {"version": FEATURE_CACHE_VERSION, "encoder": self._weights, "pooling": self.model.pooling,
+                "prefix_tokens": self.model.n_prefix, "size": t.size, "mean": t.mean.flatten().tolist(),
+                "std": t.std.flatten().tolist(), "color": self.color, "precision": precision,
+                "images": files_digest([dataset.table.paths[int(r)] for r in dataset.index])}
+        return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
+
+    def get(self, split: str, dataset, device: torch.device, batch_size: int, loader_options: dict,
+            rank: int = 0, world: int = 1) -> torch.Tensor:
+        """The ``[N, D]`` float32 features of ``dataset`` (computed on first use, then from memory or disk)."""
+        if split in self._features:
+            return self._features[split]
+        precision = "bf16" if device.type == "cuda" else "fp32"
+        path = self.folder / self.key(dataset, precision) / f"{split}.npy"
+        if _all_ranks_agree(path.is_file(), world):
+            features = torch.from_numpy(np.load(path))
+            if len(features) != len(dataset):
+                raise ValueError(f"feature cache {path} holds {len(features)} rows for {len(dataset)} images: "
+                                 "delete it and run again")
+            log.info("stage-1 feature cache: %s features read from %s", split, path)
+        else:
+            parts = self._extract(split, dataset, device, batch_size, loader_options, rank, world, precision)
+            features = torch.zeros(len(dataset), hidden_size(self.model.encoder))
+            for index, values in parts:  # outside inference mode: the head will train on these
+                features[index] = values.clone()
+            _atomic_save(path, features.numpy())
+            log.info("stage-1 feature cache: %d %s features written to %s", len(features), split, path)
+        self._features[split] = features
+        return features
+
+    @torch.inference_mode()
+    def _extract(self, split, dataset, device, batch_size, loader_options, rank, world, precision) -> list:
+        """Every rank's ``(indices, features)`` for its strided shard of ``dataset``."""
+        from tqdm import tqdm
+
+        sampler = ShardSampler(len(dataset), rank, world)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options)
+        was_training = self.model.training
+        self.model.eval()
+        rows, idx = [], []
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
+        try:
+            with autocast, tqdm(total=len(sampler), desc=f"features {split}", unit="img",
+                                disable=rank != 0) as bar:
+                for batch in loader:
+                    rows.append(self.model.features(batch["image"].to(device, non_blocking=True)).float().cpu())
+                    idx.append(batch["index"])
+                    bar.update(len(batch["image"]))
+        finally:
+            self.model.train(was_training)
+        mine = (torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long),
+                torch.cat(rows) if rows else torch.zeros(0, hidden_size(self.model.encoder)))
+        return _gather(mine, world)
+
+
+def _all_ranks_agree(flag: bool, world: int) -> bool:
+    """True only when ``flag`` holds on every rank (so all ranks take the same branch of a collective step)."""
+    if world <= 1:
+        return flag
+    flags = [None] * world
+    torch.distributed.all_gather_object(flags, bool(flag))
+    return all(flags)
+
+
+def _gather(obj, world: int) -> list:
+    if world <= 1:
+        return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

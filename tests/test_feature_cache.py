@@ -1,0 +1,97 @@
+"""The stage-1 feature cache: same results as the image path, never stale, bypassed when it cannot be exact."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL, run_cli, tiny_overrides
+
+
+def _history(run: Path) -> list[dict]:
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_cached_stage1_equals_uncached_and_stage2_continues(spft_cache, tmp_path):
+    runs = {}
+    logs = {}
+    for flag in ("true", "false"):
+        run = tmp_path / f"cache_{flag}"
+        proc = run_cli("train", "configs/phantom_cxr.yaml",
+                       *tiny_overrides(run, epochs=3, extra=("recipe.stage1_epochs=2", f"trainer.feature_cache={flag}")))
+        runs[flag], logs[flag] = run, proc.stdout + proc.stderr
+    assert "stage 1 trains the head on cached encoder features" in logs["true"]
+    assert "features written to" in logs["true"]
+    assert "cached encoder features" not in logs["false"]
+    assert list((spft_cache / "features").glob("*/train.npy")) and list((spft_cache / "features").glob("*/val.npy"))
+    cached, plain = _history(runs["true"]), _history(runs["false"])
+    assert [r["stage"] for r in cached] == ["1", "1", "2"]
+    for a, b in zip(cached, plain):
+        for col in ("train_loss", "val_loss", "val_auc_raw", "val_auc_ema"):
+            assert float(a[col]) == pytest.approx(float(b[col]), rel=1e-4, abs=1e-5), col
+    wa = torch.load(runs["true"] / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    wb = torch.load(runs["false"] / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    for name in wa:
+        assert torch.allclose(wa[name].float(), wb[name].float(), atol=1e-4, rtol=1e-4), name
+
+
+def _cache_and_dataset(tmp_path, model_kwargs=None):
+    from spft.config import load_config
+    from spft.tasks.classification.feature_cache import FeatureCache
+    from spft.tasks.classification.train import build_run
+
+    cfg = load_config(Path("configs/phantom_cxr.yaml"), [*tiny_overrides(tmp_path, n_images=60)])
+    _, _, module, dm = build_run(cfg, None)
+    return FeatureCache(module.model, dm.transform, cfg.data.color, tmp_path / "features"), dm, module
+
+
+def test_key_follows_weights_images_and_preprocessing(spft_cache, tmp_path):
+    cache, dm, module = _cache_and_dataset(tmp_path)
+    ds = dm.datasets["val"]
+    key = cache.key(ds, "fp32")
+    assert cache.key(ds, "fp32") == key and cache.key(ds, "bf16") != key
+    path = ds.table.paths[int(ds.index[0])]
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the image changed on disk
+    assert cache.key(ds, "fp32") != key
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.key(ds, "fp32") == key
+    with torch.no_grad():
+        next(module.model.encoder.parameters()).add_(1e-3)  # other weights
+    cache._weights = None
+    assert cache.key(ds, "fp32") != key
+
+
+def test_features_match_the_model_and_are_read_back(spft_cache, tmp_path):
+    cache, dm, module = _cache_and_dataset(tmp_path)
+    ds = dm.datasets["val"]
+    feats = cache.get("val", ds, torch.device("cpu"), 16, {"num_workers": 0})
+    module.model.eval()
+    with torch.no_grad():
+        expected = module.model.features(torch.stack([ds[i]["image"] for i in range(len(ds))]))
+    assert torch.allclose(feats, expected, atol=1e-5)
+    again = type(cache)(module.model, dm.transform, "grey", cache.folder).get("val", ds, torch.device("cpu"), 16, {})
+    assert torch.equal(again, feats)
+
+
+@pytest.mark.parametrize("override, reason", [
+    ("data.augment.enabled=true", "random augmentation"),
+    ("trainer.feature_cache=false", "trainer.feature_cache is false"),
+    ("model.config.hidden_dropout_prob=0.1", "dropout"),
+])
+def test_blockers(spft_cache, tmp_path, override, reason):
+    from spft.config import load_config
+    from spft.models.classifier import build_classifier
+    from spft.tasks.classification.feature_cache import cache_blocker
+
+    cfg = load_config(Path("configs/phantom_cxr.yaml"), [*TINY_MODEL, override])
+    model, _ = build_classifier(cfg.model, 3, 32)
+    assert reason in cache_blocker(cfg, model)
+    plain = load_config(Path("configs/phantom_cxr.yaml"), TINY_MODEL)
+    assert cache_blocker(plain, build_classifier(plain.model, 3, 32)[0]) is None
