@@ -65,8 +65,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config, args.overrides)
         run_dir = task_api(cfg.task).train(cfg)
-    _print_result(run_dir)
-    print(run_dir)
+    from spft.experiments.rundir import secondary_rank
+
+    if not secondary_rank():
+        _print_result(run_dir)
+        print(run_dir)
     return 0
 
 
@@ -96,6 +99,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     api = task_api(task_of_run(args.run_dir))
     ev = api.evaluate_run(args.run_dir, tuple(args.overrides), split=args.split, checkpoint=args.checkpoint)
+    from spft.experiments.rundir import secondary_rank
+
+    if secondary_rank():  # under torchrun every rank evaluated its shard; rank 0 prints the gathered result
+        return 0
     if args.json:
         print(json.dumps(ev.metrics(), indent=2))
     else:

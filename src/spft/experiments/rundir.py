@@ -74,15 +74,19 @@ def git_sha() -> str | None:
         return None
 
 
-def environment(device: str) -> dict:
-    """Versions, git SHA and device, for ``env.json``."""
+def environment(device: str, speed: dict | None = None) -> dict:
+    """Versions, git SHA and device, for ``env.json``; plus ``speed`` when given.
+
+    ``speed`` is :func:`spft.models.speed.apply_speed_options`'s record of what is in effect (attention
+    implementation, gradient checkpointing, channels-last, compile, precision); stored as is under ``"speed"``.
+    """
     import lightning
     import torch
     import transformers
 
     import spft
 
-    return {
+    env = {
         "spft": spft.__version__,
         "git_sha": git_sha(),
         "python": sys.version.split()[0],
@@ -96,6 +100,9 @@ def environment(device: str) -> dict:
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if speed is not None:
+        env["speed"] = dict(speed)
+    return env
 
 
 def is_done(run_dir: str | Path) -> bool:
@@ -106,17 +113,55 @@ def mark_done(run_dir: str | Path) -> None:
     atomic_write_text(Path(run_dir) / DONE, time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
 
 
+RUN_DIR_ENV = "SPFT_RUN_DIR"  # set by rank 0; Lightning's DDP launcher copies it to the processes it starts
+
+
+def secondary_rank() -> bool:
+    """True in a DDP process other than global rank 0, as the launcher told it through the environment
+    (torchrun: ``RANK``; Lightning's own launcher: ``LOCAL_RANK``/``NODE_RANK``; SLURM: ``SLURM_PROCID``)."""
+    env = os.environ
+    return any(int(env.get(var) or 0) > 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _launched_world() -> int:
+    env = os.environ
+    return max(int(env.get("WORLD_SIZE") or 1), int(env.get("SLURM_NTASKS") or 1) if "SLURM_PROCID" in env else 1)
+
+
+def _job_id() -> str | None:
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    return os.environ.get("SLURM_JOB_ID") or (run_id if run_id and run_id != "none" else None)
+
+
 def create_run_dir(cfg) -> Path:
     """The run directory for a new run: ``run.dir`` or ``runs/<name>/<timestamp>``; an existing run is refused.
 
-    Sets ``cfg.run.dir`` so the resolved ``config.yaml`` records where the run lives.
+    Sets ``cfg.run.dir`` so the resolved ``config.yaml`` records where the run lives. Under DDP every rank must
+    use the same directory: processes Lightning starts inherit ``$SPFT_RUN_DIR`` from rank 0; under torchrun or
+    SLURM, where all ranks start at once, it is ``run.dir`` or ``runs/<name>/<job id>``.
     """
+    if secondary_rank():
+        shared = os.environ.get(RUN_DIR_ENV) or cfg.run.dir
+        if not shared and _job_id():
+            shared = str(Path("runs") / (cfg.name or "run") / _job_id())
+        if not shared:
+            raise ValueError("this is a secondary DDP rank but no run directory is shared with rank 0: set "
+                             "run.dir=... so every rank writes to the same run")
+        cfg.run.dir = shared
+        Path(shared).mkdir(parents=True, exist_ok=True)
+        return Path(shared)
+    if not cfg.run.dir and _launched_world() > 1:
+        if not _job_id():
+            raise ValueError(f"{_launched_world()} processes were launched but run.dir is not set: set run.dir=... "
+                             "so every rank writes to the same run")
+        cfg.run.dir = str(Path("runs") / (cfg.name or "run") / _job_id())
     run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg.name or "run")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
                               f"{run_dir}` or choose another run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run.dir = str(run_dir)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     return run_dir
 
 

@@ -16,6 +16,25 @@ from spft.data.dataset import EpochSeededSampler, ShardSampler
 from spft.data.loading import loader_options
 
 
+def init_from_launcher() -> tuple[int, int]:
+    """(rank, world) for code that runs outside a Lightning Trainer (``spft evaluate``): when torchrun or SLURM
+    launched several processes, join their process group (NCCL on GPUs, gloo on CPUs) once; else (0, 1)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK") or 0))
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
 def rank_and_world(trainer) -> tuple[int, int]:
     """(global rank, world size) of ``trainer``, (0, 1) when there is none."""
     if trainer is None:
@@ -45,9 +64,12 @@ class SplitDataModule(L.LightningDataModule):
         except RuntimeError:  # Lightning raises when the module is not attached to a trainer
             return False
 
-    def loader(self, split: str, train: bool = False) -> DataLoader:
-        """The split's DataLoader, built once per (split, rank) and reused (persistent workers stay alive)."""
-        rank, world = self._rank_world()
+    def loader(self, split: str, train: bool = False, rank: int | None = None, world: int | None = None
+               ) -> DataLoader:
+        """The split's DataLoader, built once per (split, rank) and reused (persistent workers stay alive); rank and
+        world default to the attached trainer's."""
+        if rank is None or world is None:
+            rank, world = self._rank_world()
         key = f"{split}:{int(train)}:{rank}/{world}"
         if key not in self._loaders:
             ds = self.datasets[split]

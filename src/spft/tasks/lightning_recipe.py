@@ -79,6 +79,29 @@ def gather_by_index(parts: dict[str, list], world: int, per_batch: tuple[str, ..
     return {k: (v if k in per_batch else v[order]) for k, v in local.items()}
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes: equal on all DDP ranks exactly when they hold the same weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_ranks_agree(model: torch.nn.Module, epoch: int) -> None:
+    """After each DDP epoch: every rank's weights fingerprint, logged and compared; divergence stops the run
+    (a silent divergence would make the saved rank-0 model one of several different models)."""
+    mine = weights_fingerprint(model)
+    rank = torch.distributed.get_rank()
+    prints: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(prints, mine)
+    log.info("rank %d weights fingerprint after epoch %d: %s", rank, epoch, mine)
+    if len(set(prints)) > 1:
+        raise RuntimeError(f"DDP ranks hold different weights after epoch {epoch}: fingerprints {prints}")
+
+
 def clean_row(row: dict) -> dict:
     """None and NaN as empty CSV cells."""
     return {k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()}
@@ -161,6 +184,10 @@ class RecipeModule(L.LightningModule):
             flat /= self.trainer.world_size
             for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
                 g.copy_(synced)
+
+    def on_train_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:
+            check_ranks_agree(self.model, self.current_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:

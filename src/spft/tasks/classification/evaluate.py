@@ -34,21 +34,34 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate_module(module, loader, split: str, device: torch.device | str = "cpu") -> Evaluation:
-    """Predict ``loader`` with the module's evaluation weights (EMA when enabled) and score it."""
+def evaluate_module(module, loader, split: str, device: torch.device | str = "cpu", world: int = 1) -> Evaluation:
+    """Predict ``loader`` with the module's evaluation weights (EMA when enabled) and score it.
+
+    With ``world > 1`` each rank predicts its shard and every rank gets the whole split back in dataset order
+    (:func:`~spft.tasks.lightning_recipe.gather_by_index`), so the AUC equals a single-process evaluation.
+    """
+    from spft.tasks.lightning_recipe import gather_by_index
+
     model = module.eval_model().to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
-    ids, groups, probs, labels = [], [], [], []
+    parts: dict[str, list] = {"probs": [], "labels": [], "index": []}
+    names: dict[int, tuple[str, str]] = {}
     with autocast:
         for batch in loader:
             logits = model(batch["image"].to(device))
-            probs.append(module.probabilities(logits).cpu())
-            labels.append(batch["labels"])
-            ids.extend(batch["id"])
-            groups.extend(batch["group"])
-    p = torch.cat(probs).numpy()
-    y = torch.cat(labels).numpy()
-    return Evaluation(split, ids, groups, p, y, multilabel_auc(p, y, module.classes))
+            parts["probs"].append(module.probabilities(logits).cpu())
+            parts["labels"].append(batch["labels"])
+            parts["index"].append(batch["index"])
+            names.update(zip(batch["index"].tolist(), zip(batch["id"], batch["group"])))
+    if world > 1:
+        shards: list = [None] * world
+        torch.distributed.all_gather_object(shards, names)
+        names = {k: v for shard in shards for k, v in shard.items()}
+    merged = gather_by_index(parts, world)
+    order = merged["index"].tolist()
+    p, y = merged["probs"].numpy(), merged["labels"].numpy()
+    return Evaluation(split, [names[i][0] for i in order], [names[i][1] for i in order], p, y,
+                      multilabel_auc(p, y, module.classes))
 
 
 class _null:
@@ -104,14 +117,17 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     """
     from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.classification.train import build_run
+    from spft.tasks.lightning_data import init_from_launcher
     from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
 
     run_dir = Path(run_dir)
     split = checked_split(split)
     cfg = load_run_config(run_dir, overrides)
+    rank, world = init_from_launcher()  # torchrun --nproc_per_node N -m spft.cli evaluate ...: one shard per rank
     _, _, module, dm = build_run(cfg, None)
     epoch = load_checkpoint_into(module, run_dir / "checkpoints" / f"{checkpoint}.ckpt")
-    loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
-    ev = evaluate_module(module, loader, split, eval_device(cfg))
-    write_evaluation(run_dir, ev, epoch, suffix="_eval")
+    device = f"cuda:{torch.cuda.current_device()}" if eval_device(cfg) == "cuda" else "cpu"
+    ev = evaluate_module(module, dm.loader(split, rank=rank, world=world), split, device, world)
+    if rank == 0:
+        write_evaluation(run_dir, ev, epoch, suffix="_eval")
     return ev

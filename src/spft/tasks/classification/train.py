@@ -86,14 +86,16 @@ def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Pa
     table, prep, module, dm = build_run(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, MONITOR, reload_dataloaders=dm.feature_cache is not None)
     device = str(trainer.strategy.root_device)
-    if ckpt_path is None:
+    if ckpt_path is None and trainer.global_rank == 0:
         _write_run_files(cfg, run_dir, table, prep, device)
     log.info("run directory: %s", run_dir)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.global_rank != 0:
         return run_dir
     best_epoch = load_best_weights(module, run_dir)
-    result = evaluate_module(module, dm.test_dataloader(), split="test", device=trainer.strategy.root_device)
+    # rank 0 alone, on the whole test split (the other ranks have returned above)
+    result = evaluate_module(module, dm.loader("test", rank=0, world=1), split="test",
+                             device=trainer.strategy.root_device)
     write_evaluation(run_dir, result, best_epoch=best_epoch)
     mark_done(run_dir)
     return run_dir

@@ -16,7 +16,7 @@ import torch
 
 from spft.metrics import dice_score, mean_dice
 from spft.recipe import ClassWeights
-from spft.tasks.lightning_recipe import RecipeModule
+from spft.tasks.lightning_recipe import RecipeModule, gather_by_index
 from spft.tasks.segmentation.loss import weighted_dice_bce
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,18 @@ def jitter_boxes(boxes: torch.Tensor, valid: torch.Tensor, fraction: float, size
     return torch.where(valid[..., None], torch.cat([lo, hi], -1), boxes)
 
 
-def batch_dice(logits: torch.Tensor, masks: torch.Tensor) -> list[list[float | None]]:
-    """Per-image, per-structure Dice of thresholded logits (> 0) against masks; None where the target is empty."""
+def batch_dice(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``[B, P]`` Dice of thresholded logits (> 0) against masks per image and structure; NaN where the target is
+    empty (a tensor, so DDP ranks can gather it)."""
     pred = (logits > 0).cpu().numpy()
     target = masks.cpu().numpy() > 0.5
-    return [[dice_score(pred[b, p], target[b, p]) for p in range(pred.shape[1])] for b in range(pred.shape[0])]
+    rows = [[dice_score(pred[b, p], target[b, p]) for p in range(pred.shape[1])] for b in range(pred.shape[0])]
+    return torch.tensor([[float("nan") if v is None else v for v in row] for row in rows], dtype=torch.float64)
+
+
+def dice_rows(table: torch.Tensor) -> list[list[float | None]]:
+    """``[N, P]`` Dice tensor (NaN = empty target) as the ``[image][structure]`` lists ``mean_dice`` takes."""
+    return [[None if v != v else float(v) for v in row] for row in table.tolist()]
 
 
 class SegmentationModule(RecipeModule):
@@ -65,20 +72,22 @@ class SegmentationModule(RecipeModule):
 
     # ---- validation ---------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val = {"raw": [], "ema": [], "loss": []}
+        self._val = {"raw": [], "ema": [], "loss": [], "index": []}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self.model(batch["image"], batch["boxes"])
-        self._val["raw"].extend(batch_dice(logits, batch["masks"]))
-        self._val["loss"].append(float(self.loss_fn(logits, batch)) * len(logits))
+        self._val["raw"].append(batch_dice(logits, batch["masks"]))
+        self._val["loss"].append(self.loss_fn(logits, batch).detach().cpu().reshape(1) * len(logits))
+        self._val["index"].append(batch["index"].cpu())
         if self.ema is not None:
-            self._val["ema"].extend(batch_dice(self.ema.module(batch["image"], batch["boxes"]), batch["masks"]))
+            self._val["ema"].append(batch_dice(self.ema.module(batch["image"], batch["boxes"]), batch["masks"]))
 
     def on_validation_epoch_end(self) -> None:
-        raw = mean_dice(self._val["raw"], self.structures)
-        ema = mean_dice(self._val["ema"], self.structures) if self.ema is not None else None
+        val = gather_by_index(self._val, self.trainer.world_size)  # every rank: the whole split, in order
+        raw = mean_dice(dice_rows(val["raw"]), self.structures)
+        ema = mean_dice(dice_rows(val["ema"]), self.structures) if self.ema is not None else None
         monitored = ema if ema is not None else raw
-        val_loss = sum(self._val["loss"]) / max(1, len(self._val["raw"]))
+        val_loss = float(val["loss"].sum()) / max(1, len(val["index"]))
         nan = float("nan")
         self.log("val/dice_raw", raw[0] if raw[0] is not None else nan)
         if ema is not None:

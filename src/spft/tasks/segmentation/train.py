@@ -78,7 +78,7 @@ def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str) -
 def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Path:
     table, prep, module, dm = build_run(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, MONITOR)
-    if ckpt_path is None:
+    if ckpt_path is None and trainer.global_rank == 0:
         _write_run_files(cfg, run_dir, table, prep, str(trainer.strategy.root_device))
     log.info("run directory: %s", run_dir)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
