@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow

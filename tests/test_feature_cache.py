@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL, run_cli, tiny_overrides
 
 
@@ -24,7 +23,8 @@ def test_cached_stage1_equals_uncached_and_stage2_continues(spft_cache, tmp_path
     for flag in ("true", "false"):
         run = tmp_path / f"cache_{flag}"
         proc = run_cli("train", "configs/phantom_cxr.yaml",
-                       *tiny_overrides(run, epochs=3, extra=("recipe.stage1_epochs=2", f"trainer.feature_cache={flag}")))
+                       *tiny_overrides(run, epochs=3,
+                                       extra=("recipe.stage1_epochs=2", f"trainer.feature_cache={flag}")))
         runs[flag], logs[flag] = run, proc.stdout + proc.stderr
     assert "stage 1 trains the head on cached encoder features" in logs["true"]
     assert "features written to" in logs["true"]

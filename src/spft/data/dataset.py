@@ -13,8 +13,9 @@ from spft.data.io import load_image
 class ImageDataset(Dataset):
     """Samples of one split: ``{"image", "labels", "id", "group"}`` (see :mod:`spft.data.contract`)."""
 
-    def __init__(self, table: LabelTable, split: str, transform, color: str = "grey"):
+    def __init__(self, table: LabelTable, split: str, transform, color: str = "grey", augment=None):
         self.table = table
+        self.augment = augment  # spft.data.augment.Augment: then keys are (index, epoch) from a keyed sampler
         self.split = split
         self.index = table.indices(split)
         self.transform = transform
@@ -26,11 +27,16 @@ class ImageDataset(Dataset):
     def labels(self) -> np.ndarray:
         return self.table.labels[self.index]
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        i, epoch = key if isinstance(key, tuple) else (key, None)
         row = int(self.index[i])
         image = load_image(self.table.paths[row], color=self.color)
+        if self.augment is not None and epoch is not None:
+            pixels = self.transform(image, self.augment, self.augment.rng(epoch, i))
+        else:
+            pixels = self.transform(image)
         return {
-            "image": self.transform(image),
+            "image": pixels,
             "labels": torch.from_numpy(self.table.labels[row].copy()),
             "id": self.table.ids[row],
             "group": self.table.groups[row],
@@ -47,9 +53,10 @@ class EpochSeededSampler(Sampler[int]):
     runs the same number of steps — DDP's gradient all-reduce needs that; evaluation never pads (ShardSampler).
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, keyed: bool = False):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} out of range for world size {world}")
+        self.keyed = keyed  # yield (index, epoch): the dataset seeds its augmentation from them
         self.n = n
         self.seed = seed
         self.rank = rank
@@ -68,7 +75,8 @@ class EpochSeededSampler(Sampler[int]):
         if self.world > 1:
             total = len(self) * self.world
             order = (order * (1 + total // max(1, self.n)))[:total]
-        return iter(order[self.rank::self.world])
+        mine = order[self.rank::self.world]
+        return iter([(i, self.epoch) for i in mine] if self.keyed else mine)
 
 
 class ShardSampler(Sampler[int]):

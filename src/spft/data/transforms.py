@@ -31,9 +31,15 @@ class ImageTransform:
             image = image.crop((left, top, left + self.size, top + self.size))
         return image
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image, augment=None, rng=None) -> torch.Tensor:
+        """``augment`` (:class:`spft.data.augment.Augment`) with its ``rng``: random crop/rotation before the
+        resize, brightness/contrast before normalising."""
+        if augment is not None:
+            image = augment.geometric(image, rng)
         image = self.resize_crop(image)
         arr = np.asarray(image, dtype=np.float32) / 255.0
+        if augment is not None:
+            arr = augment.photometric(arr, rng).astype(np.float32)
         tensor = torch.from_numpy(arr)
         tensor = tensor.unsqueeze(0).expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         return (tensor - self.mean) / self.std

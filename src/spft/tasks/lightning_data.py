@@ -73,8 +73,9 @@ class SplitDataModule(L.LightningDataModule):
         key = f"{split}:{int(train)}:{rank}/{world}"
         if key not in self._loaders:
             ds = self.datasets[split]
-            sampler = EpochSeededSampler(len(ds), self.seed, rank, world) if train else ShardSampler(len(ds), rank,
-                                                                                                    world)
+            keyed = getattr(ds, "augment", None) is not None  # augmentation seeded per (epoch, index)
+            sampler = (EpochSeededSampler(len(ds), self.seed, rank, world, keyed=keyed) if train
+                       else ShardSampler(len(ds), rank, world))
             self._loaders[key] = DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size,
                                             sampler=sampler, drop_last=False, **self.options)
         return self._loaders[key]

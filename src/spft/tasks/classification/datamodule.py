@@ -15,12 +15,13 @@ from spft.tasks.lightning_data import SplitDataModule
 class ClassificationDataModule(SplitDataModule):
     def __init__(self, table: LabelTable, transform: ImageTransform, color: str, data_cfg, batch_size: int,
                  eval_batch_size: int | None = None, seed: int = 0, on_gpu: bool = False,
-                 feature_cache: FeatureCache | None = None):
+                 feature_cache: FeatureCache | None = None, augment=None):
         self.table = table
         self.transform = transform
         self.color = color
         self.feature_cache = feature_cache
-        datasets = {s: ImageDataset(table, s, transform, color) for s in ("train", "val", "test")}
+        datasets = {s: ImageDataset(table, s, transform, color, augment if s == "train" else None)
+                    for s in ("train", "val", "test")}
         super().__init__(datasets, data_cfg, batch_size, eval_batch_size, seed, on_gpu)
 
     def _features_now(self) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from spft.config import SpftConfig, dump_yaml
+from spft.data.augment import Augment
 from spft.data.registry import build_table
 from spft.data.transforms import ImageTransform
 from spft.experiments.rundir import (
@@ -67,7 +68,8 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
     cache = FeatureCache(model, transform, cfg.data.color) if module.feature_cache_blocker is None else None
     dm = ClassificationDataModule(reading, transform, cfg.data.color, cfg.data, cfg.trainer.batch_size,
                                   cfg.trainer.eval_batch_size, cfg.seed, on_gpu=trains_on_gpu(cfg),
-                                  feature_cache=cache)
+                                  feature_cache=cache,
+                                  augment=Augment(cfg.data.augment, cfg.seed) if cfg.data.augment.enabled else None)
     return table, prep, module, dm
 
 
