@@ -1,23 +1,35 @@
-"""Throughput of spft's training step against a plain PyTorch loop doing the same work, in one process.
+"""Throughput of spft against a plain PyTorch loop doing the same work, in one process, on the same model.
 
-Run: ``make bench`` (or ``python benchmarks/bench.py [--size tiny|small] [--steps 30]``). Prints img/s for
-(a) a plain loop: forward, class-weighted BCE, backward, AdamW step, EMA update; (b) spft's stage-2 step through
-Lightning (ClassificationModule + Trainer, the recipe's optimizer groups and scheduler, EMA); (c) the input
-pipeline (PNG decode + resize + normalise in DataLoader workers) on the phantom set. In-memory batches feed (a)
-and (b) so only the step differs. The last line is machine-readable:
-``BENCH stage2_ratio=<spft/plain time> pipeline_img_s=<n>``. Not a test: nothing here asserts a wall-clock limit.
+Run: ``make bench`` (or ``python benchmarks/bench.py [--size tiny|small|raddino] [--device cpu|cuda] ...``).
+
+* **stage 2 step** — (a) a plain loop: forward, class-weighted BCE, backward, AdamW, torch's stock EMA
+  (``AveragedModel`` + ``get_ema_multi_avg_fn``); (b) spft's step through Lightning (ClassificationModule + Trainer,
+  the recipe's per-block AdamW groups and scheduler, warm-up EMA). In-memory batches feed both, so only the step
+  differs. Prints img/s, peak memory (GPU), MFU against the device's bf16 peak (GPU), and spft/plain time.
+* **stage 1 epoch** — spft's real training path on phantom PNGs (DataLoader, validation included), once with the
+  feature cache off and once on: the first cached epoch computes the features, the next ones train the head on
+  them. Prints seconds per epoch and the speed-up; plus a plain head-on-features loop for the ratio.
+* **input pipeline** — ``benchmarks/pipeline.py``: decode + resize + normalise img/s per configuration.
+
+The last line is machine-readable:
+``BENCH stage2_ratio=<spft/plain time> stage1_cache_speedup=<uncached/cached epoch time> pipeline_img_s=<n>``.
+Not a test: nothing here asserts a wall-clock limit.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SIZES = {  # Dinov2 configs: "tiny" is the demo's encoder; "small" is closer to real work per image
     "tiny": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=2, patch_size=8, image_size=64),
@@ -26,63 +38,94 @@ SIZES = {  # Dinov2 configs: "tiny" is the demo's encoder; "small" is closer to 
 }
 
 
-def _config(size: str, batch: int):
+def model_kwargs(size: str) -> dict:
+    if size == "raddino":
+        from flops import RADDINO
+
+        return dict(RADDINO)
+    return dict(SIZES[size])
+
+
+def _config(size: str, batch: int, device: str, precision: str, compile_: bool, stage1: bool = False,
+            n_images: int = 600):
     from spft.config import load_config
 
-    model = SIZES[size]
+    model = model_kwargs(size)
     flat = ", ".join(f"{k}: {v}" for k, v in model.items())
+    recipe = (["recipe.stage1_epochs=100", "recipe.unfreeze.enabled=false"] if stage1 else
+              ["recipe.stage1_epochs=0", "recipe.unfreeze.top_k=null", "recipe.unfreeze.blocks_per_epoch=100",
+               "recipe.unfreeze.embeddings=true"])
     return load_config(None, [
-        f"model.config={{model_type: dinov2, {flat}}}", "data.name=phantom", "data.phantom.n_images=600",
+        f"model.config={{model_type: dinov2, {flat}}}", "data.name=phantom", f"data.phantom.n_images={n_images}",
         f"data.image_size={model['image_size']}", f"trainer.batch_size={batch}", "trainer.progress_bar=false",
-        "recipe.stage1_epochs=0", "recipe.unfreeze.top_k=null", "recipe.unfreeze.blocks_per_epoch=100",
-        "recipe.unfreeze.embeddings=true", "trainer.accelerator=cpu", "optim.lr_encoder=1e-4",
-        "optim.lr_head=1e-4",
+        f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", f"trainer.precision={precision}",
+        f"trainer.compile={str(compile_).lower()}", "optim.lr_encoder=1e-4", "optim.lr_head=1e-4", *recipe,
     ])
 
 
 def _batches(cfg, n_classes: int, steps: int) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     size = cfg.data.image_size
-    return [{"image": torch.randn(cfg.trainer.batch_size, 3, size, size, generator=g),
-             "labels": (torch.rand(cfg.trainer.batch_size, n_classes, generator=g) < 0.2).float(),
-             "id": ["x"] * cfg.trainer.batch_size, "group": ["g"] * cfg.trainer.batch_size} for _ in range(steps)]
+    b = cfg.trainer.batch_size
+    return [{"image": torch.randn(b, 3, size, size, generator=g),
+             "labels": (torch.rand(b, n_classes, generator=g) < 0.2).float(),
+             "index": torch.arange(b), "id": ["x"] * b, "group": ["g"] * b} for _ in range(steps)]
 
 
-def plain_loop(cfg, batches: list[dict], n_classes: int) -> float:
-    """Seconds per step of the hand-written loop."""
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_gib(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+
+
+def _reset_peak(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def plain_loop(cfg, batches: list[dict], n_classes: int, device: str) -> tuple[float, float | None]:
+    """(seconds per step, peak GiB) of the hand-written loop."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
     from spft.models.classifier import build_classifier
-    from spft.recipe import build_ema, weighted_bce
+    from spft.recipe import weighted_bce
 
     torch.manual_seed(0)
+    _reset_peak(device)
     model, _ = build_classifier(cfg.model, n_classes, cfg.data.image_size)
-    ema = build_ema(model, 0.999)
+    model.to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999))
+    if cfg.trainer.compile:
+        model.encoder.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    weights = torch.ones(n_classes)
+    weights = torch.ones(n_classes, device=device)
+    bf16 = cfg.trainer.precision.startswith("bf16")
     model.train()
     start = None
+    warmup = 3 if cfg.trainer.compile else 2
     for i, batch in enumerate(batches):
-        if i == 2:  # two warm-up steps
+        if i == warmup:
+            _sync(device)
             start = time.perf_counter()
-        loss = weighted_bce(model(batch["image"]), batch["labels"], weights)
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["labels"].to(device, non_blocking=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = weighted_bce(logits.float(), y, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ema.update_parameters(model)
-    return (time.perf_counter() - start) / (len(batches) - 2)
+    _sync(device)
+    return (time.perf_counter() - start) / (len(batches) - warmup), _peak_gib(device)
 
 
-class _Timer:
-    """Batch-start timestamps: consecutive differences cover everything Lightning does per step (hooks, EMA)."""
-
-    def __init__(self):
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, *args):
-        self.starts.append(time.perf_counter())
-
-
-def spft_loop(cfg, batches: list[dict], n_classes: int) -> float:
-    """Seconds per step of spft's Lightning step (hooks, recipe optimizer/scheduler, EMA, logging)."""
+def spft_loop(cfg, batches: list[dict], n_classes: int, device: str) -> tuple[float, float | None]:
+    """(seconds per step, peak GiB) of spft's Lightning step (hooks, recipe optimizer/scheduler, EMA, logging)."""
     import lightning as L
 
     from spft.models.classifier import build_classifier
@@ -90,60 +133,164 @@ def spft_loop(cfg, batches: list[dict], n_classes: int) -> float:
     from spft.tasks.classification.module import ClassificationModule
 
     torch.manual_seed(0)
+    _reset_peak(device)
     model, _ = build_classifier(cfg.model, n_classes, cfg.data.image_size)
     classes = [f"c{i}" for i in range(n_classes)]
     cw = ClassWeights(classes, torch.cat([b["labels"] for b in batches]), enabled=True)
     module = ClassificationModule(cfg, model, classes, cw, run_dir=None)
-    timer = _Timer()
+    module.apply_speed_options()
+    starts: list[float] = []
 
-    class TimerCallback(L.Callback):
+    class Timer(L.Callback):  # batch-start timestamps: differences cover everything Lightning does per step
         def on_train_batch_start(self, *a):
-            timer.on_train_batch_start()
+            _sync(device)
+            starts.append(time.perf_counter())
 
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=1, accelerator="gpu" if device == "cuda" else "cpu", devices=1,
+                        precision=cfg.trainer.precision, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[TimerCallback()], num_sanity_val_steps=0)
+                        callbacks=[Timer()], num_sanity_val_steps=0)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
-    steps = timer.starts[2:]
-    return (steps[-1] - steps[0]) / (len(steps) - 1)
+    warmup = 3 if cfg.trainer.compile else 2
+    steps = starts[warmup:]
+    return (steps[-1] - steps[0]) / (len(steps) - 1), _peak_gib(device)
 
 
-def pipeline_img_s(cfg, workers: int) -> float:
-    """Images per second out of the real input pipeline (decode, resize, normalise) with ``workers`` workers."""
-    from spft.tasks.classification.train import build_run
+def stage1_epochs(cfg, epochs: int = 3) -> list[float]:
+    """Seconds of each stage-1 epoch (training + validation) through spft's real training path."""
+    import lightning as L
 
-    _, _, _, dm = build_run(cfg, None)
-    dm.num_workers = workers
-    loader = dm.train_dataloader()
-    start, n = time.perf_counter(), 0
-    for batch in loader:
-        n += len(batch["image"])
-    return n / (time.perf_counter() - start)
+    from spft.tasks.classification.train import MONITOR, build_run
+    from spft.tasks.lightning_recipe import build_trainer
+
+    times: list[float] = []
+
+    class EpochTimer(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            self.start = time.perf_counter()
+
+        def on_validation_epoch_end(self, trainer, module):
+            times.append(time.perf_counter() - self.start)
+
+    cfg.trainer.max_epochs = epochs
+    L.seed_everything(0, verbose=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, _, module, dm = build_run(cfg, None)
+        trainer = build_trainer(cfg, Path(tmp), MONITOR, reload_dataloaders=dm.feature_cache is not None)
+        trainer.callbacks.append(EpochTimer())
+        trainer.fit(module, datamodule=dm)
+    return times
+
+
+def plain_head_epoch(features: torch.Tensor, n_classes: int, batch: int, device: str) -> float:
+    """Seconds for one epoch of a plain loop training the MLP head on precomputed features."""
+    from spft.models.classifier import MlpHead
+    from spft.recipe import weighted_bce
+
+    head = MlpHead(features.shape[1], n_classes).to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-4)
+    labels = (torch.rand(len(features), n_classes) < 0.2).float()
+    weights = torch.ones(n_classes, device=device)
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(features), batch):
+        loss = weighted_bce(head(features[i:i + batch].to(device)), labels[i:i + batch].to(device), weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--size", choices=[*SIZES, "raddino"], default="tiny")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", default=None, help="default: bf16-mixed on cuda, 32-true on cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in both loops")
+    parser.add_argument("--stage1-only", action="store_true", help="only the stage-1 cache comparison")
+    parser.add_argument("--stage1-images", type=int, default=600)
+    parser.add_argument("--pipeline", choices=["quick", "full", "off"], default="quick",
+                        help="input-pipeline report: quick (1 configuration), full (benchmarks/pipeline.py), off")
     args = parser.parse_args(argv)
-    cfg = _config(args.size, args.batch)
+    precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
+    os.environ["SPFT_CACHE"] = tempfile.mkdtemp(prefix="spft-bench-")  # features computed afresh
     n_classes = 8
-    batches = _batches(cfg, n_classes, args.steps)
-    print(f"device cpu ({torch.get_num_threads()} threads), model {args.size} {SIZES[args.size]}, batch {args.batch}, "
-          f"{args.steps} steps (first 2 not timed)")
-    plain = plain_loop(cfg, batches, n_classes)
-    spft = spft_loop(cfg, batches, n_classes)
-    print(f"stage 2 step  plain loop  {args.batch / plain:8.1f} img/s  ({plain * 1e3:.1f} ms/step)")
-    print(f"stage 2 step  spft        {args.batch / spft:8.1f} img/s  ({spft * 1e3:.1f} ms/step)")
-    print(f"ratio spft/plain time     {spft / plain:.3f}")
-    pipe = pipeline_img_s(cfg, args.workers)
-    print(f"input pipeline            {pipe:8.1f} img/s  ({args.workers} workers, phantom PNG 128 px -> "
-          f"{cfg.data.image_size} px)")
-    print(f"BENCH stage2_ratio={spft / plain:.3f} pipeline_img_s={pipe:.0f}")
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device {name}, torch {torch.__version__}, model {args.size} {model_kwargs(args.size)}, "
+          f"batch {args.batch}, precision {precision}, compile {args.compile}")
+    ratio = None
+    if not args.stage1_only:
+        cfg = _config(args.size, args.batch, args.device, precision, args.compile)
+        batches = _batches(cfg, n_classes, args.steps)
+        plain, plain_mem = plain_loop(cfg, batches, n_classes, args.device)
+        spft, spft_mem = spft_loop(cfg, batches, n_classes, args.device)
+        ratio = spft / plain
+        mfu_text = _mfu_lines(args, cfg, plain, spft)
+        for label, t, mem in (("plain loop", plain, plain_mem), ("spft", spft, spft_mem)):
+            memory = f", peak {mem:.2f} GiB" if mem is not None else ""
+            print(f"stage 2 step  {label:<11} {args.batch / t:9.1f} img/s  ({t * 1e3:.1f} ms/step{memory}"
+                  f"{mfu_text.get(label, '')})")
+        print(f"stage 2 ratio spft/plain time  {ratio:.3f}")
+
+    cfg1 = _config(args.size, args.batch, args.device, precision, False, stage1=True, n_images=args.stage1_images)
+    cfg1.trainer.feature_cache = False
+    uncached = stage1_epochs(cfg1)
+    cfg1.trainer.feature_cache = True
+    cached = stage1_epochs(cfg1)
+    u, c = statistics.median(uncached), statistics.median(cached[1:])
+    n_train = int(round(args.stage1_images * 0.7))
+    print(f"stage 1 epoch uncached     {' '.join(f'{t:.2f}' for t in uncached)} s  (median {u:.2f} s, "
+          f"~{n_train} train images + validation)")
+    print(f"stage 1 epoch cached       {' '.join(f'{t:.2f}' for t in cached)} s  (first computes the features; "
+          f"median of the rest {c:.3f} s)")
+    speedup = u / c
+    print(f"stage 1 cache speed-up     {speedup:.1f}x")
+    d = model_kwargs(args.size)["hidden_size"]
+    plain_head = plain_head_epoch(torch.randn(n_train, d), n_classes, args.batch, args.device)
+    print(f"stage 1 plain head-on-features epoch {plain_head:.3f} s (training only; spft's cached epoch also "
+          f"validates and checkpoints)")
+
+    pipe = _pipeline(args)
+    print(f"BENCH stage2_ratio={ratio:.3f} " if ratio is not None else "BENCH stage2_ratio=nan ", end="")
+    print(f"stage1_cache_speedup={speedup:.1f} pipeline_img_s={pipe:.0f}")
     return 0
+
+
+def _mfu_lines(args, cfg, plain: float, spft: float) -> dict:
+    """`` , MFU x%`` per loop on a GPU with a known bf16 peak (benchmarks/flops.py), else nothing."""
+    if args.device != "cuda":
+        return {}
+    from flops import bf16_peak_flops, mfu, vit_train_flops_per_image
+
+    m = model_kwargs(args.size)
+    tokens = (m["image_size"] // m["patch_size"]) ** 2 + 1 + int(m.get("num_register_tokens", 0))
+    flops = vit_train_flops_per_image(hidden=m["hidden_size"], layers=m["num_hidden_layers"],
+                                      mlp_ratio=m.get("mlp_ratio", 4), tokens=tokens,
+                                      trainable_layers=m["num_hidden_layers"])
+    peak = bf16_peak_flops(torch.cuda.get_device_name(0))
+    if peak is None:
+        return {}
+    return {"plain loop": f", MFU {100 * mfu(args.batch / plain, flops, peak):.1f}%",
+            "spft": f", MFU {100 * mfu(args.batch / spft, flops, peak):.1f}%"}
+
+
+def _pipeline(args) -> float:
+    """Input-pipeline img/s: the best configuration of benchmarks/pipeline.py (full) or PNG + PIL, 2 workers."""
+    if args.pipeline == "off":
+        return float("nan")
+    from pipeline import pipeline_report
+
+    if args.pipeline == "full":
+        rows = pipeline_report()
+    else:
+        rows = pipeline_report(workers_list=(min(2, os.cpu_count() or 1),), n_images=128)
+    for row in rows:
+        print("pipeline  " + "  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return max(float(r.get("img_s", 0.0)) for r in rows)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ def test_train_writes_a_self_describing_run_dir(finished_run):
     assert resolved["run"]["dir"] == str(run_dir) and resolved["recipe"]["stage1_epochs"] == 1
     env = json.loads((run_dir / "env.json").read_text())
     assert {"torch", "lightning", "transformers", "git_sha", "device"} <= set(env)
+    assert env["speed"] == {"attn_implementation": "sdpa", "gradient_checkpointing": False, "channels_last": False,
+                            "compile": False, "precision": "32-true"}
 
 
 def test_history_has_one_row_per_epoch_with_stage_and_lrs(finished_run):

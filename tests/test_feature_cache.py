@@ -95,3 +95,18 @@ def test_blockers(spft_cache, tmp_path, override, reason):
     assert reason in cache_blocker(cfg, model)
     plain = load_config(Path("configs/phantom_cxr.yaml"), TINY_MODEL)
     assert cache_blocker(plain, build_classifier(plain.model, 3, 32)[0]) is None
+
+
+def test_files_digest_reads_npy_cache_rows(tmp_path):
+    import numpy as np
+
+    from spft.tasks.classification.feature_cache import files_digest
+
+    array = tmp_path / "part-0000.npy"
+    np.save(array, np.zeros((4, 8, 8), dtype=np.uint8))
+    refs = [f"{array}::{i}" for i in range(4)]
+    digest = files_digest(refs)
+    assert files_digest(refs) == digest and files_digest(refs[:3]) != digest
+    st = os.stat(array)
+    os.utime(array, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the array was rewritten
+    assert files_digest(refs) != digest

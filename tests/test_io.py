@@ -1,4 +1,4 @@
-"""Tests for spft.data.io: decoding every supported on-disk form into mode "L" or "RGB"."""
+"""Tests for spft.data.io: decoding every supported on-disk form (and npy cache rows) into mode "L" or "RGB"."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spft.data.io import IMAGE_SUFFIXES, load_image
+from spft.data.io import IMAGE_SUFFIXES, load_image, parse_row_ref, row_ref
 
 
 def test_8bit_png_grey_and_rgb(tmp_path):
@@ -91,3 +91,47 @@ def test_bad_color_and_suffixes(tmp_path):
     with pytest.raises(ValueError, match="grey"):
         load_image(tmp_path / "g.png", color="bgr")
     assert ".png" in IMAGE_SUFFIXES and ".jpeg" in IMAGE_SUFFIXES
+
+
+def test_every_16bit_value_maps_as_round_v_times_255_over_65535(tmp_path):
+    """The table lookup used for 16-bit data gives the same bytes as the float formula, for all 65536 values."""
+    arr = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    Image.fromarray(arr).save(tmp_path / "all.png")
+    expected = np.clip(np.rint(arr.astype(np.float64) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "all.png")), expected)
+    big_endian = Image.frombytes("I;16B", (256, 256), arr.astype(">u2").tobytes())
+    from spft.data.io import _to_mode
+
+    np.testing.assert_array_equal(np.asarray(_to_mode(big_endian, "grey")), expected)
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_torchvision_png_decoder_gives_the_same_pixels_as_pillow(tmp_path, dtype):
+    """torchvision.io.decode_png was measured as an alternative decoder: it agrees with Pillow bit for bit (it is
+    not used: no faster, and deprecated since torchvision 0.29; see spft.data.io)."""
+    torchvision_io = pytest.importorskip("torchvision.io")
+    peak = np.iinfo(dtype).max
+    arr = np.random.default_rng(3).integers(0, peak, (96, 80), endpoint=True).astype(dtype)
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    decoded = torchvision_io.decode_png(torchvision_io.read_file(str(tmp_path / "x.png")),
+                                        torchvision_io.ImageReadMode.UNCHANGED)
+    with Image.open(tmp_path / "x.png") as image:
+        np.testing.assert_array_equal(decoded[0].numpy(), np.asarray(image))
+
+
+def test_npy_row_reference(tmp_path):
+    rows = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.uint8, shape=(3, 4, 5))
+    rows[:] = np.arange(3, dtype=np.uint8)[:, None, None] * 10
+    rows.flush()
+    ref = row_ref(tmp_path / "a.npy", 2)
+    assert parse_row_ref(ref) == (tmp_path / "a.npy", 2)
+    assert parse_row_ref(tmp_path / "a.png") is None and parse_row_ref("x.npy::-1") is None
+    grey = load_image(ref)
+    assert grey.mode == "L" and grey.size == (5, 4) and np.asarray(grey).max() == 20
+    assert load_image(ref, "rgb").mode == "RGB"
+    real = tmp_path / "odd.npy::1"  # a real file with such a name is read as a file
+    Image.new("L", (2, 2), 9).save(real, format="PNG")
+    assert np.asarray(load_image(real)).max() == 9
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        load_image(tmp_path / "missing.npy::0")

@@ -64,6 +64,6 @@ class SpftClassifier(nn.Module):
 
 def build_classifier(model_cfg, n_classes: int, image_size: int | None = None) -> tuple[SpftClassifier, Preprocessing]:
     """Build the classifier and its preprocessing from the ``model`` config section."""
-    encoder = build_encoder(model_cfg.name, model_cfg.config)
+    encoder = build_encoder(model_cfg.name, model_cfg.config, model_cfg.attn_implementation)
     model = SpftClassifier(encoder, n_classes, model_cfg.pooling, model_cfg.head_hidden, model_cfg.head_dropout)
     return model, preprocessing_for(model_cfg.name, encoder, image_size)

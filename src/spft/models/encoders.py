@@ -2,12 +2,16 @@
 
 Also owns the two facts about an encoder the recipe needs: its layer groups (embeddings, blocks bottom→top, final
 norm) and its preprocessing (from the model's own image processor when it has one, else RAD-DINO's values —
-never ImageNet statistics for RAD-DINO).
+never ImageNet statistics for RAD-DINO); and the two transformers-level speed switches of an encoder: its attention
+implementation (``model.attn_implementation``: requested at build time, verified, fallback logged) and gradient
+checkpointing (``model.gradient_checkpointing``, non-reentrant so it works when only the top blocks train).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +36,8 @@ class Preprocessing:
     source: str  # "image_processor:<name>" or "rad-dino defaults"
 
 
-def build_encoder(name: str | None = None, config: dict | None = None) -> nn.Module:
+def build_encoder(name: str | None = None, config: dict | None = None,
+                  attn_implementation: str | None = "sdpa") -> nn.Module:
     """The encoder as a transformers model.
 
     Args:
@@ -40,6 +45,10 @@ def build_encoder(name: str | None = None, config: dict | None = None) -> nn.Mod
         config: a transformers config mapping with ``model_type`` (e.g. ``{"model_type": "dinov2",
             "hidden_size": 64, "num_hidden_layers": 4, ...}``): random weights, no network. When both are given
             the mapping overrides fields of the named model's config and weights are still loaded.
+        attn_implementation: ``model.attn_implementation`` (``sdpa`` | ``eager`` | ``flash_attention_2`` |
+            ``flex_attention`` ...; ``None``: transformers' default). When the model or this environment cannot use
+            it, the encoder is built with the next of sdpa → eager and a warning says so (see
+            :func:`build_with_attention`); :func:`attention_implementation` tells which one is in effect.
     """
     from transformers import AutoConfig, AutoModel
 
@@ -50,16 +59,188 @@ def build_encoder(name: str | None = None, config: dict | None = None) -> nn.Mod
             hf_config = AutoConfig.for_model(model_type, **cfg)
         except (ValueError, KeyError) as exc:
             raise ValueError(f"model.config: cannot build a '{model_type}' config: {exc}") from exc
-        return AutoModel.from_config(hf_config)
+
+        def make(impl: str | None) -> nn.Module:
+            return AutoModel.from_config(hf_config, **attention_kwargs(impl))
+    else:
+        def make(impl: str | None) -> nn.Module:
+            try:
+                return AutoModel.from_pretrained(name, **attention_kwargs(impl), **(config or {}))
+            except OSError as exc:
+                where = "local directory" if Path(name).exists() else "hub id"
+                raise OSError(
+                    f"model.name: could not load {where} '{name}': {exc}\n"
+                    "Without network, download the model once (huggingface-cli download) and set model.name to that "
+                    "directory, or build a random-weight encoder with model.config."
+                ) from exc
+    return build_with_attention(make, attn_implementation)
+
+
+# --- attention implementation ------------------------------------------------------------------------------------
+
+_FALLBACKS = ("sdpa", "eager")  # tried in this order after the requested implementation fails
+
+
+def attention_kwargs(impl: str | None) -> dict:
+    return {} if impl is None else {"attn_implementation": impl}
+
+
+def check_attention_name(requested: str | None) -> None:
+    """Refuse a misspelt ``model.attn_implementation`` (a typo must not silently become a fallback)."""
+    if requested is None or "/" in requested:  # None: transformers' default; "org/repo": a hub kernel
+        return
     try:
-        return AutoModel.from_pretrained(name, **(config or {}))
-    except OSError as exc:
-        where = "local directory" if Path(name).exists() else "hub id"
-        raise OSError(
-            f"model.name: could not load {where} '{name}': {exc}\n"
-            "Without network, download the model once (huggingface-cli download) and set model.name to that "
-            "directory, or build a random-weight encoder with model.config."
-        ) from exc
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    except ImportError:  # older transformers: let it judge
+        return
+    if requested not in known:
+        raise ValueError(f"model.attn_implementation: unknown attention implementation {requested!r}; "
+                         f"expected one of {', '.join(known)} (or null for transformers' default)")
+
+
+def has_attention(model: nn.Module) -> bool:
+    """Whether ``model`` has attention layers at all (a ResNet or ConvNeXt has none)."""
+    return any("attention" in type(m).__name__.lower() for m in model.modules())
+
+
+def attention_implementation(model: nn.Module) -> str | None:
+    """The attention implementation a transformers model actually runs (``config._attn_implementation``).
+
+    ``None`` when the model has no attention layers (CNN encoders) or is not a transformers model.
+    """
+    cfg = getattr(model, "config", None)
+    if cfg is None or not has_attention(model):
+        return None
+    return getattr(cfg, "_attn_implementation", None)
+
+
+def _fallback_order(requested: str | None) -> list[str | None]:
+    order = [requested] + [f for f in _FALLBACKS if f != requested]
+    return order if requested is not None else [None]
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
+
+
+def _report_attention(model: nn.Module, requested: str | None, errors: list[str]) -> None:
+    actual = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    model._spft_attn_requested = requested  # apply_speed_options reads it: the request was already handled
+    if requested is None or actual == requested:
+        return
+    what = type(model).__name__
+    if not has_attention(model):
+        log.info("%s has no attention layers: model.attn_implementation=%r does not apply", what, requested)
+        return
+    why = f" ({'; '.join(errors)})" if errors else ""
+    log.warning("model.attn_implementation=%r is not available for %s%s; using %r instead", requested, what, why,
+                actual)
+
+
+def build_with_attention(make: Callable[[str | None], nn.Module], requested: str | None) -> nn.Module:
+    """``make(impl)`` with the requested attention implementation, else with sdpa, else eager — never silently.
+
+    ``make`` builds the model with ``attn_implementation=impl`` (``None``: transformers' default). transformers
+    raises ``ImportError`` (e.g. flash_attention_2 without the flash-attn package) or ``ValueError`` (the model does
+    not support it) when it cannot honour a request; the next implementation is then tried and a warning names the
+    requested one, the reason and the one in effect. A request transformers itself substitutes (e.g. a hub kernel for
+    a missing flash-attn) is reported the same way, from ``model.config._attn_implementation``.
+    """
+    check_attention_name(requested)
+    errors: list[str] = []
+    order = _fallback_order(requested)
+    for i, impl in enumerate(order):
+        try:
+            model = make(impl)
+        except (ImportError, ValueError) as exc:
+            if i == len(order) - 1 or not _attention_error(exc, impl):
+                raise
+            errors.append(f"{impl}: {_short(exc)}")
+            continue
+        _report_attention(model, requested, errors)
+        return model
+    raise AssertionError("unreachable")
+
+
+def _attention_error(exc: BaseException, impl: str | None) -> bool:
+    """Whether ``exc`` is transformers refusing the attention implementation (not some other config problem)."""
+    if isinstance(exc, ImportError):
+        return True
+    text = str(exc).lower()
+    return impl is not None and ("attention" in text or "attn" in text or "scaled_dot_product" in text)
+
+
+def use_attention(model: nn.Module, requested: str | None) -> str | None:
+    """Switch an already built transformers model to ``requested`` attention (sdpa → eager fallback, logged).
+
+    For models built without going through :func:`build_encoder`'s request; returns the implementation in effect.
+    A model built with the same request is left as it is (its fallback, if any, was already reported).
+    """
+    if getattr(model, "_spft_attn_requested", object()) == requested or requested is None:
+        return attention_implementation(model)
+    check_attention_name(requested)
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is None or not has_attention(model):
+        _report_attention(model, requested, [])
+        return attention_implementation(model)
+    errors: list[str] = []
+    for impl in _fallback_order(requested):
+        if impl == getattr(model.config, "_attn_implementation", None):
+            break
+        try:
+            setter(impl)
+            break
+        except (ImportError, ValueError) as exc:
+            errors.append(f"{impl}: {_short(exc)}")
+    _report_attention(model, requested, errors)
+    return attention_implementation(model)
+
+
+# --- gradient checkpointing --------------------------------------------------------------------------------------
+
+
+def checkpointed_layers(model: nn.Module) -> int:
+    """How many layers of ``model`` recompute their activations in backward (transformers' per-layer flag)."""
+    return sum(1 for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True)
+
+
+def enable_gradient_checkpointing(encoder: nn.Module) -> int:
+    """Turn on gradient checkpointing for every block of a transformers encoder; returns the number of blocks.
+
+    Non-reentrant (``use_reentrant=False``): with the reentrant variant a block whose input does not require grad —
+    every block above a frozen one while only the top blocks train — returns an output without ``grad_fn`` and its
+    own parameters silently get no gradient. Models that declare ``supports_gradient_checkpointing`` (Dinov2, ViT)
+    go through ``activation_checkpointing_enable`` (transformers ≥ 5; ``gradient_checkpointing_enable`` before).
+    Models that do not declare it but are built from transformers' ``GradientCheckpointingLayer`` blocks (SAM2's
+    Hiera image encoder) get the same per-layer switch set directly. Anything else (CNN encoders such as ResNet) is
+    a ``ValueError`` naming ``model.gradient_checkpointing``.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    kwargs = {"use_reentrant": False}
+    what = type(encoder).__name__
+    if getattr(encoder, "supports_gradient_checkpointing", False):
+        if hasattr(encoder, "activation_checkpointing_enable"):
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        try:
+            from transformers.modeling_layers import GradientCheckpointingLayer
+        except ImportError:
+            GradientCheckpointingLayer = ()  # noqa: N806 - older transformers: no per-layer mechanism
+        layers = [m for m in encoder.modules() if isinstance(m, GradientCheckpointingLayer)]
+        func = functools.partial(checkpoint, **kwargs)
+        for layer in layers:
+            layer.gradient_checkpointing = True
+            layer._gradient_checkpointing_func = func
+    n = checkpointed_layers(encoder)
+    if n == 0:
+        raise ValueError(f"model.gradient_checkpointing: {what} does not support gradient checkpointing in "
+                         "transformers (no checkpointable blocks); set model.gradient_checkpointing=false")
+    return n
 
 
 def n_prefix_tokens(encoder: nn.Module) -> int:

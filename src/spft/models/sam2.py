@@ -1,9 +1,10 @@
 """SAM2 for SPFT segmentation: transformers ``Sam2Model`` with one box prompt per structure, and its layer groups.
 
 Loads by hub id (``facebook/sam2.1-hiera-tiny``) or local directory, or builds from ``model.config`` with random
-weights (offline). The recipe sees it as: blocks = the Hiera blocks of the image encoder (bottom -> top), final norm =
-the FPN neck (opens with the top block), embeddings = patch embedding + position embeddings, head = the mask
-decoder. The prompt encoder stays frozen throughout (SPEC §3, specs/engines.md C5).
+weights (offline), with ``model.attn_implementation`` (fallback logged). The recipe sees it as: blocks = the Hiera
+blocks of the image encoder (bottom -> top), final norm = the FPN neck (opens with the top block), embeddings = patch
+embedding + position embeddings, head = the mask decoder. The prompt encoder stays frozen throughout (SPEC §3,
+specs/engines.md C5).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spft.models.encoders import Preprocessing
+from spft.models.encoders import Preprocessing, attention_kwargs, build_with_attention
 from spft.recipe import LayerGroups
 
 log = logging.getLogger(__name__)
@@ -85,23 +86,28 @@ def _preprocessing(name: str | None, size: int) -> Preprocessing:
 
 def build_sam2(model_cfg) -> tuple[SpftSam2, Preprocessing]:
     """The SAM2 model and its preprocessing from ``model.name`` and/or ``model.config`` (a ``Sam2Config`` mapping)."""
-    from transformers import Sam2Config, Sam2Model
+    from transformers import AutoModel, Sam2Config, Sam2Model
 
     name, config = model_cfg.name, dict(model_cfg.config or {})
     config.pop("model_type", None)
+    attn = getattr(model_cfg, "attn_implementation", None)
     if name is None:
         if not config:
             raise ValueError("model: give model.name (e.g. facebook/sam2.1-hiera-tiny) or model.config (Sam2Config)")
         try:
-            sam = Sam2Model(Sam2Config(**config))
+            sam_config = Sam2Config(**config)
         except (TypeError, ValueError, KeyError) as exc:
             raise ValueError(f"model.config: cannot build a Sam2Config: {exc}") from exc
+
+        def make(impl: str | None) -> nn.Module:
+            return AutoModel.from_config(sam_config, **attention_kwargs(impl))  # a Sam2Model
     else:
-        try:
-            sam = Sam2Model.from_pretrained(name, **config)
-        except OSError as exc:
-            where = "local directory" if Path(name).exists() else "hub id"
-            raise OSError(f"model.name: could not load {where} '{name}': {exc}\nWithout network, download it once "
-                          "(huggingface-cli download) and set model.name to that folder.") from exc
-    model = SpftSam2(sam)
+        def make(impl: str | None) -> nn.Module:
+            try:
+                return Sam2Model.from_pretrained(name, **attention_kwargs(impl), **config)
+            except OSError as exc:
+                where = "local directory" if Path(name).exists() else "hub id"
+                raise OSError(f"model.name: could not load {where} '{name}': {exc}\nWithout network, download it "
+                              "once (huggingface-cli download) and set model.name to that folder.") from exc
+    model = SpftSam2(build_with_attention(make, attn))  # model.attn_implementation, fallback logged
     return model, _preprocessing(name, model.size)

@@ -52,6 +52,8 @@ class SplitDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.seed = seed
+        self.data_cfg = data_cfg
+        self.on_gpu = on_gpu
         self.options = loader_options(data_cfg, on_gpu)
         self._loaders: dict[str, DataLoader] = {}
 
@@ -72,6 +74,8 @@ class SplitDataModule(L.LightningDataModule):
             rank, world = self._rank_world()
         key = f"{split}:{int(train)}:{rank}/{world}"
         if key not in self._loaders:
+            if world > 1 and self._trainer_attached():  # DDP: the node's cores are shared by its processes
+                self.options = loader_options(self.data_cfg, self.on_gpu, self.trainer.num_devices)
             ds = self.datasets[split]
             keyed = getattr(ds, "augment", None) is not None  # augmentation seeded per (epoch, index)
             sampler = (EpochSeededSampler(len(ds), self.seed, rank, world, keyed=keyed) if train

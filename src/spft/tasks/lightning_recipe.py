@@ -141,6 +141,19 @@ class RecipeModule(L.LightningModule):
         self._train_loss = (0.0, 0)
         apply_trainable(self.groups, trainable_at(self.plan, 0, self.n_blocks))
 
+    def apply_speed_options(self) -> dict:
+        """``model.*`` / ``trainer.compile`` speed options on the raw model, after the EMA copy exists (the EMA only
+        evaluates: it needs neither compile nor gradient checkpointing; the attention kernel was chosen when the
+        encoder was built, so both copies share it). The EMA copy gets channels-last too. Returns what is in
+        effect, with the precision, for ``env.json``."""
+        from spft.models.speed import apply_speed_options
+
+        speed = apply_speed_options(self.model, self.cfg, on_gpu=trains_on_gpu(self.cfg))
+        if speed.get("channels_last") and self.ema is not None:
+            self.ema.module.to(memory_format=torch.channels_last)
+        self.speed = {**speed, "precision": resolve_precision(self.cfg)}
+        return self.speed
+
     # ---- recipe hooks -------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         state = trainable_at(self.plan, self.current_epoch, self.n_blocks)
@@ -162,8 +175,9 @@ class RecipeModule(L.LightningModule):
                 self._epoch_lrs.setdefault(f"lr_{group['part']}", group["lr"])
 
     def track_train_loss(self, loss: torch.Tensor, n: int) -> None:
+        # a device tensor, read once per epoch: float(loss) every step would wait for the GPU every step
         total, count = self._train_loss
-        self._train_loss = (total + float(loss.detach()) * n, count + n)
+        self._train_loss = (total + loss.detach() * n, count + n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
 
     def on_fit_start(self) -> None:
@@ -208,6 +222,7 @@ class RecipeModule(L.LightningModule):
     def record_epoch(self, state, refined: bool, val_loss: float, metrics: dict, weight_log: str) -> dict:
         """Append one history row (stage, trainable parameters, lrs, losses, ``metrics``, weights) and write files."""
         train_total, train_n = self._train_loss
+        train_total = float(train_total)
         row = {"epoch": self.current_epoch, "stage": state.stage, "open_blocks": len(state.open_blocks),
                "trainable_params": self._n_trainable, "step": self.global_step,
                "train_loss": train_total / train_n if train_n else None, "val_loss": val_loss, **metrics}

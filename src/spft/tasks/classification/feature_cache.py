@@ -62,10 +62,19 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def files_digest(paths: list[str]) -> str:
-    """SHA-256 over each image's path, size and modification time (a changed file changes the key)."""
+    """SHA-256 over each image's path, size and modification time (a changed file changes the key).
+
+    Rows of the npy image cache (``<array>.npy::<row>``) count by their array file and row."""
+    from spft.data.io import parse_row_ref
+
     h = hashlib.sha256()
+    stats: dict[str, os.stat_result] = {}
     for path in paths:
-        st = os.stat(path)
+        ref = parse_row_ref(path)
+        target = str(ref[0]) if ref else path
+        if target not in stats:
+            stats[target] = os.stat(target)
+        st = stats[target]
         h.update(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 

@@ -54,12 +54,13 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
         log.warning("class %r has no positives (or no negatives) in the training split: it gets the mean weight",
                     name)
     module = ClassificationModule(cfg, model, table.classes, weights, run_dir)
+    module.apply_speed_options()
     transform = ImageTransform(prep.size, prep.mean, prep.std)
     reading = table
     if cfg.data.image_cache:  # pre-resized copies from `spft prepare cache`: same pixels, much smaller files
-        from spft.data.cache import ImageCache
+        from spft.data.cache import image_cache_for
 
-        reading = ImageCache(cfg.data.image_cache, prep.size, cfg.data.color).redirect(table)
+        reading = image_cache_for(cfg, prep.size).redirect(table)
     module.feature_cache_blocker = cache_blocker(cfg, model)
     if module.feature_cache_blocker is None and stage_plan(cfg.recipe).stage1_epochs > 0:
         log.info("stage 1 trains the head on cached encoder features (computed once; trainer.feature_cache)")
@@ -73,9 +74,9 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
     return table, prep, module, dm
 
 
-def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str) -> None:
+def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str, speed: dict) -> None:
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    atomic_write_json(run_dir / "env.json", environment(device))
+    atomic_write_json(run_dir / "env.json", environment(device, speed=speed))
     counts = {s: int(len(table.indices(s))) for s in ("train", "val", "test")}
     atomic_write_json(run_dir / "data.json", {
         "classes": table.classes, "split_policy": table.split_policy, "label_policy": table.label_policy,
@@ -89,7 +90,7 @@ def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Pa
     trainer = build_trainer(cfg, run_dir, MONITOR, reload_dataloaders=dm.feature_cache is not None)
     device = str(trainer.strategy.root_device)
     if ckpt_path is None and trainer.global_rank == 0:
-        _write_run_files(cfg, run_dir, table, prep, device)
+        _write_run_files(cfg, run_dir, table, prep, device, module.speed)
     log.info("run directory: %s", run_dir)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.global_rank != 0:

@@ -58,14 +58,15 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
     table = build_mask_table(cfg.data, structures, cfg.seed)
     model, prep = build_sam2(cfg.model)
     module = SegmentationModule(cfg, model, structures, structure_weights(cfg, table), run_dir)
+    module.apply_speed_options()
     dm = SegmentationDataModule(table, prep, cfg.data.color, cfg.data, cfg.trainer.batch_size,
                                 cfg.trainer.eval_batch_size, cfg.seed, on_gpu=trains_on_gpu(cfg))
     return table, prep, module, dm
 
 
-def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str) -> None:
+def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str, speed: dict) -> None:
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    atomic_write_json(run_dir / "env.json", environment(device))
+    atomic_write_json(run_dir / "env.json", environment(device, speed=speed))
     counts = {s: len(table.indices(s)) for s in ("train", "val", "test")}
     atomic_write_json(run_dir / "data.json", {
         "task": "segmentation", "structures": table.structures, "classes": table.structures,
@@ -79,7 +80,7 @@ def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Pa
     table, prep, module, dm = build_run(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, MONITOR)
     if ckpt_path is None and trainer.global_rank == 0:
-        _write_run_files(cfg, run_dir, table, prep, str(trainer.strategy.root_device))
+        _write_run_files(cfg, run_dir, table, prep, str(trainer.strategy.root_device), module.speed)
     log.info("run directory: %s", run_dir)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.global_rank != 0:

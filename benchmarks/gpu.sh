@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# GPU throughput of spft at RAD-DINO size (ViT-B/14, 518 px, random weights): bf16 stage-2 step eager and compiled,
+# then stage 1 alone. Run from anywhere on a machine with one CUDA GPU; installs nothing, needs no network.
+#
+#   benchmarks/gpu.sh [all|eager|compile|stage1]      (default: all; each run is capped at 280 s)
+#
+# Python: $PYTHON, else .venv/bin/python, else python3; src/ goes on PYTHONPATH so an uninstalled checkout works.
+# Everything goes to stdout; the exit status is 1 when any run failed or timed out (the others still run).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+case "$what" in all|eager|compile|stage1) ;; *) echo "usage: $0 [all|eager|compile|stage1]" >&2; exit 2 ;; esac
+
+if [[ -n "${PYTHON:-}" ]]; then
+    py="$PYTHON"
+elif [[ -x .venv/bin/python ]]; then
+    py=.venv/bin/python
+else
+    py=python3
+fi
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1
+
+nvidia-smi --query-gpu=name,memory.total --format=csv
+"$py" -c 'import sys, torch, transformers, lightning
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"transformers {transformers.__version__}, lightning {lightning.__version__}")'
+
+failed=0
+run() {
+    echo "== $*"
+    local rc=0
+    timeout 280 "$py" benchmarks/bench.py "$@" || rc=$?
+    if [[ $rc -ne 0 ]]; then
+        [[ $rc -eq 124 ]] && echo "== timed out after 280 s" || echo "== exit status $rc"
+        failed=1
+    fi
+}
+
+common=(--size raddino --device cuda --precision bf16-mixed)
+if [[ "$what" == all || "$what" == eager ]]; then
+    run "${common[@]}" --batch 64 --steps 30
+fi
+if [[ "$what" == all || "$what" == compile ]]; then
+    run "${common[@]}" --batch 64 --steps 30 --compile
+fi
+if [[ "$what" == all || "$what" == stage1 ]]; then
+    run "${common[@]}" --stage1-only
+fi
+exit "$failed"
