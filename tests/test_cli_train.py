@@ -88,6 +88,10 @@ def test_checkpoints_hold_raw_and_ema_weights(finished_run):
     assert any(k.startswith("model.encoder.") for k in keys) and any(k.startswith("ema.module.") for k in keys)
     assert "ema.n_averaged" in keys and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
     assert "class_weights" in ckpt["spft"] and "rng" in ckpt["spft"]
+    # last.ckpt is the last epoch even when that epoch was not the best (Lightning's save_last alone would not)
+    assert ckpt["epoch"] == len(_rows(run_dir / "history.csv")) - 1
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert best["epoch"] == json.loads((run_dir / "metrics.json").read_text())["best_epoch"]
 
 
 def test_evaluate_reproduces_test_metrics(finished_run):

@@ -13,6 +13,8 @@ counter mirrored in ``n_averaged``, so an update never waits on the GPU.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
@@ -53,12 +55,27 @@ class EmaModel(AveragedModel):
         self._count = None  # n_averaged is being replaced: re-read it
         return super()._load_from_state_dict(*args, **kwargs)
 
+    def _pairs(self, model: nn.Module) -> tuple[list, list]:
+        """(parameter pairs, buffer pairs) of (EMA copy, model), listed once per model: walking the module tree
+        on every step costs more than the update itself on small models."""
+        ref = getattr(self, "_pairs_of", None)
+        if ref is None or ref() is not model:  # a weak reference: assigning a Module would register it
+            self._param_pairs = list(zip(self.module.parameters(), model.parameters(), strict=True))
+            self._buffer_pairs = list(zip(self.module.buffers(), model.buffers(), strict=True))
+            self._pairs_of = weakref.ref(model)
+        return self._param_pairs, self._buffer_pairs
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for key in ("_pairs_of", "_param_pairs", "_buffer_pairs"):
+            state.pop(key, None)
+        return state
+
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
         if self._count is None:
             self._count = int(self.n_averaged)
-        params = list(zip(self.module.parameters(), model.parameters(), strict=True))
-        buffers = list(zip(self.module.buffers(), model.buffers(), strict=True))
+        params, buffers = self._pairs(model)
         if self._count == 0:
             for mine, theirs in params + buffers:
                 mine.copy_(theirs.detach().to(mine.device))
