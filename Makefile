@@ -38,4 +38,4 @@ clean:
 	rm -rf $(VENV) runs .pytest_cache
 
 bench: install
-	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/bench.py --size small --stage1-images 2000

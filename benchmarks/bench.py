@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -157,7 +158,7 @@ def spft_loop(cfg, batches: list[dict], n_classes: int, device: str) -> tuple[fl
     return (steps[-1] - steps[0]) / (len(steps) - 1), _peak_gib(device)
 
 
-def stage1_epochs(cfg, epochs: int = 3) -> list[float]:
+def stage1_epochs(cfg, epochs: int = 4) -> tuple[float, list[float]]:
     """Seconds of each stage-1 epoch through spft's real training path: training, validation, history and the
     checkpoints (best.ckpt, last.ckpt), i.e. from one epoch's start to the next one's."""
     import lightning as L
@@ -166,12 +167,18 @@ def stage1_epochs(cfg, epochs: int = 3) -> list[float]:
     from spft.tasks.lightning_recipe import build_trainer
 
     times: list[float] = []
+    setup: list[float] = []
 
     class EpochTimer(L.Callback):  # epoch start to the next epoch's start: training, validation, checkpoints
+        def on_fit_start(self, trainer, module):
+            self.fit_start = time.perf_counter()
+
         def on_train_epoch_start(self, trainer, module):
             now = time.perf_counter()
             if hasattr(self, "start"):
                 times.append(now - self.start)
+            else:  # before the first epoch: loaders set up (and, with the cache, the features computed)
+                setup.append(now - self.fit_start)
             self.start = now
 
         def on_fit_end(self, trainer, module):
@@ -184,7 +191,7 @@ def stage1_epochs(cfg, epochs: int = 3) -> list[float]:
         trainer = build_trainer(cfg, Path(tmp), MONITOR, reload_dataloaders=dm.feature_cache is not None)
         trainer.callbacks.append(EpochTimer())
         trainer.fit(module, datamodule=dm)
-    return times
+    return setup[0], times
 
 
 def plain_head_epoch(features: torch.Tensor, n_classes: int, batch: int, device: str) -> float:
@@ -207,6 +214,28 @@ def plain_head_epoch(features: torch.Tensor, n_classes: int, batch: int, device:
     return time.perf_counter() - start
 
 
+def stage1_report(args, precision: str, n_classes: int) -> float:
+    """Stage-1 epochs without and with the feature cache; returns uncached / cached epoch time."""
+    cfg1 = _config(args.size, args.batch, args.device, precision, False, stage1=True, n_images=args.stage1_images)
+    cfg1.trainer.feature_cache = False
+    _, uncached = stage1_epochs(cfg1)
+    cfg1.trainer.feature_cache = True
+    extract, cached = stage1_epochs(cfg1)
+    u, c = statistics.median(uncached), statistics.median(cached)
+    n_train = int(round(args.stage1_images * 0.7))
+    print(f"stage 1 epoch uncached     {' '.join(f'{t:.2f}' for t in uncached)} s  (median {u:.2f} s, "
+          f"~{n_train} train images + validation)")
+    print(f"stage 1 features computed  {extract:.2f} s  (once: train + validation images through the encoder)")
+    print(f"stage 1 epoch cached       {' '.join(f'{t:.2f}' for t in cached)} s  (median {c:.3f} s)")
+    speedup = u / c
+    print(f"stage 1 cache speed-up     {speedup:.1f}x")
+    d = model_kwargs(args.size)["hidden_size"]
+    plain_head = plain_head_epoch(torch.randn(n_train, d), n_classes, args.batch, args.device)
+    print(f"stage 1 plain head-on-features epoch {plain_head:.3f} s (training only; spft's cached epoch also "
+          f"validates and checkpoints)")
+    return speedup
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=[*SIZES, "raddino"], default="tiny")
@@ -217,12 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on cuda, 32-true on cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in both loops")
     parser.add_argument("--stage1-only", action="store_true", help="only the stage-1 cache comparison")
-    parser.add_argument("--stage1-images", type=int, default=600)
+    parser.add_argument("--skip-stage1", action="store_true", help="only the stage-2 step comparison")
+    parser.add_argument("--stage1-images", type=int, default=600,
+                        help="phantom images for the stage-1 comparison (70%% train, 15%% validation)")
+    parser.add_argument("--pipeline-workers", default=None,
+                        help="worker counts for --pipeline full, comma-separated (default 0,1,2)")
     parser.add_argument("--pipeline", choices=["quick", "full", "off"], default="quick",
                         help="input-pipeline report: quick (1 configuration), full (benchmarks/pipeline.py), off")
     args = parser.parse_args(argv)
     precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
-    os.environ["SPFT_CACHE"] = tempfile.mkdtemp(prefix="spft-bench-")  # features computed afresh
+    # phantoms are generated once into a bench cache; the feature cache in it is emptied so features are computed
+    bench_cache = Path(os.environ.get("SPFT_BENCH_CACHE") or Path(tempfile.gettempdir()) / "spft-bench-cache")
+    os.environ["SPFT_CACHE"] = str(bench_cache)
+    shutil.rmtree(bench_cache / "features", ignore_errors=True)
     n_classes = 8
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device {name}, torch {torch.__version__}, model {args.size} {model_kwargs(args.size)}, "
@@ -244,27 +280,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{mfu_text.get(label, '')})")
         print(f"stage 2 ratio spft/plain time  {ratio:.3f}")
 
-    cfg1 = _config(args.size, args.batch, args.device, precision, False, stage1=True, n_images=args.stage1_images)
-    cfg1.trainer.feature_cache = False
-    uncached = stage1_epochs(cfg1)
-    cfg1.trainer.feature_cache = True
-    cached = stage1_epochs(cfg1)
-    u, c = statistics.median(uncached), statistics.median(cached[1:])
-    n_train = int(round(args.stage1_images * 0.7))
-    print(f"stage 1 epoch uncached     {' '.join(f'{t:.2f}' for t in uncached)} s  (median {u:.2f} s, "
-          f"~{n_train} train images + validation)")
-    print(f"stage 1 epoch cached       {' '.join(f'{t:.2f}' for t in cached)} s  (first computes the features; "
-          f"median of the rest {c:.3f} s)")
-    speedup = u / c
-    print(f"stage 1 cache speed-up     {speedup:.1f}x")
-    d = model_kwargs(args.size)["hidden_size"]
-    plain_head = plain_head_epoch(torch.randn(n_train, d), n_classes, args.batch, args.device)
-    print(f"stage 1 plain head-on-features epoch {plain_head:.3f} s (training only; spft's cached epoch also "
-          f"validates and checkpoints)")
-
+    speedup = None
+    if not args.skip_stage1:
+        speedup = stage1_report(args, precision, n_classes)
     pipe = _pipeline(args)
-    print(f"BENCH stage2_ratio={ratio:.3f} " if ratio is not None else "BENCH stage2_ratio=nan ", end="")
-    print(f"stage1_cache_speedup={speedup:.1f} pipeline_img_s={pipe:.0f}")
+    print(f"BENCH stage2_ratio={'nan' if ratio is None else f'{ratio:.3f}'} "
+          f"stage1_cache_speedup={'nan' if speedup is None else f'{speedup:.1f}'} pipeline_img_s={pipe:.0f}")
     return 0
 
 
@@ -293,7 +314,8 @@ def _pipeline(args) -> float:
     from pipeline import pipeline_report
 
     if args.pipeline == "full":
-        rows = pipeline_report()
+        workers = tuple(int(w) for w in args.pipeline_workers.split(",")) if args.pipeline_workers else (0, 1, 2)
+        rows = pipeline_report(workers_list=workers)
     else:
         rows = pipeline_report(workers_list=(min(2, os.cpu_count() or 1),), n_images=128)
     for row in rows:

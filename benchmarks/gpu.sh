@@ -40,12 +40,12 @@ run() {
 
 common=(--size raddino --device cuda --precision bf16-mixed)
 if [[ "$what" == all || "$what" == eager ]]; then
-    run "${common[@]}" --batch 64 --steps 30
+    run "${common[@]}" --batch 64 --steps 30 --skip-stage1 --pipeline off
 fi
 if [[ "$what" == all || "$what" == compile ]]; then
-    run "${common[@]}" --batch 64 --steps 30 --compile
+    run "${common[@]}" --batch 64 --steps 30 --compile --skip-stage1 --pipeline off --rounds 1
 fi
 if [[ "$what" == all || "$what" == stage1 ]]; then
-    run "${common[@]}" --stage1-only
+    run "${common[@]}" --batch 64 --stage1-only --stage1-images 3000 --pipeline full --pipeline-workers 8,15
 fi
 exit "$failed"

@@ -18,25 +18,27 @@ def _history(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_cached_stage1_equals_uncached_and_stage2_continues(spft_cache, tmp_path):
-    runs = {}
-    logs = {}
-    for flag in ("true", "false"):
-        run = tmp_path / f"cache_{flag}"
+    cache = tmp_path / "cache"  # a fresh SPFT_CACHE: the first cached run must compute the features
+    runs, logs = {}, {}
+    for name, flag in (("cached", "true"), ("plain", "false"), ("reread", "true")):
+        run = tmp_path / name
         proc = run_cli("train", "configs/phantom_cxr.yaml",
                        *tiny_overrides(run, epochs=3,
-                                       extra=("recipe.stage1_epochs=2", f"trainer.feature_cache={flag}")))
-        runs[flag], logs[flag] = run, proc.stdout + proc.stderr
-    assert "stage 1 trains the head on cached encoder features" in logs["true"]
-    assert "features written to" in logs["true"]
-    assert "cached encoder features" not in logs["false"]
-    assert list((spft_cache / "features").glob("*/train.npy")) and list((spft_cache / "features").glob("*/val.npy"))
-    cached, plain = _history(runs["true"]), _history(runs["false"])
+                                       extra=("recipe.stage1_epochs=2", f"trainer.feature_cache={flag}")),
+                       env={"SPFT_CACHE": str(cache)})
+        runs[name], logs[name] = run, proc.stdout + proc.stderr
+    assert "stage 1 trains the head on cached encoder features" in logs["cached"]
+    assert "features written to" in logs["cached"] and "features read from" in logs["reread"]
+    assert "cached encoder features" not in logs["plain"]
+    assert list((cache / "features").glob("*/train.npy")) and list((cache / "features").glob("*/val.npy"))
+    cached, plain = _history(runs["cached"]), _history(runs["plain"])
     assert [r["stage"] for r in cached] == ["1", "1", "2"]
     for a, b in zip(cached, plain):
         for col in ("train_loss", "val_loss", "val_auc_raw", "val_auc_ema"):
             assert float(a[col]) == pytest.approx(float(b[col]), rel=1e-4, abs=1e-5), col
-    wa = torch.load(runs["true"] / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    wb = torch.load(runs["false"] / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert _history(runs["reread"]) == cached  # features read back from disk: the very same run
+    wa = torch.load(runs["cached"] / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    wb = torch.load(runs["plain"] / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for name in wa:
         assert torch.allclose(wa[name].float(), wb[name].float(), atol=1e-4, rtol=1e-4), name
 
