@@ -170,9 +170,6 @@ def stage1_epochs(cfg, epochs: int = 4) -> tuple[float, list[float]]:
     setup: list[float] = []
 
     class EpochTimer(L.Callback):  # epoch start to the next epoch's start: training, validation, checkpoints
-        def on_fit_start(self, trainer, module):
-            self.fit_start = time.perf_counter()
-
         def on_train_epoch_start(self, trainer, module):
             now = time.perf_counter()
             if hasattr(self, "start"):
@@ -189,7 +186,9 @@ def stage1_epochs(cfg, epochs: int = 4) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         _, _, module, dm = build_run(cfg, None)
         trainer = build_trainer(cfg, Path(tmp), MONITOR, reload_dataloaders=dm.feature_cache is not None)
-        trainer.callbacks.append(EpochTimer())
+        timer = EpochTimer()
+        trainer.callbacks.append(timer)
+        timer.fit_start = time.perf_counter()
         trainer.fit(module, datamodule=dm)
     return setup[0], times
 
@@ -240,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=[*SIZES, "raddino"], default="tiny")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of both loops; best one kept")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both loops; best one kept")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on cuda, 32-true on cpu")

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from spft.data.contract import LabelTable
 from spft.data.dataset import EpochSeededSampler, ImageDataset, ShardSampler
 from spft.data.transforms import ImageTransform
-from spft.tasks.classification.feature_cache import BatchesOf, FeatureBatches, FeatureCache
+from spft.tasks.classification.feature_cache import BatchesOf, FeatureBatches, FeatureCache, whole_batch
 from spft.tasks.lightning_data import SplitDataModule
 
 
@@ -45,7 +45,7 @@ class ClassificationDataModule(SplitDataModule):
             batches = FeatureBatches(self.feature_cache.get(split, ds, device, 0, {}, rank, world), ds)
             size = self.batch_size if train else self.eval_batch_size
             self._loaders[key] = DataLoader(batches, sampler=BatchesOf(sampler, size), batch_size=None,
-                                            pin_memory=self.options["pin_memory"])
+                                            collate_fn=whole_batch, pin_memory=self.options["pin_memory"])
         return self._loaders[key]
 
     def train_dataloader(self) -> DataLoader:
