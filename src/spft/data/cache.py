@@ -188,17 +188,10 @@ def _source_key(path: str) -> tuple[int, int]:
 
 
 def _atomic_write(target: Path, write) -> None:
-    """``write(file)`` into a temporary sibling, fsync, rename over ``target``."""
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``write(file)`` into a temporary sibling, fsync, rename over ``target`` (one implementation for spft)."""
+    from spft.experiments.rundir import atomic_write_with
+
+    atomic_write_with(target, write)
 
 
 class _ArrayStore:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from spft.data.dataset import ShardSampler
 from spft.data.registry import cache_root
+from spft.experiments.rundir import atomic_write_with
 from spft.models.encoders import hidden_size
 
 log = logging.getLogger(__name__)
@@ -217,14 +218,4 @@ def _gather(obj, world: int) -> list:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_with(path, lambda fh: np.save(fh, array))
