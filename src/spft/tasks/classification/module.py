@@ -39,6 +39,9 @@ class ClassificationModule(RecipeModule):
         """Stage-1 epochs train the head on cached encoder features unless :attr:`feature_cache_blocker` says no."""
         return self.feature_cache_blocker is None and trainable_at(self.plan, epoch, self.n_blocks).stage == 1
 
+    def encoder_frozen_now(self) -> bool:
+        return trainable_at(self.plan, self.current_epoch, self.n_blocks).stage == 1
+
     def forward_batch(self, batch: dict, model=None) -> torch.Tensor:
         """Logits of ``model`` (default: the raw model) for an image batch or a batch of cached features."""
         model = self.model if model is None else model
@@ -60,6 +63,10 @@ class ClassificationModule(RecipeModule):
         self._val = {"raw": [], "ema": [], "labels": [], "loss": [], "index": []}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if "features" not in batch and self.ema is not None and self.encoder_frozen_now():
+            # stage 1: the EMA encoder is bit-identical to the frozen one (frozen parameters are never averaged),
+            # so one encoder pass serves both heads
+            batch = {**batch, "features": self.model.features(batch["image"])}
         logits = self.forward_batch(batch)
         self._val["raw"].append(self.probabilities(logits).cpu())
         self._val["loss"].append(self.loss_fn(logits, batch["labels"]).detach().cpu().reshape(1) * len(logits))
