@@ -112,3 +112,20 @@ def test_files_digest_reads_npy_cache_rows(tmp_path):
     st = os.stat(array)
     os.utime(array, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the array was rewritten
     assert files_digest(refs) != digest
+
+
+@pytest.mark.slow
+def test_kill_in_stage1_and_resume_on_cached_features_equals_uninterrupted(spft_cache, tmp_path):
+    extra = ("recipe.stage1_epochs=2",)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(straight, epochs=3, extra=extra))
+    proc = run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(killed, epochs=3, extra=extra),
+                   env={"SPFT_CRASH_AFTER_EPOCH": "0"}, check=False)
+    assert proc.returncode == 17, proc.stderr
+    assert len(_history(killed)) == 1  # killed after the first stage-1 epoch
+    proc = run_cli("train", "--resume", str(killed))
+    assert "stage-1 feature cache" in proc.stderr  # the resumed stage-1 epoch trained on cached features again
+    assert (killed / "history.csv").read_text() == (straight / "history.csv").read_text()
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

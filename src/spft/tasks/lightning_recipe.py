@@ -399,6 +399,45 @@ def eval_device(cfg) -> str:
     return "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
 
 
+def fit_and_finish(cfg, run_dir: Path, ckpt_path: str | None, *, build_run, describe_data, test,
+                   monitor: str) -> Path:
+    """Train one Lightning task to its end and finish it: the flow every Lightning task shares.
+
+    ``build_run(cfg, run_dir) -> (table, prep, module, datamodule)``; ``describe_data(table, prep) -> dict`` (the
+    run's ``data.json``); ``test(module, datamodule, device, run_dir, best_epoch)`` scores the best weights on the
+    test split and writes the metrics. A new run (``ckpt_path`` None) first records config.yaml, env.json (with
+    the speed options in effect) and data.json; under DDP only rank 0 writes and tests, the others return after
+    fitting. ``DONE`` is written last.
+    """
+    from spft.config import dump_yaml
+    from spft.experiments.rundir import atomic_write_text, environment, mark_done
+
+    table, prep, module, dm = build_run(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, monitor, reload_dataloaders=getattr(dm, "feature_cache", None) is not None)
+    if ckpt_path is None and trainer.global_rank == 0:
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        atomic_write_json(run_dir / "env.json", environment(str(trainer.strategy.root_device), speed=module.speed))
+        atomic_write_json(run_dir / "data.json", describe_data(table, prep))
+    log.info("run directory: %s", run_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if trainer.global_rank != 0:
+        return run_dir
+    best_epoch = load_best_weights(module, run_dir)
+    test(module, dm, trainer.strategy.root_device, run_dir, best_epoch)
+    mark_done(run_dir)
+    return run_dir
+
+
+def split_counts(table) -> dict:
+    """``n_images`` and ``n_groups`` (patients / lesions) per split, for ``data.json``."""
+    counts = {s: int(len(table.indices(s))) for s in ("train", "val", "test")}
+    return {"n_images": counts, "n_groups": {s: len({table.groups[i] for i in table.indices(s)}) for s in counts}}
+
+
+def preprocessing_record(prep) -> dict:
+    return {"size": prep.size, "mean": prep.mean, "std": prep.std, "source": prep.source}
+
+
 def start_run(cfg, fit_and_finish) -> Path:
     """A new run: seed, create the run directory, ``fit_and_finish(cfg, run_dir, None)``."""
     from spft.experiments.rundir import create_run_dir

@@ -8,20 +8,15 @@ configured end. Both finish by evaluating the best (EMA) weights on the test spl
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from spft.config import SpftConfig, dump_yaml
+from spft.config import SpftConfig
 from spft.data.augment import Augment
 from spft.data.registry import build_table
 from spft.data.transforms import ImageTransform
-from spft.experiments.rundir import (
-    atomic_write_json,
-    atomic_write_text,
-    environment,
-    mark_done,
-)
 from spft.models.classifier import build_classifier
 from spft.recipe import ClassWeights
 from spft.tasks.classification.datamodule import ClassificationDataModule
@@ -29,9 +24,10 @@ from spft.tasks.classification.evaluate import evaluate_module, write_evaluation
 from spft.tasks.classification.feature_cache import FeatureCache, cache_blocker
 from spft.tasks.classification.module import ClassificationModule
 from spft.tasks.lightning_recipe import (
-    build_trainer,
-    load_best_weights,
+    fit_and_finish,
+    preprocessing_record,
     resume_run,
+    split_counts,
     stage_plan,
     start_run,
     trains_on_gpu,
@@ -74,34 +70,19 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
     return table, prep, module, dm
 
 
-def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str, speed: dict) -> None:
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    atomic_write_json(run_dir / "env.json", environment(device, speed=speed))
-    counts = {s: int(len(table.indices(s))) for s in ("train", "val", "test")}
-    atomic_write_json(run_dir / "data.json", {
-        "classes": table.classes, "split_policy": table.split_policy, "label_policy": table.label_policy,
-        "n_images": counts, "n_groups": {s: len({table.groups[i] for i in table.indices(s)}) for s in counts},
-        "preprocessing": {"size": prep.size, "mean": prep.mean, "std": prep.std, "source": prep.source},
-    })
+def _describe_data(table, prep) -> dict:
+    return {"classes": table.classes, "split_policy": table.split_policy, "label_policy": table.label_policy,
+            **split_counts(table), "preprocessing": preprocessing_record(prep)}
 
 
-def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Path:
-    table, prep, module, dm = build_run(cfg, run_dir)
-    trainer = build_trainer(cfg, run_dir, MONITOR, reload_dataloaders=dm.feature_cache is not None)
-    device = str(trainer.strategy.root_device)
-    if ckpt_path is None and trainer.global_rank == 0:
-        _write_run_files(cfg, run_dir, table, prep, device, module.speed)
-    log.info("run directory: %s", run_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    if trainer.global_rank != 0:
-        return run_dir
-    best_epoch = load_best_weights(module, run_dir)
-    # rank 0 alone, on the whole test split (the other ranks have returned above)
-    result = evaluate_module(module, dm.loader("test", rank=0, world=1), split="test",
-                             device=trainer.strategy.root_device)
+def _test(module, dm, device, run_dir: Path, best_epoch) -> None:
+    # rank 0 alone, on the whole test split
+    result = evaluate_module(module, dm.loader("test", rank=0, world=1), split="test", device=device)
     write_evaluation(run_dir, result, best_epoch=best_epoch)
-    mark_done(run_dir)
-    return run_dir
+
+
+_fit_and_finish = partial(fit_and_finish, build_run=build_run, describe_data=_describe_data, test=_test,
+                          monitor=MONITOR)
 
 
 def train(cfg: SpftConfig) -> Path:

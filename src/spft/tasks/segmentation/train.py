@@ -1,8 +1,8 @@
 """Training entry point for segmentation: config -> run directory -> Lightning fit -> test Dice -> DONE.
 
 ``train(cfg)`` starts a run, ``resume(run_dir)`` continues a killed one from ``checkpoints/last.ckpt``; both end
-by scoring the best (EMA) weights on the test split through :mod:`spft.tasks.segmentation.evaluate`. Checkpoint IO,
-precision, the crash hook and the per-epoch reseeding are the classification engine's, imported, not copied.
+by scoring the best (EMA) weights on the test split through :mod:`spft.tasks.segmentation.evaluate`. The flow (run
+files, fit, best weights, test, DONE), checkpoints, precision and reseeding are spft.tasks.lightning_recipe's.
 
     spft train configs/phantom_segment_sam2.yaml
 """
@@ -14,17 +14,18 @@ from pathlib import Path
 
 import torch
 
-from spft.config import SpftConfig, dump_yaml
+from spft.config import SpftConfig
 from spft.data.masks import build_mask_table, pixel_prevalence
-from spft.experiments.rundir import (
-    atomic_write_json,
-    atomic_write_text,
-    environment,
-    mark_done,
-)
 from spft.models.sam2 import build_sam2
 from spft.recipe import ClassWeights
-from spft.tasks.lightning_recipe import build_trainer, load_best_weights, resume_run, start_run, trains_on_gpu
+from spft.tasks.lightning_recipe import (
+    fit_and_finish,
+    preprocessing_record,
+    resume_run,
+    split_counts,
+    start_run,
+    trains_on_gpu,
+)
 from spft.tasks.segmentation.datamodule import SegmentationDataModule
 from spft.tasks.segmentation.evaluate import evaluate_module, write_evaluation
 from spft.tasks.segmentation.module import SegmentationModule
@@ -64,33 +65,24 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
     return table, prep, module, dm
 
 
-def _write_run_files(cfg: SpftConfig, run_dir: Path, table, prep, device: str, speed: dict) -> None:
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    atomic_write_json(run_dir / "env.json", environment(device, speed=speed))
-    counts = {s: len(table.indices(s)) for s in ("train", "val", "test")}
-    atomic_write_json(run_dir / "data.json", {
-        "task": "segmentation", "structures": table.structures, "classes": table.structures,
-        "source": table.source, "split_policy": table.split_policy, "n_images": counts,
-        "n_groups": {s: len({table.groups[i] for i in table.indices(s)}) for s in counts},
-        "preprocessing": {"size": prep.size, "mean": prep.mean, "std": prep.std, "source": prep.source},
-    })
+def _describe_data(table, prep) -> dict:
+    return {"task": "segmentation", "structures": table.structures, "classes": table.structures,
+            "source": table.source, "split_policy": table.split_policy, **split_counts(table),
+            "preprocessing": preprocessing_record(prep)}
+
+
+def _test_with(cfg):
+    def test(module, dm, device, run_dir: Path, best_epoch) -> None:
+        ev = evaluate_module(module, dm.datasets["test"], "test", device, dm.eval_batch_size,
+                             out_dir=run_dir / "predictions_test", n_overlays=cfg.segmentation.n_overlays)
+        write_evaluation(run_dir, ev, best_epoch=best_epoch)
+
+    return test
 
 
 def _fit_and_finish(cfg: SpftConfig, run_dir: Path, ckpt_path: str | None) -> Path:
-    table, prep, module, dm = build_run(cfg, run_dir)
-    trainer = build_trainer(cfg, run_dir, MONITOR)
-    if ckpt_path is None and trainer.global_rank == 0:
-        _write_run_files(cfg, run_dir, table, prep, str(trainer.strategy.root_device), module.speed)
-    log.info("run directory: %s", run_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    if trainer.global_rank != 0:
-        return run_dir
-    best_epoch = load_best_weights(module, run_dir)
-    ev = evaluate_module(module, dm.datasets["test"], "test", trainer.strategy.root_device, dm.eval_batch_size,
-                         out_dir=run_dir / "predictions_test", n_overlays=cfg.segmentation.n_overlays)
-    write_evaluation(run_dir, ev, best_epoch=best_epoch)
-    mark_done(run_dir)
-    return run_dir
+    return fit_and_finish(cfg, run_dir, ckpt_path, build_run=build_run, describe_data=_describe_data,
+                          test=_test_with(cfg), monitor=MONITOR)
 
 
 def train(cfg: SpftConfig) -> Path:
