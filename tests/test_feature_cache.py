@@ -80,6 +80,11 @@ def test_features_match_the_model_and_are_read_back(spft_cache, tmp_path):
     assert torch.allclose(feats, expected, atol=1e-5)
     again = type(cache)(module.model, dm.transform, "grey", cache.folder).get("val", ds, torch.device("cpu"), 16, {})
     assert torch.equal(again, feats)
+    # a damaged entry is computed again (with a warning), not fatal: the cache holds derived data only
+    entry = next(cache.folder.glob("*/val.npy"))
+    entry.write_bytes(entry.read_bytes()[:100])
+    healed = type(cache)(module.model, dm.transform, "grey", cache.folder).get("val", ds, torch.device("cpu"), 16, {})
+    assert torch.equal(healed, feats) and len(entry.read_bytes()) > 100
 
 
 @pytest.mark.parametrize("override, reason", [

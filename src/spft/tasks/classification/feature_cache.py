@@ -159,11 +159,8 @@ class FeatureCache:
             return self._features[split]
         precision = "bf16" if device.type == "cuda" else "fp32"
         path = self.folder / self.key(dataset, precision) / f"{split}.npy"
-        if _all_ranks_agree(path.is_file(), world):
-            features = torch.from_numpy(np.load(path))
-            if len(features) != len(dataset):
-                raise ValueError(f"feature cache {path} holds {len(features)} rows for {len(dataset)} images: "
-                                 "delete it and run again")
+        features = _read(path, len(dataset))
+        if _all_ranks_agree(features is not None, world):
             log.info("stage-1 feature cache: %s features read from %s", split, path)
         else:
             parts = self._extract(split, dataset, device, batch_size, loader_options, rank, world, precision)
@@ -198,6 +195,23 @@ class FeatureCache:
         mine = (torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long),
                 torch.cat(rows) if rows else torch.zeros(0, hidden_size(self.model.encoder)))
         return _gather(mine, world)
+
+
+def _read(path: Path, n_rows: int) -> torch.Tensor | None:
+    """The cached features at ``path``, or None when absent or unusable (then they are computed again: the cache
+    holds derived data only, so a damaged entry is replaced, with a warning, not fatal)."""
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path)
+    except (ValueError, OSError, EOFError) as exc:
+        log.warning("feature cache %s is unreadable (%s): computing the features again", path, exc)
+        return None
+    if array.ndim != 2 or len(array) != n_rows:
+        log.warning("feature cache %s holds %s for %d images: computing the features again", path,
+                    tuple(array.shape), n_rows)
+        return None
+    return torch.from_numpy(array)
 
 
 def _all_ranks_agree(flag: bool, world: int) -> bool:
