@@ -52,12 +52,11 @@ def _config(size: str, batch: int, device: str, precision: str, compile_: bool, 
     from spft.config import load_config
 
     model = model_kwargs(size)
-    flat = ", ".join(f"{k}: {v}" for k, v in model.items())
     recipe = (["recipe.stage1_epochs=100", "recipe.unfreeze.enabled=false"] if stage1 else
               ["recipe.stage1_epochs=0", "recipe.unfreeze.top_k=null", "recipe.unfreeze.blocks_per_epoch=100",
                "recipe.unfreeze.embeddings=true"])
-    return load_config(None, [
-        f"model.config={{model_type: dinov2, {flat}}}", "data.name=phantom", f"data.phantom.n_images={n_images}",
+    return load_config(None, base={"model": {"config": {"model_type": "dinov2", **model}}}, overrides=[
+        "data.name=phantom", f"data.phantom.n_images={n_images}",
         f"data.image_size={model['image_size']}", f"trainer.batch_size={batch}", "trainer.progress_bar=false",
         f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", f"trainer.precision={precision}",
         f"trainer.compile={str(compile_).lower()}", "optim.lr_encoder=1e-4", "optim.lr_head=1e-4", *recipe,
