@@ -50,6 +50,7 @@ def test_ddp_training_keeps_ranks_identical_and_evaluation_equals_one_process(sp
         assert set(by_rank) == {0, 1} and by_rank[0] == by_rank[1], (epoch, by_rank)
     assert prints[1][0] != prints[2][0]  # the weights did move after the block opened
     assert (run / "DONE").is_file() and json.loads((run / "metrics.json").read_text())["n"] > 0
+    assert re.search(r"stage-1 feature cache: \d+ train features written to", log)  # extracted by both ranks
 
     data = json.loads((run / "data.json").read_text())
     assert data["n_images"]["val"] % 2 == 1, "the validation split must not divide evenly between 2 ranks"
