@@ -83,7 +83,9 @@ def test_attention_from_config_is_applied_to_a_model_built_without_it():
     assert model.encoder.encoder.config._attn_implementation == "eager"  # Dinov2Encoder follows
 
 
-@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash-attn is installed here")
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None,
+                    reason="tests the fallback when flash-attn is missing; where it is installed there is no fallback "
+                           "to test (spft's dependencies never install it)")
 def test_unavailable_attention_falls_back_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="spft.models.encoders"):
         model = _classifier("flash_attention_2")

@@ -110,6 +110,20 @@ def environment(device: str, speed: dict | None = None) -> dict:
     return env
 
 
+def write_split_record(run_dir: str | Path, split: str, rows: list[dict], metrics: dict,
+                       best_epoch: int | None = None, suffix: str = "") -> None:
+    """``predictions_<split><suffix>.csv`` from ``rows`` and the metrics file — ``metrics.json`` for the training
+    record's test split, ``metrics_<split><suffix>.json`` otherwise — with ``best_epoch`` when known. Every task's
+    evaluation writes through here, so the names stay the same across tasks."""
+    run_dir = Path(run_dir)
+    atomic_write_csv(run_dir / f"predictions_{split}{suffix}.csv", rows)
+    metrics = dict(metrics)
+    if best_epoch is not None:
+        metrics["best_epoch"] = int(best_epoch)
+    name = "metrics.json" if split == "test" and not suffix else f"metrics_{split}{suffix}.json"
+    atomic_write_json(run_dir / name, metrics)
+
+
 def is_done(run_dir: str | Path) -> bool:
     return (Path(run_dir) / DONE).is_file()
 

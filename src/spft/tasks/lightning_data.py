@@ -61,10 +61,7 @@ class SplitDataModule(L.LightningDataModule):
         return rank_and_world(self.trainer if self._trainer_attached() else None)
 
     def _trainer_attached(self) -> bool:
-        try:
-            return self.trainer is not None
-        except RuntimeError:  # Lightning raises when the module is not attached to a trainer
-            return False
+        return self.trainer is not None  # a LightningDataModule's trainer is None until fit/validate attaches it
 
     def loader(self, split: str, train: bool = False, rank: int | None = None, world: int | None = None
                ) -> DataLoader:

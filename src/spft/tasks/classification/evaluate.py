@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spft.experiments.rundir import atomic_write_csv, atomic_write_json
+from spft.experiments.rundir import write_split_record
 from spft.metrics import AucResult, multilabel_auc
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,7 @@ def write_evaluation(run_dir: Path, ev: Evaluation, best_epoch: int | None = Non
         row.update({f"label_{c}": ("" if np.isnan(ev.labels[i, j]) else int(ev.labels[i, j]))
                     for j, c in enumerate(classes)})
         rows.append(row)
-    atomic_write_csv(run_dir / f"predictions_{ev.split}{suffix}.csv", rows)
-    metrics = ev.metrics()
-    if best_epoch is not None:
-        metrics["best_epoch"] = int(best_epoch)
-    name = "metrics.json" if ev.split == "test" and not suffix else f"metrics_{ev.split}{suffix}.json"
-    atomic_write_json(run_dir / name, metrics)
+    write_split_record(run_dir, ev.split, rows, ev.metrics(), best_epoch, suffix)
 
 
 def format_table(ev: Evaluation) -> str:

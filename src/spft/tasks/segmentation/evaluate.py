@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from spft.experiments.rundir import atomic_write_csv, atomic_write_json
+from spft.experiments.rundir import write_split_record
 from spft.metrics import dice_score, hd95, mean_dice
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,7 @@ def write_evaluation(run_dir: Path, ev: SegEvaluation, best_epoch: int | None = 
         cells = {f"dice_{s}": ("" if d is None else d) for s, d in zip(ev.structures, row)}
         cells.update({f"hd95_{s}": ("" if h is None else h) for s, h in zip(ev.structures, hd_row)})
         rows.append({"id": i, "group": g, **cells})
-    atomic_write_csv(run_dir / f"predictions_{ev.split}{suffix}.csv", rows)
-    metrics = ev.metrics()
-    if best_epoch is not None:
-        metrics["best_epoch"] = int(best_epoch)
-    name = "metrics.json" if ev.split == "test" and not suffix else f"metrics_{ev.split}{suffix}.json"
-    atomic_write_json(run_dir / name, metrics)
+    write_split_record(run_dir, ev.split, rows, ev.metrics(), best_epoch, suffix)
 
 
 def format_table(ev: SegEvaluation) -> str:
