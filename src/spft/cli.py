@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from spft.errors import ConfigError, MissingFileError, SpftError
+
 log = logging.getLogger("spft")
 
 
@@ -46,7 +48,7 @@ def find_demo_config() -> Path:
     for candidate in (Path("configs/phantom_cxr.yaml"), _repo_configs() / "phantom_cxr.yaml"):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError("configs/phantom_cxr.yaml not found: run `spft demo` from the spft checkout, or "
+    raise MissingFileError("configs/phantom_cxr.yaml not found: run `spft demo` from the spft checkout, or "
                             "`spft train path/to/phantom_cxr.yaml`")
 
 
@@ -55,12 +57,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config:
-            raise SystemExit("spft train: give either CONFIG or --resume RUN_DIR, not both "
+            raise ConfigError("give either CONFIG or --resume RUN_DIR, not both "
                              "(a resumed run keeps its own config)")
         run_dir = task_api(task_of_run(args.resume)).resume(args.resume)
     else:
         if not args.config:
-            raise SystemExit("spft train: CONFIG is required (or --resume RUN_DIR)")
+            raise ConfigError("CONFIG is required (or --resume RUN_DIR)")
         from spft.config import load_config
 
         cfg = load_config(args.config, args.overrides)
@@ -285,16 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from spft.config import ConfigError
-
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError, OSError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"spft {args.command}: error: {msg}", file=sys.stderr)
+    except SpftError as exc:  # the user's to fix: one line; anything else is a bug and keeps its traceback (exit 1)
+        print(f"spft {args.command}: error: {exc}", file=sys.stderr)
         if args.verbose:
             raise
-        return 2
+        return exc.exit_code
 
 
 if __name__ == "__main__":

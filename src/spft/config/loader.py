@@ -17,10 +17,7 @@ from typing import Any, Union
 import yaml
 
 from spft.config.schema import SpftConfig
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not match the schema; the message names the key."""
+from spft.errors import ConfigError, MissingFileError
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -187,7 +184,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+            raise MissingFileError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -15,6 +15,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from spft.errors import DataError
+
 
 class Augment:
     """Callable ``(PIL image, epoch, index) -> (PIL image, photometric(tensor))`` built from ``data.augment``."""
@@ -22,12 +24,12 @@ class Augment:
     def __init__(self, cfg, seed: int):
         lo, hi = (list(cfg.scale) + [1.0, 1.0])[:2]
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"data.augment.scale: expected [min, max] with 0 < min <= max <= 1, got {cfg.scale}")
+            raise DataError(f"data.augment.scale: expected [min, max] with 0 < min <= max <= 1, got {cfg.scale}")
         for key in ("rotate", "brightness", "contrast", "hflip"):
             if getattr(cfg, key) < 0:
-                raise ValueError(f"data.augment.{key} must be >= 0, got {getattr(cfg, key)}")
+                raise DataError(f"data.augment.{key} must be >= 0, got {getattr(cfg, key)}")
         if cfg.hflip > 1 or cfg.brightness >= 1 or cfg.contrast >= 1:
-            raise ValueError("data.augment: hflip is a probability (<= 1); brightness and contrast must be < 1")
+            raise DataError("data.augment: hflip is a probability (<= 1); brightness and contrast must be < 1")
         self.scale = (lo, hi)
         self.rotate = float(cfg.rotate)
         self.brightness = float(cfg.brightness)

@@ -42,6 +42,7 @@ import numpy as np
 
 from spft.data.contract import LabelTable
 from spft.data.io import load_image, row_ref
+from spft.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ImageCache:
 
     def __init__(self, folder: str | os.PathLike, size: int, color: str, fmt: str = "png"):
         if fmt not in CACHE_FORMATS:
-            raise ValueError(f"data.image_cache_format must be one of {', '.join(CACHE_FORMATS)}, got {fmt!r}")
+            raise DataError(f"data.image_cache_format must be one of {', '.join(CACHE_FORMATS)}, got {fmt!r}")
         self.size = int(size)
         self.color = color
         self.fmt = fmt
@@ -215,11 +216,11 @@ class _ArrayStore:
             header = (data["version"], data["size"], data["color"], data["preprocessing"])
             entries = data["entries"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"image cache index {self.index_path} is unreadable ({exc}): delete {self.folder} and "
+            raise DataError(f"image cache index {self.index_path} is unreadable ({exc}): delete {self.folder} and "
                              f"run `spft prepare cache` again") from exc
         expected = (CACHE_VERSION, self.size, self.color, PREPROCESSING)
         if header != expected:
-            raise ValueError(f"image cache index {self.index_path} is for (version, size, color, preprocessing) "
+            raise DataError(f"image cache index {self.index_path} is for (version, size, color, preprocessing) "
                              f"{header}, expected {expected}: delete {self.folder} and run `spft prepare cache` again")
         return entries
 
@@ -235,20 +236,20 @@ class _ArrayStore:
         try:
             rows = np.lib.format.open_memmap(path, mode=mode)
         except FileNotFoundError:
-            raise ValueError(f"image cache array {path} is missing: run `spft prepare cache` again") from None
+            raise DataError(f"image cache array {path} is missing: run `spft prepare cache` again") from None
         except (OSError, ValueError, EOFError) as exc:
-            raise ValueError(f"image cache array {path} is corrupt or truncated ({exc}): run `spft prepare cache` "
+            raise DataError(f"image cache array {path} is corrupt or truncated ({exc}): run `spft prepare cache` "
                              f"again to rewrite its images") from exc
         if rows.dtype != np.uint8 or rows.shape[1:] != self.row_shape:
-            raise ValueError(f"image cache array {path} holds {rows.dtype} rows of {list(rows.shape[1:])}, expected "
+            raise DataError(f"image cache array {path} holds {rows.dtype} rows of {list(rows.shape[1:])}, expected "
                              f"uint8 {list(self.row_shape)}: run `spft prepare cache` again to rewrite its images")
         try:
             done = np.load(done_path) if done_path.is_file() else np.zeros(rows.shape[0], np.uint8)
         except (OSError, ValueError, EOFError) as exc:
-            raise ValueError(f"image cache marks {done_path} are corrupt ({exc}): run `spft prepare cache` "
+            raise DataError(f"image cache marks {done_path} are corrupt ({exc}): run `spft prepare cache` "
                              f"again") from exc
         if done.shape != (rows.shape[0],):
-            raise ValueError(f"image cache marks {done_path} have shape {done.shape}, expected ({rows.shape[0]},): "
+            raise DataError(f"image cache marks {done_path} have shape {done.shape}, expected ({rows.shape[0]},): "
                              f"run `spft prepare cache` again")
         return rows, done
 
@@ -382,9 +383,9 @@ class _ArrayStore:
                 image = resize_crop(load_image(path, self.color))
                 pixels = np.asarray(image)
                 if pixels.shape != self.row_shape:
-                    raise ValueError(f"resize_crop gave {list(pixels.shape)}, expected {list(self.row_shape)}")
+                    raise DataError(f"resize_crop gave {list(pixels.shape)}, expected {list(self.row_shape)}")
                 if _source_key(path) != key:
-                    raise ValueError(f"{path} changed while it was being cached")
+                    raise DataError(f"{path} changed while it was being cached")
                 parts[part][0][row] = pixels
                 return part, row
             except (ValueError, OSError) as exc:
@@ -447,7 +448,7 @@ def prepare_cache(cfg, workers: int | None = None) -> dict:
     from spft.data.transforms import ImageTransform
 
     if not cfg.data.image_cache:
-        raise ValueError("data.image_cache is not set: give the cache folder, e.g. data.image_cache=/scratch/cache")
+        raise DataError("data.image_cache is not set: give the cache folder, e.g. data.image_cache=/scratch/cache")
     table = load_table(cfg.data, cfg.seed)
     size = model_input_size(cfg)
     cache = image_cache_for(cfg, size)

@@ -26,6 +26,7 @@ from spft.data.files import (
     split_seed,
 )
 from spft.data.splits import grouped_split
+from spft.errors import DataError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def parse_findings(values: pd.Series, source: str, column: str) -> np.ndarray:
         names = {n.strip() for n in str(text).split("|") if n.strip()}
         for name in names - {NO_FINDING}:
             if name not in position:
-                raise ValueError(f"{source}: row {i + 2} column '{column}': unknown finding {name!r} (expected "
+                raise DataError(f"{source}: row {i + 2} column '{column}': unknown finding {name!r} (expected "
                                  f"'{NO_FINDING}' or |-separated names from: {', '.join(FINDINGS)})")
             labels[i, position[name]] = 1.0
     return labels
@@ -58,7 +59,7 @@ def parse_findings(values: pd.Series, source: str, column: str) -> np.ndarray:
 def _read_list(index: FileIndex, name: str) -> list[str]:
     path = index.find(name)
     if path is None:
-        raise FileNotFoundError(f"chestxray14: {name} not found below data.root={index.root} (it ships with the "
+        raise MissingFileError(f"chestxray14: {name} not found below data.root={index.root} (it ships with the "
                                 "NIH download next to Data_Entry_2017_v2020.csv; it defines the official split)")
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -104,7 +105,7 @@ def read_chestxray14(data_cfg, seed: int) -> LabelTable:
     names = df[image_col].str.strip().tolist()
     duplicated = pd.Series(names)[pd.Series(names).duplicated()]
     if len(duplicated):
-        raise ValueError(f"{metadata}: image {duplicated.iloc[0]!r} appears in more than one row of '{image_col}'")
+        raise DataError(f"{metadata}: image {duplicated.iloc[0]!r} appears in more than one row of '{image_col}'")
     official = _official_splits(names, index, warnings)
     keep = np.array([s is not None for s in official])
     df = df.loc[keep].reset_index(drop=True)

@@ -18,6 +18,7 @@ import pandas as pd
 from spft.data.files import FileIndex, find_column, read_metadata, split_seed
 from spft.data.masks import MaskTable, RleMask
 from spft.data.splits import grouped_split
+from spft.errors import DataError, MissingFileError, MissingKeyError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,10 @@ def decode_chexmask_rle(rle, height: int, width: int) -> np.ndarray:
         return mask.reshape(int(height), int(width))
     values = np.asarray(rle.split(), dtype=np.int64)
     if len(values) % 2:
-        raise ValueError(f"RLE has an odd number of values ({len(values)}): expected 'start length' pairs")
+        raise DataError(f"RLE has an odd number of values ({len(values)}): expected 'start length' pairs")
     for start, length in zip(values[0::2], values[1::2]):
         if start < 1 or start - 1 + length > mask.size:
-            raise ValueError(f"RLE run (start {start}, length {length}) outside a {height}x{width} mask "
+            raise DataError(f"RLE run (start {start}, length {length}) outside a {height}x{width} mask "
                              "(starts are 1-indexed)")
         mask[start - 1:start - 1 + length] = 1
     return mask.reshape(int(height), int(width))
@@ -98,10 +99,10 @@ def _image_path(source: str, image_id: str, index: FileIndex, stems: dict[str, s
 
 def _read_rows(data_cfg, source: str) -> tuple[pd.DataFrame, str]:
     if not data_cfg.masks_csv:
-        raise ValueError("data.masks_csv: required for data.name=chexmask (the CheXmask CSV of this source)")
+        raise DataError("data.masks_csv: required for data.name=chexmask (the CheXmask CSV of this source)")
     csv = Path(data_cfg.masks_csv)
     if not csv.is_file():
-        raise FileNotFoundError(f"data.masks_csv: file not found: {csv}")
+        raise MissingFileError(f"data.masks_csv: file not found: {csv}")
     df = read_metadata(csv)
     id_col = find_column(df, csv, ID_COLUMNS[source])
     df = df.rename(columns={id_col: "_id"})
@@ -112,17 +113,17 @@ def read_chexmask(data_cfg, structures: list[str], seed: int) -> MaskTable:
     """The :class:`MaskTable` of one CheXmask file joined to its images (rows without an image are dropped)."""
     source = data_cfg.source
     if source not in ID_COLUMNS:
-        raise ValueError(f"data.source: {source!r} is not one of {', '.join(ID_COLUMNS)}")
+        raise DataError(f"data.source: {source!r} is not one of {', '.join(ID_COLUMNS)}")
     unknown = [s for s in structures if s not in STRUCTURE_COLUMNS]
     if unknown:
-        raise KeyError(f"segmentation.structures: {unknown} are not CheXmask structures "
+        raise MissingKeyError(f"segmentation.structures: {unknown} are not CheXmask structures "
                        f"({', '.join(STRUCTURE_COLUMNS)})")
     df, csv = _read_rows(data_cfg, source)
     cols = [find_column(df, csv, STRUCTURE_COLUMNS[s]) for s in structures]
     h_col, w_col = find_column(df, csv, "Height"), find_column(df, csv, "Width")
     root = data_cfg.images_root or data_cfg.root
     if not root:
-        raise ValueError("data.images_root: required for data.name=chexmask (the folder holding the images)")
+        raise DataError("data.images_root: required for data.name=chexmask (the folder holding the images)")
     index = FileIndex(root)
     stems = index.images_by_stem()
     paths, ids, masks, skipped = [], [], [], {"no image": 0, "no size": 0}
@@ -140,7 +141,7 @@ def read_chexmask(data_cfg, structures: list[str], seed: int) -> MaskTable:
         masks.append([RleMask(row[c], int(h), int(w)) if str(row[c]).strip() else None for c in cols])
     warnings = [f"{csv}: {n} row(s) skipped ({why})" for why, n in skipped.items() if n]
     if not paths:
-        raise FileNotFoundError(f"{csv}: no row matched an image below {root} (source {source})")
+        raise MissingFileError(f"{csv}: no row matched an image below {root} (source {source})")
     groups = [_patient(source, i) for i in ids]
     s = split_seed(data_cfg, seed)
     splits = grouped_split(groups, list(data_cfg.split_fractions), s)

@@ -21,6 +21,7 @@ import pandas as pd
 from spft.data.contract import LabelTable
 from spft.data.files import add_warning, count_warning, find_column, read_metadata, split_seed
 from spft.data.splits import grouped_split
+from spft.errors import DataError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def uncertain_policies(setting, classes: list[str]) -> dict[str, str]:
         if name != "default" and name not in classes:
             close = difflib.get_close_matches(name, classes, n=1)
             hint = f" — did you mean '{close[0]}'?" if close else f" (classes: {', '.join(classes)})"
-            raise ValueError(f"'data.uncertain.{name}': not a CheXpert observation{hint}")
+            raise DataError(f"'data.uncertain.{name}': not a CheXpert observation{hint}")
     default = setting.get("default", "ignore")
     return {c: str(setting.get(c, default)) for c in classes}
 
@@ -64,10 +65,10 @@ def _find_csvs(root: Path) -> tuple[Path, Path]:
     for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
         if (folder / "train.csv").is_file():
             if not (folder / "valid.csv").is_file():
-                raise FileNotFoundError(f"chexpert: {folder / 'valid.csv'} not found next to train.csv (it is the "
+                raise MissingFileError(f"chexpert: {folder / 'valid.csv'} not found next to train.csv (it is the "
                                         "official validation set, used as the test split)")
             return folder / "train.csv", folder / "valid.csv"
-    raise FileNotFoundError(f"chexpert: train.csv not found in data.root={root} or a folder directly below it "
+    raise MissingFileError(f"chexpert: train.csv not found in data.root={root} or a folder directly below it "
                             "(expected CheXpert-v1.0-small/ or CheXpert-v1.0/ holding train.csv, valid.csv, train/, "
                             "valid/)")
 
@@ -96,7 +97,7 @@ def _parse_labels(df: pd.DataFrame, source: Path) -> np.ndarray:
         bad = values.isna() & (text != "")
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])  # the index is the file's row (views filter rows out)
-            raise ValueError(f"{source}: row {df.index[row] + 2} column '{column}': value {text.iloc[row]!r} is not "
+            raise DataError(f"{source}: row {df.index[row] + 2} column '{column}': value {text.iloc[row]!r} is not "
                              "1, 0, -1 or blank")
         out[:, j] = values.to_numpy(dtype=np.float32)
     return out
@@ -132,11 +133,11 @@ def read_chexpert(data_cfg, seed: int) -> LabelTable:
         ValueError: a label value other than 1, 0, -1 or blank (file, row and column named), a bad data.uncertain.
     """
     if data_cfg.csv:
-        raise ValueError("data.csv is not used by chexpert: set data.root to the folder holding train.csv and "
+        raise DataError("data.csv is not used by chexpert: set data.root to the folder holding train.csv and "
                          "valid.csv")
     root = Path(data_cfg.root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root: folder not found: {root}")
+        raise MissingFileError(f"data.root: folder not found: {root}")
     policies = uncertain_policies(data_cfg.uncertain, OBSERVATIONS)
     train_csv, valid_csv = _find_csvs(root)
     warnings: list[str] = []

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spft.errors import DataError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -37,11 +39,11 @@ class LabelTable:
     def __post_init__(self) -> None:
         n = len(self.paths)
         if not (len(self.ids) == len(self.groups) == len(self.splits) == self.labels.shape[0] == n):
-            raise ValueError("LabelTable columns have different lengths")
+            raise DataError("LabelTable columns have different lengths")
         if self.labels.ndim != 2 or self.labels.shape[1] != len(self.classes):
-            raise ValueError(f"labels must be [N, {len(self.classes)}], got {self.labels.shape}")
+            raise DataError(f"labels must be [N, {len(self.classes)}], got {self.labels.shape}")
         if self.uncertain is not None and self.uncertain.shape != self.labels.shape:
-            raise ValueError(f"uncertain must have the labels' shape {self.labels.shape}, got {self.uncertain.shape}")
+            raise DataError(f"uncertain must have the labels' shape {self.labels.shape}, got {self.uncertain.shape}")
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.splits) == split)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from spft.data.contract import SPLITS, LabelTable
 from spft.data.splits import grouped_split
+from spft.errors import DataError, MissingFileError, MissingKeyError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def _require_columns(df: pd.DataFrame, csv: Path, columns: dict[str, str]) -> No
 
             close = difflib.get_close_matches(column, available, n=1)
             hint = f" — did you mean '{close[0]}'?" if close else ""
-            raise KeyError(f"{csv}: column '{column}' (from {key}) not found{hint}; "
+            raise MissingKeyError(f"{csv}: column '{column}' (from {key}) not found{hint}; "
                            f"the CSV has: {', '.join(available)}")
 
 
@@ -47,7 +48,7 @@ def _parse_labels(df: pd.DataFrame, csv: Path, label_columns: list[str]) -> np.n
         bad = ~(blank | pos | neg)
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"{csv}: row {row + 2} column '{column}': label {raw.iloc[row]!r} is not 0, 1 or blank "
+            raise DataError(f"{csv}: row {row + 2} column '{column}': label {raw.iloc[row]!r} is not 0, 1 or blank "
                              f"(blank = unknown); {int(bad.sum())} such value(s) in that column")
         out[pos.to_numpy(), j] = 1.0
         out[neg.to_numpy(), j] = 0.0
@@ -59,7 +60,7 @@ def _splits_from_column(df: pd.DataFrame, csv: Path, column: str) -> list[str]:
     mapped = values.map(_SPLIT_ALIASES)
     if mapped.isna().any():
         row = int(np.flatnonzero(mapped.isna().to_numpy())[0])
-        raise ValueError(f"{csv}: row {row + 2} column '{column}': split {df[column].iloc[row]!r} is not one of "
+        raise DataError(f"{csv}: row {row + 2} column '{column}': split {df[column].iloc[row]!r} is not one of "
                          f"train, val, test")
     return mapped.tolist()
 
@@ -77,10 +78,10 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
     csv = Path(data_cfg.csv).expanduser()
     root = Path(data_cfg.root).expanduser() if data_cfg.root else csv.parent
     if not csv.is_file():
-        raise FileNotFoundError(f"data.csv: file not found: {csv}")
+        raise MissingFileError(f"data.csv: file not found: {csv}")
     df = pd.read_csv(csv, dtype=str, keep_default_na=False)
     if not data_cfg.label_columns:
-        raise ValueError(f"data.label_columns is empty: name the label columns of {csv} "
+        raise DataError(f"data.label_columns is empty: name the label columns of {csv} "
                          f"(it has: {', '.join(df.columns)})")
     needed = {"data.image_column": data_cfg.image_column}
     needed.update({f"data.label_columns[{i}]": c for i, c in enumerate(data_cfg.label_columns)})
@@ -89,14 +90,14 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
             needed[f"data.{key}"] = getattr(data_cfg, key)
     _require_columns(df, csv, needed)
     if len(df) == 0:
-        raise ValueError(f"{csv}: no rows")
+        raise DataError(f"{csv}: no rows")
 
     rel = df[data_cfg.image_column].astype(str).str.strip()
     paths = [str(p if p.is_absolute() else root / p) for p in map(Path, rel)]
     ids = df[data_cfg.id_column or data_cfg.image_column].astype(str).tolist()
     if len(set(ids)) != len(ids):
         dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
-        raise ValueError(f"{csv}: id {dup!r} appears more than once in column "
+        raise DataError(f"{csv}: id {dup!r} appears more than once in column "
                          f"'{data_cfg.id_column or data_cfg.image_column}' (one row per image expected)")
     groups = df[data_cfg.patient_column].astype(str).tolist() if data_cfg.patient_column else list(ids)
     labels = _parse_labels(df, csv, data_cfg.label_columns)
@@ -129,13 +130,13 @@ def check_table(table: LabelTable, source: Path | str) -> None:
     missing = [p for p in table.paths if not Path(p).is_file()]
     if missing:
         shown = "\n  ".join(missing[:5])
-        raise FileNotFoundError(f"{source}: {len(missing)} listed image(s) not found, first:\n  {shown}\n"
+        raise MissingFileError(f"{source}: {len(missing)} listed image(s) not found, first:\n  {shown}\n"
                                 f"{_SEE_ALL}")
     leaked = table.leaked_groups()
     if leaked:
-        raise ValueError(f"{source}: {len(leaked)} patient/lesion group(s) appear in more than one split "
+        raise DataError(f"{source}: {len(leaked)} patient/lesion group(s) appear in more than one split "
                          f"(leakage), first: {', '.join(leaked[:5])}\n{_SEE_ALL}")
     for split in SPLITS:
         if len(table.indices(split)) == 0:
-            raise ValueError(f"{source}: the {split} split is empty (check data.split_column, data.split_fractions "
+            raise DataError(f"{source}: the {split} split is empty (check data.split_column, data.split_fractions "
                              "or data.val_fraction)")

@@ -8,6 +8,7 @@ from torch.utils.data import Dataset, Sampler
 
 from spft.data.contract import LabelTable
 from spft.data.io import load_image
+from spft.errors import DataError
 
 
 class ImageDataset(Dataset):
@@ -55,7 +56,7 @@ class EpochSeededSampler(Sampler[int]):
 
     def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, keyed: bool = False):
         if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} out of range for world size {world}")
+            raise DataError(f"rank {rank} out of range for world size {world}")
         self.keyed = keyed  # yield (index, epoch): the dataset seeds its augmentation from them
         self.n = n
         self.seed = seed
@@ -88,7 +89,7 @@ class ShardSampler(Sampler[int]):
 
     def __init__(self, n: int, rank: int = 0, world: int = 1):
         if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} out of range for world size {world}")
+            raise DataError(f"rank {rank} out of range for world size {world}")
         self.n, self.rank, self.world = n, rank, world
 
     def __len__(self) -> int:

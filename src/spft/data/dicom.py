@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spft.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -32,9 +34,9 @@ def read_dicom(path: str | Path, voi_lut: bool = True) -> np.ndarray:
         ds = pydicom.dcmread(str(path))
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for broken or compressed files without a decoder
-        raise ValueError(f"cannot decode DICOM {path}: {exc}") from exc
+        raise DataError(f"cannot decode DICOM {path}: {exc}") from exc
     if arr.ndim != 2:
-        raise ValueError(f"{path}: expected one grey frame, got pixel data of shape {arr.shape}")
+        raise DataError(f"{path}: expected one grey frame, got pixel data of shape {arr.shape}")
     img = apply_modality_lut(arr, ds).astype(np.float64)
     if voi_lut:
         img = np.asarray(apply_voi_lut(img, ds), dtype=np.float64)

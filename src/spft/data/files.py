@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from spft.data.io import IMAGE_SUFFIXES
+from spft.errors import DataError, MissingFileError, MissingKeyError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class FileIndex:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise FileNotFoundError(f"data.root: folder not found: {self.root}")
+            raise MissingFileError(f"data.root: folder not found: {self.root}")
         self.by_name: dict[str, str] = {}
         self.duplicates = 0
         seen = {os.path.realpath(self.root)}
@@ -79,7 +80,7 @@ def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         kind = "tab" if sep == "\t" else "comma"
-        raise ValueError(f"{path}: cannot be read as a {kind}-separated table: {exc}") from exc
+        raise DataError(f"{path}: cannot be read as a {kind}-separated table: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
     return df.loc[:, [c for c in df.columns if not c.startswith("Unnamed:")]]
 
@@ -99,7 +100,8 @@ def find_column(df: pd.DataFrame, source: str | os.PathLike, *names: str, requir
         if _norm(name) in by_norm:
             return by_norm[_norm(name)]
     if required:
-        raise KeyError(f"{source}: column '{names[0]}' not found; the file has: {', '.join(map(str, df.columns))}")
+        raise MissingKeyError(f"{source}: column '{names[0]}' not found; the file has: "
+                              f"{', '.join(map(str, df.columns))}")
     return None
 
 
@@ -133,10 +135,10 @@ def metadata_path(data_cfg, index: FileIndex, names: tuple[str, ...], dataset: s
     if data_cfg.csv:
         path = Path(data_cfg.csv).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"data.csv: file not found: {data_cfg.csv}")
+            raise MissingFileError(f"data.csv: file not found: {data_cfg.csv}")
         return str(path)
     found = index.find(*names)
     if found is None:
-        raise FileNotFoundError(f"{dataset}: none of {', '.join(names)} found below data.root={index.root} "
+        raise MissingFileError(f"{dataset}: none of {', '.join(names)} found below data.root={index.root} "
                                 f"(or set data.csv to {what})")
     return found

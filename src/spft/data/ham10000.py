@@ -27,6 +27,7 @@ from spft.data.files import (
     split_seed,
 )
 from spft.data.splits import stratified_grouped_split
+from spft.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def _one_hot(codes: list[str], source: str, column: str) -> np.ndarray:
     labels = np.zeros((len(codes), len(CLASSES)), dtype=np.float32)
     for i, code in enumerate(codes):
         if code not in CLASSES:
-            raise ValueError(f"{source}: row {i + 2} column '{column}': diagnosis {code!r} is not one of "
+            raise DataError(f"{source}: row {i + 2} column '{column}': diagnosis {code!r} is not one of "
                              f"{', '.join(CLASSES)}")
         labels[i, CLASSES.index(code)] = 1.0
     return labels
@@ -74,7 +75,7 @@ def _read_isic_format(df: pd.DataFrame, source: str) -> tuple[list[str], list[st
     bad = ~np.isclose(onehot.sum(1), 1.0) | np.isnan(onehot).any(1) | ~np.isin(onehot, (0.0, 1.0)).all(1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{source}: row {row + 2}: columns {', '.join(ISIC_COLUMNS)} must be one-hot (a single 1.0)")
+        raise DataError(f"{source}: row {row + 2}: columns {', '.join(ISIC_COLUMNS)} must be one-hot (a single 1.0)")
     ids = [_image_id(v) for v in df[image_col]]
     return ids, list(ids), onehot
 
@@ -128,7 +129,7 @@ def read_ham10000(data_cfg, seed: int) -> LabelTable:
         policy = f"ISIC 2018 Task 3 test set = test; train/val by data.val_fraction = {data_cfg.val_fraction}"
     duplicated = pd.Series(ids)[pd.Series(ids).duplicated()]
     if len(duplicated):
-        raise ValueError(f"ham10000: image id {duplicated.iloc[0]!r} appears more than once (metadata and test ground "
+        raise DataError(f"ham10000: image id {duplicated.iloc[0]!r} appears more than once (metadata and test ground "
                          "truth together must list each image once)")
     # an image not found gets the path "<root>/**/<id>.jpg": searched for anywhere below the root, reported missing
     paths = [images.get(i) or str(index.root / "**" / f"{i}.jpg") for i in ids]

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from spft.errors import DataError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -49,19 +51,19 @@ def load_image(path: str | os.PathLike, color: str = "grey") -> Image.Image:
         FileNotFoundError: If ``path`` does not exist or is not a file.
     """
     if color not in COLOR_MODES:
-        raise ValueError(f"color must be one of {COLOR_MODES}, got {color!r}")
+        raise DataError(f"color must be one of {COLOR_MODES}, got {color!r}")
     path = Path(path)
     if not path.is_file():
         row_ref = parse_row_ref(path)
         if row_ref is not None:
             return load_array_row(*row_ref, color)
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise MissingFileError(f"image file not found: {path}")
     try:
         with Image.open(path) as image:
             image.load()
             return _to_mode(image, color)
     except (OSError, SyntaxError, ValueError, TypeError) as exc:  # PIL reports corrupt data through all of these
-        raise ValueError(f"cannot decode image {path}: {exc}") from exc
+        raise DataError(f"cannot decode image {path}: {exc}") from exc
 
 
 def _to_mode(image: Image.Image, color: str) -> Image.Image:
@@ -131,7 +133,7 @@ def open_array(array: str | os.PathLike) -> np.ndarray:
     try:
         st = os.stat(key)
     except FileNotFoundError:
-        raise FileNotFoundError(f"image cache array not found: {key} (run `spft prepare cache` again)") from None
+        raise MissingFileError(f"image cache array not found: {key} (run `spft prepare cache` again)") from None
     identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     cached = _ARRAYS.get(key)
     if cached is not None and cached[0] == identity:
@@ -139,10 +141,10 @@ def open_array(array: str | os.PathLike) -> np.ndarray:
     try:
         rows = np.lib.format.open_memmap(key, mode="r")
     except (OSError, ValueError, EOFError) as exc:  # bad magic/header, or shorter than its header says
-        raise ValueError(f"image cache array {key} is corrupt or truncated ({exc}): delete it and run "
+        raise DataError(f"image cache array {key} is corrupt or truncated ({exc}): delete it and run "
                          f"`spft prepare cache` again") from exc
     if rows.dtype != np.uint8 or rows.ndim not in (3, 4) or (rows.ndim == 4 and rows.shape[3] != 3):
-        raise ValueError(f"image cache array {key} is not uint8 [N, H, W] or [N, H, W, 3]: got {rows.dtype} "
+        raise DataError(f"image cache array {key} is not uint8 [N, H, W] or [N, H, W, 3]: got {rows.dtype} "
                          f"{list(rows.shape)}")
     _ARRAYS[key] = (identity, rows)
     return rows
@@ -157,12 +159,12 @@ def load_array_row(array: str | os.PathLike, row: int, color: str = "grey") -> I
     """
     rows = open_array(array)
     if not 0 <= row < rows.shape[0]:
-        raise ValueError(f"row {row} out of range for image cache array {os.fspath(array)} with {rows.shape[0]} "
+        raise DataError(f"row {row} out of range for image cache array {os.fspath(array)} with {rows.shape[0]} "
                          f"rows (run `spft prepare cache` again)")
     try:
         pixels = np.array(rows[row])
     except OSError as exc:  # the file shrank under the mapping (SIGBUS is not catchable; a short read is)
-        raise ValueError(f"cannot read row {row} of image cache array {os.fspath(array)}: {exc}") from exc
+        raise DataError(f"cannot read row {row} of image cache array {os.fspath(array)}: {exc}") from exc
     image = Image.fromarray(pixels)
     if (image.mode == "L") == (color == "grey"):
         return image

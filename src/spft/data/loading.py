@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from spft.errors import DataError
+
 MAX_AUTO_WORKERS = 16
 DEFAULT_PREFETCH = 4
 
@@ -42,7 +44,7 @@ def resolve_workers(data_cfg, local_world: int | None = None) -> int:
     """
     if data_cfg.num_workers is not None:
         if data_cfg.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0 (or null to choose from the cores), "
+            raise DataError(f"data.num_workers must be >= 0 (or null to choose from the cores), "
                              f"got {data_cfg.num_workers}")
         return int(data_cfg.num_workers)
     # under DDP every process on the node builds loaders: share the cores, else 8 ranks x 15 workers would fight
@@ -60,7 +62,7 @@ def loader_options(data_cfg, on_gpu: bool, local_world: int | None = None) -> di
     workers = resolve_workers(data_cfg, local_world)
     prefetch = data_cfg.prefetch_factor
     if prefetch is not None and prefetch < 1:
-        raise ValueError(f"data.prefetch_factor must be >= 1 (or null for {DEFAULT_PREFETCH}), got {prefetch}")
+        raise DataError(f"data.prefetch_factor must be >= 1 (or null for {DEFAULT_PREFETCH}), got {prefetch}")
     options = {"num_workers": workers,
                "pin_memory": bool(on_gpu if data_cfg.pin_memory is None else data_cfg.pin_memory),
                "persistent_workers": workers > 0}

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from spft.data.contract import SPLITS
 from spft.data.io import load_image
 from spft.data.splits import grouped_split
+from spft.errors import DataError, MissingFileError, MissingKeyError
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,10 @@ class MaskTable:
     def __post_init__(self) -> None:
         n = len(self.paths)
         if not (len(self.ids) == len(self.groups) == len(self.splits) == len(self.masks) == n):
-            raise ValueError("MaskTable columns have different lengths")
+            raise DataError("MaskTable columns have different lengths")
         bad = [i for i, m in enumerate(self.masks) if len(m) != len(self.structures)]
         if bad:
-            raise ValueError(f"row {bad[0]}: {len(self.masks[bad[0]])} masks for {len(self.structures)} structures")
+            raise DataError(f"row {bad[0]}: {len(self.masks[bad[0]])} masks for {len(self.structures)} structures")
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.splits) == split)
@@ -75,14 +76,14 @@ class MaskTable:
         """Refuse empty splits, leaked groups and missing image files (the error names the first offender)."""
         for split in SPLITS:
             if not len(self.indices(split)):
-                raise ValueError(f"{self.source}: the {split} split is empty")
+                raise DataError(f"{self.source}: the {split} split is empty")
         seen: dict[str, str] = {}
         for group, split in zip(self.groups, self.splits):
             if seen.setdefault(group, split) != split:
-                raise ValueError(f"{self.source}: group {group!r} is in both {seen[group]} and {split}")
+                raise DataError(f"{self.source}: group {group!r} is in both {seen[group]} and {split}")
         missing = [p for p in self.paths if not Path(p).is_file()]
         if missing:
-            raise FileNotFoundError(f"{self.source}: {len(missing)} image(s) missing, e.g. {missing[0]}")
+            raise MissingFileError(f"{self.source}: {len(missing)} image(s) missing, e.g. {missing[0]}")
 
 
 def load_mask(entry, shape: tuple[int, int]) -> np.ndarray:
@@ -217,11 +218,11 @@ def read_mask_folder(data_cfg, structures: list[str], seed: int) -> MaskTable:
     if data_cfg.csv:
         return read_mask_csv(data_cfg, structures, seed)
     if not data_cfg.root:
-        raise ValueError("data.root: required for data.name=mask_folder (a folder with images/ and masks/)")
+        raise DataError("data.root: required for data.name=mask_folder (a folder with images/ and masks/)")
     root = Path(data_cfg.root)
     images = sorted(p for p in (root / "images").glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not images:
-        raise FileNotFoundError(f"{root / 'images'}: no PNG/JPEG images found")
+        raise MissingFileError(f"{root / 'images'}: no PNG/JPEG images found")
     masks = []
     for p in images:
         entries = [root / "masks" / f"{p.stem}_{s}.png" for s in structures]
@@ -239,7 +240,8 @@ def read_phantom_masks(data_cfg, structures: list[str], seed: int) -> MaskTable:
 
     unknown = [s for s in structures if s not in MASK_NAMES]
     if unknown:
-        raise KeyError(f"segmentation.structures: {unknown} are not phantom structures ({', '.join(MASK_NAMES)})")
+        raise MissingKeyError(f"segmentation.structures: {unknown} are not phantom structures "
+                              f"({', '.join(MASK_NAMES)})")
     folder = ensure_phantoms(data_cfg.phantom, data_cfg.root)
     df = pd.read_csv(folder / "labels.csv", dtype=str)
     images = df["image"].tolist()
@@ -261,7 +263,7 @@ def build_mask_table(data_cfg, structures: list[str], seed: int) -> MaskTable:
 
         table = read_chexmask(data_cfg, structures, seed)
     else:
-        raise ValueError(f"data.name: {name!r} is not a segmentation dataset (phantom_segment, mask_folder, chexmask)")
+        raise DataError(f"data.name: {name!r} is not a segmentation dataset (phantom_segment, mask_folder, chexmask)")
     table.check()
     for warning in table.warnings:
         log.warning("%s", warning)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from spft.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 # Bump whenever rendering changes: the cache folder name includes it, so a stale cached set is never reused.
@@ -319,9 +321,9 @@ def render_cxr(
     """
     unknown = set(findings) - set(CXR_FINDINGS)
     if unknown:
-        raise ValueError(f"unknown findings {sorted(unknown)}; allowed: {CXR_FINDINGS}")
+        raise DataError(f"unknown findings {sorted(unknown)}; allowed: {CXR_FINDINGS}")
     if image_size < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
+        raise DataError(f"image_size must be >= 16, got {image_size}")
     anatomy = _draw_anatomy(anatomy_rng if anatomy_rng is not None else rng)
     geo = _cxr_geometry(rng, anatomy, set(findings))
     boxes: list[Box] = []
@@ -456,18 +458,18 @@ def _resolve_prevalence(prevalence: Mapping[str, float] | None, defaults: Mappin
     if prevalence is not None:
         unknown = set(prevalence) - set(defaults)
         if unknown:
-            raise ValueError(f"unknown prevalence keys {sorted(unknown)}; allowed: {tuple(defaults)}")
+            raise DataError(f"unknown prevalence keys {sorted(unknown)}; allowed: {tuple(defaults)}")
         merged.update({k: float(p) for k, p in prevalence.items()})
     bad = {k: p for k, p in merged.items() if not 0.0 <= p <= 1.0}
     if bad:
-        raise ValueError(f"prevalences must lie in [0, 1], got {bad}")
+        raise DataError(f"prevalences must lie in [0, 1], got {bad}")
     return merged
 
 
 def _group_sizes(rng: np.random.Generator, n_images: int, n_groups: int, max_per_group: int) -> np.ndarray:
     """Images per group: each group gets 1..max_per_group, summing to n_images."""
     if not 1 <= n_groups <= n_images <= n_groups * max_per_group:
-        raise ValueError(
+        raise DataError(
             f"cannot spread {n_images} images over {n_groups} groups with 1..{max_per_group} images each"
         )
     extra_slots = np.repeat(np.arange(n_groups), max_per_group - 1)
@@ -504,9 +506,9 @@ def _prepare_dir(out_dir: str | os.PathLike, subdirs: Sequence[str]) -> Path:
 
 def _check_args(n_images: int, image_size: int) -> None:
     if int(n_images) < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
+        raise DataError(f"n_images must be >= 1, got {n_images}")
     if int(image_size) < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
+        raise DataError(f"image_size must be >= 16, got {image_size}")
 
 
 def _write_cxr_image(
@@ -605,7 +607,7 @@ def generate_lesions(
     prev = _resolve_prevalence(prevalence, LESION_PREVALENCE)
     probs = np.array([prev[c] for c in LESION_CLASSES])
     if probs.sum() <= 0:
-        raise ValueError("lesion prevalences must not all be zero")
+        raise DataError("lesion prevalences must not all be zero")
     probs = probs / probs.sum()
     n_lesions = math.ceil(n_images / 1.4)
     master = np.random.default_rng([_LESION_TAG, seed])

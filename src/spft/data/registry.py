@@ -16,6 +16,7 @@ from pathlib import Path
 
 from spft.data.contract import LabelTable
 from spft.data.csv_dataset import check_table, read_csv_table
+from spft.errors import DataError, MissingKeyError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def load_table(data_cfg, seed: int) -> LabelTable:
     elif name == "ham10000":
         from spft.data.ham10000 import read_ham10000 as read
     else:
-        raise ValueError(f"data.name: unknown dataset {name!r} (available: {', '.join(DATASETS)})")
+        raise DataError(f"data.name: unknown dataset {name!r} (available: {', '.join(DATASETS)})")
     table = read(data_cfg, seed)
     return select_classes(table, data_cfg.label_columns) if data_cfg.label_columns else table
 
@@ -90,7 +91,7 @@ def select_classes(table: LabelTable, names: list[str]) -> LabelTable:
         if name not in table.classes:
             close = difflib.get_close_matches(name, table.classes, n=1)
             hint = f" — did you mean '{close[0]}'?" if close else f" (classes: {', '.join(table.classes)})"
-            raise KeyError(f"'data.label_columns[{i}]': {name!r} is not a class of this dataset{hint}")
+            raise MissingKeyError(f"'data.label_columns[{i}]': {name!r} is not a class of this dataset{hint}")
     cols = [table.classes.index(n) for n in names]
     return dataclasses.replace(table, classes=list(names), labels=table.labels[:, cols],
                                uncertain=None if table.uncertain is None else table.uncertain[:, cols])

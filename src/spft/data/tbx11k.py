@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from spft.data.yolo_layout import Box, link_or_copy, write_dataset, write_labels
+from spft.errors import MissingFileError, MissingKeyError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def _find_json(root: Path, name: str) -> Path:
             return candidate
     found = sorted(root.rglob(name))
     if not found:
-        raise FileNotFoundError(f"{root}: {name} not found (expected annotations/json/{name})")
+        raise MissingFileError(f"{root}: {name} not found (expected annotations/json/{name})")
     return found[0]
 
 
@@ -35,7 +36,7 @@ def _images_root(root: Path) -> Path:
     for candidate in (root / "imgs", root / "images"):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"{root}: no imgs/ folder (TBX11K/imgs/{{health,sick,tb}}/...)")
+    raise MissingFileError(f"{root}: no imgs/ folder (TBX11K/imgs/{{health,sick,tb}}/...)")
 
 
 def read_coco(path: Path) -> tuple[list[dict], dict[int, list[Box]], int]:
@@ -43,7 +44,7 @@ def read_coco(path: Path) -> tuple[list[dict], dict[int, list[Box]], int]:
     spec = json.loads(path.read_text())
     for key in ("images", "annotations", "categories"):
         if key not in spec:
-            raise KeyError(f"{path}: no {key!r} key (expected a COCO json)")
+            raise MissingKeyError(f"{path}: no {key!r} key (expected a COCO json)")
     cat_to_class = {c["id"]: CLASSES.index(c["name"]) for c in spec["categories"] if c["name"] in CLASSES}
     boxes: dict[int, list[Box]] = {}
     skipped = 0
@@ -62,7 +63,7 @@ def prepare_tbx11k(cfg) -> Path:
 
     root = Path(cfg.data.root or "")
     if not cfg.data.root or not root.is_dir():
-        raise FileNotFoundError(f"data.root: TBX-11K folder {cfg.data.root!r} not found")
+        raise MissingFileError(f"data.root: TBX-11K folder {cfg.data.root!r} not found")
     out = Path(cfg.detection.dataset_dir) if cfg.detection.dataset_dir else default_dataset_dir(cfg)
     imgs = _images_root(root)
     split_images: dict[str, list[Path]] = {}
@@ -75,7 +76,7 @@ def prepare_tbx11k(cfg) -> Path:
         for image in images:
             src = imgs / image["file_name"]
             if not src.is_file():
-                raise FileNotFoundError(f"{source}: image id {image['id']}: {src} not found")
+                raise MissingFileError(f"{source}: image id {image['id']}: {src} not found")
             target = out / "images" / split / Path(image["file_name"]).name
             link_or_copy(src, target)
             write_labels(target, boxes.get(image["id"], []), int(image["width"]), int(image["height"]))

@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from spft.data.yolo_layout import Box, write_dataset, write_labels
+from spft.errors import DataError, MissingFileError, MissingKeyError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def read_annotations(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise KeyError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+        raise MissingKeyError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
     if "rad_id" not in df.columns:
         df["rad_id"] = "consensus"
     return df[["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"]]
@@ -49,7 +50,7 @@ def _find_annotation_files(root: Path) -> tuple[Path, Path | None]:
     found = {p.name: p for p in root.rglob("*.csv")}
     train = found.get("annotations_train.csv") or found.get("train.csv")
     if train is None:
-        raise FileNotFoundError(f"{root}: neither train.csv (Kaggle) nor annotations/annotations_train.csv "
+        raise MissingFileError(f"{root}: neither train.csv (Kaggle) nor annotations/annotations_train.csv "
                                 "(PhysioNet) found")
     return train, found.get("annotations_test.csv")
 
@@ -75,7 +76,7 @@ def fuse_boxes(per_reader: dict[str, list[Box]], width: int, height: int, method
     if method == "union":
         return sorted(b for r in readers for b in per_reader[r])
     if method not in ("wbf", "majority"):
-        raise ValueError(f"detection.fusion: expected wbf, union or majority, got {method!r}")
+        raise DataError(f"detection.fusion: expected wbf, union or majority, got {method!r}")
     from ensemble_boxes import weighted_boxes_fusion
 
     scale = np.array([width, height, width, height], dtype=np.float64)
@@ -104,7 +105,7 @@ def _image_boxes(df: pd.DataFrame, source: Path) -> tuple[dict[str, dict[str, li
             continue
         coords = [row.x_min, row.y_min, row.x_max, row.y_max]
         if any(pd.isna(c) for c in coords):
-            raise ValueError(f"{source}: image {row.image_id}, class {row.class_name!r}: box without coordinates")
+            raise DataError(f"{source}: image {row.image_id}, class {row.class_name!r}: box without coordinates")
         out[str(row.image_id)][str(row.rad_id)].append((class_id[row.class_name], *(float(c) for c in coords)))
     if skipped:
         log.info("%s: %d box rows of classes outside the 14 were skipped", source, skipped)
@@ -168,7 +169,7 @@ def prepare_vindr_cxr(cfg) -> Path:
 
     det, root = cfg.detection, Path(cfg.data.root or "")
     if not cfg.data.root or not root.is_dir():
-        raise FileNotFoundError(f"data.root: VinDr-CXR folder {cfg.data.root!r} not found")
+        raise MissingFileError(f"data.root: VinDr-CXR folder {cfg.data.root!r} not found")
     out = Path(det.dataset_dir) if det.dataset_dir else default_dataset_dir(cfg)
     train_csv, test_csv = _find_annotation_files(root)
     train_boxes, train_ids = _image_boxes(read_annotations(train_csv), train_csv)
@@ -183,7 +184,7 @@ def prepare_vindr_cxr(cfg) -> Path:
         split_images[split] = []
         for image_id in ids:
             if image_id not in dicoms:
-                raise FileNotFoundError(f"{root}: no DICOM for image_id {image_id} (looked for "
+                raise MissingFileError(f"{root}: no DICOM for image_id {image_id} (looked for "
                                         f"{image_id}{{{','.join(DICOM_SUFFIXES)}}} under data.root)")
             target = out / "images" / split / f"{image_id}.png"
             w, h, new_w, new_h = _write_png(dicoms[image_id], target, det.long_side)

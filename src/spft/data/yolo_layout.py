@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from spft.errors import DataError, MissingFileError
 from spft.experiments.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def build_phantom_detection(phantom_cfg, root: str | None = None) -> Path:
     from spft.data.registry import ensure_phantoms
 
     if phantom_cfg.kind != "cxr":
-        raise ValueError("data.phantom.kind: the phantom detection set needs cxr phantoms (they have boxes)")
+        raise DataError("data.phantom.kind: the phantom detection set needs cxr phantoms (they have boxes)")
     folder = ensure_phantoms(phantom_cfg, root)
     out = folder / "yolo"
     if (out / "dataset.yaml").is_file():
@@ -131,7 +132,7 @@ def read_dataset(dataset_yaml: str | Path) -> dict:
     """``dataset.yaml`` as a dict; a clear error names the file when it is missing."""
     path = Path(dataset_yaml)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: prepare the dataset first (spft prepare ...)")
+        raise MissingFileError(f"{path} not found: prepare the dataset first (spft prepare ...)")
     return yaml.safe_load(path.read_text())
 
 

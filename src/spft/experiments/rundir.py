@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spft.errors import ConfigError, MissingFileError, RunDirError
+
 DONE = "DONE"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -164,19 +166,19 @@ def create_run_dir(cfg) -> Path:
         if not shared and _job_id():
             shared = str(Path("runs") / (cfg.name or "run") / _job_id())
         if not shared:
-            raise ValueError("this is a secondary DDP rank but no run directory is shared with rank 0: set "
+            raise ConfigError("this is a secondary DDP rank but no run directory is shared with rank 0: set "
                              "run.dir=... so every rank writes to the same run")
         cfg.run.dir = shared
         Path(shared).mkdir(parents=True, exist_ok=True)
         return Path(shared)
     if not cfg.run.dir and _launched_world() > 1:
         if not _job_id():
-            raise ValueError(f"{_launched_world()} processes were launched but run.dir is not set: set run.dir=... "
+            raise ConfigError(f"{_launched_world()} processes were launched but run.dir is not set: set run.dir=... "
                              "so every rank writes to the same run")
         cfg.run.dir = str(Path("runs") / (cfg.name or "run") / _job_id())
     run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg.name or "run")
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
+        raise RunDirError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
                               f"{run_dir}` or choose another run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run.dir = str(run_dir)
@@ -192,7 +194,7 @@ def load_run_config(run_dir: str | Path, overrides: tuple[str, ...] | list[str] 
 
     config_file = Path(run_dir) / "config.yaml"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+        raise MissingFileError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = load_config(None, overrides=overrides, base=yaml.safe_load(config_file.read_text()))
     cfg.run.dir = str(run_dir)
     return cfg
@@ -211,5 +213,5 @@ def config_to_resume(run_dir: str | Path):
 
 def checked_split(split: str) -> str:
     if split not in ("train", "val", "test"):
-        raise ValueError(f"--split: expected train, val or test, got {split!r}")
+        raise ConfigError(f"--split: expected train, val or test, got {split!r}")
     return split

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from spft.config import ConfigError, load_config, parse_override
+from spft.errors import MissingFileError
 
 # Keys the sweep owns: each run's seed and directory come from --seeds and the sweep layout.
 RESERVED_KEYS = ("seed", "run.dir")
@@ -117,7 +118,7 @@ def load_study(spec: str) -> Study:
         return BUILTIN[spec]
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"--study {spec!r}: not a built-in study ({', '.join(BUILTIN)}) nor a YAML file")
+        raise MissingFileError(f"--study {spec!r}: not a built-in study ({', '.join(BUILTIN)}) nor a YAML file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spft.config import ConfigError
+from spft.errors import RunDirError
 from spft.experiments.rundir import atomic_write_json, is_done
 from spft.experiments.studies import REPEAT, Study, validate_study
 
@@ -146,7 +147,7 @@ def _read_previous(sweep: Sweep) -> dict[str, dict]:
     mine = sweep.definition()
     differs = [k for k in mine if old.get("definition", {}).get(k) != mine[k]]
     if differs:
-        raise FileExistsError(f"{sweep.out} holds another sweep (its {', '.join(differs)} differ from this "
+        raise RunDirError(f"{sweep.out} holds another sweep (its {', '.join(differs)} differ from this "
                               f"command's, see {path}); give another --out or remove that directory")
     return {f"{r['overlay']}/seed{r['seed']}": r for r in old.get("runs", [])}
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import rankdata
 
+from spft.errors import DataError
+
 
 def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     """ROC AUC of ``scores`` for binary ``labels`` (NaN labels ignored); ``None`` when undefined.
@@ -54,7 +56,7 @@ def multilabel_auc(probs: np.ndarray, labels: np.ndarray, classes: list[str]) ->
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
     if probs.shape != labels.shape or probs.ndim != 2 or probs.shape[1] != len(classes):
-        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must both be [N, {len(classes)}]")
+        raise DataError(f"probs {probs.shape} and labels {labels.shape} must both be [N, {len(classes)}]")
     per_class = {c: binary_auc(probs[:, i], labels[:, i]) for i, c in enumerate(classes)}
     defined = [v for v in per_class.values() if v is not None]
     excluded = [c for c, v in per_class.items() if v is None]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from spft.errors import DataError
+
 
 def dice_score(pred: np.ndarray, target: np.ndarray) -> float | None:
     """Dice ``2|P∩T| / (|P| + |T|)`` of two boolean masks; None when the target is empty.
@@ -17,7 +19,7 @@ def dice_score(pred: np.ndarray, target: np.ndarray) -> float | None:
     """
     p, t = np.asarray(pred, bool), np.asarray(target, bool)
     if p.shape != t.shape:
-        raise ValueError(f"prediction {p.shape} and target {t.shape} differ in shape")
+        raise DataError(f"prediction {p.shape} and target {t.shape} differ in shape")
     n_t = int(t.sum())
     if n_t == 0:
         return None
@@ -42,7 +44,7 @@ def hd95(pred: np.ndarray, target: np.ndarray) -> float | None:
 
     p, t = np.asarray(pred, bool), np.asarray(target, bool)
     if p.shape != t.shape:
-        raise ValueError(f"prediction {p.shape} and target {t.shape} differ in shape")
+        raise DataError(f"prediction {p.shape} and target {t.shape} differ in shape")
     if not p.any() or not t.any():
         return None
     sp, st = _surface(p), _surface(t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spft.errors import ConfigError
 from spft.models.encoders import (
     Preprocessing,
     build_encoder,
@@ -44,7 +45,7 @@ class SpftClassifier(nn.Module):
                  dropout: float = 0.2):
         super().__init__()
         if pooling not in ("mean", "cls"):
-            raise ValueError(f"model.pooling: expected 'mean' or 'cls', got {pooling!r}")
+            raise ConfigError(f"model.pooling: expected 'mean' or 'cls', got {pooling!r}")
         self.encoder = encoder
         self.pooling = pooling
         self.n_prefix = n_prefix_tokens(encoder)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spft.errors import ConfigError, MissingFileError
+
 log = logging.getLogger(__name__)
 
 # RAD-DINO's preprocessor_config.json (microsoft/rad-dino): bicubic resize of the shortest edge to 518, centre crop.
@@ -58,7 +60,7 @@ def build_encoder(name: str | None = None, config: dict | None = None,
         try:
             hf_config = AutoConfig.for_model(model_type, **cfg)
         except (ValueError, KeyError) as exc:
-            raise ValueError(f"model.config: cannot build a '{model_type}' config: {exc}") from exc
+            raise ConfigError(f"model.config: cannot build a '{model_type}' config: {exc}") from exc
 
         def make(impl: str | None) -> nn.Module:
             return AutoModel.from_config(hf_config, **attention_kwargs(impl))
@@ -68,7 +70,7 @@ def build_encoder(name: str | None = None, config: dict | None = None,
                 return AutoModel.from_pretrained(name, **attention_kwargs(impl), **(config or {}))
             except OSError as exc:
                 where = "local directory" if Path(name).exists() else "hub id"
-                raise OSError(
+                raise MissingFileError(
                     f"model.name: could not load {where} '{name}': {exc}\n"
                     "Without network, download the model once (huggingface-cli download) and set model.name to that "
                     "directory, or build a random-weight encoder with model.config."
@@ -96,7 +98,7 @@ def check_attention_name(requested: str | None) -> None:
     except ImportError:  # older transformers: let it judge
         return
     if requested not in known:
-        raise ValueError(f"model.attn_implementation: unknown attention implementation {requested!r}; "
+        raise ConfigError(f"model.attn_implementation: unknown attention implementation {requested!r}; "
                          f"expected one of {', '.join(known)} (or null for transformers' default)")
 
 
@@ -238,7 +240,7 @@ def enable_gradient_checkpointing(encoder: nn.Module) -> int:
             layer._gradient_checkpointing_func = func
     n = checkpointed_layers(encoder)
     if n == 0:
-        raise ValueError(f"model.gradient_checkpointing: {what} does not support gradient checkpointing in "
+        raise ConfigError(f"model.gradient_checkpointing: {what} does not support gradient checkpointing in "
                          "transformers (no checkpointable blocks); set model.gradient_checkpointing=false")
     return n
 
@@ -256,7 +258,7 @@ def hidden_size(encoder: nn.Module) -> int:
     sizes = getattr(cfg, "hidden_sizes", None)  # CNN-style configs (ConvNeXt, ResNet)
     if sizes:
         return int(sizes[-1])
-    raise ValueError(f"cannot tell the feature size of encoder {type(encoder).__name__}")
+    raise ConfigError(f"cannot tell the feature size of encoder {type(encoder).__name__}")
 
 
 def _find_blocks(encoder: nn.Module) -> nn.ModuleList:
@@ -269,7 +271,7 @@ def _find_blocks(encoder: nn.Module) -> nn.ModuleList:
             continue
         if isinstance(node, nn.ModuleList) and len(node) > 0:
             return node
-    raise ValueError(f"cannot find the block list of encoder {type(encoder).__name__} "
+    raise ConfigError(f"cannot find the block list of encoder {type(encoder).__name__} "
                      "(looked for encoder.layer, encoder.layers, blocks, layers, encoder.stages)")
 
 
@@ -320,4 +322,4 @@ def pool_features(hidden: torch.Tensor, n_prefix: int, pooling: str) -> torch.Te
         return hidden[:, 0]
     if pooling == "mean":
         return hidden[:, n_prefix:].mean(dim=1)
-    raise ValueError(f"model.pooling: expected 'mean' or 'cls', got {pooling!r}")
+    raise ConfigError(f"model.pooling: expected 'mean' or 'cls', got {pooling!r}")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spft.errors import ConfigError, MissingFileError
 from spft.models.encoders import Preprocessing, attention_kwargs, build_with_attention
 from spft.recipe import LayerGroups
 
@@ -93,11 +94,11 @@ def build_sam2(model_cfg) -> tuple[SpftSam2, Preprocessing]:
     attn = getattr(model_cfg, "attn_implementation", None)
     if name is None:
         if not config:
-            raise ValueError("model: give model.name (e.g. facebook/sam2.1-hiera-tiny) or model.config (Sam2Config)")
+            raise ConfigError("model: give model.name (e.g. facebook/sam2.1-hiera-tiny) or model.config (Sam2Config)")
         try:
             sam_config = Sam2Config(**config)
         except (TypeError, ValueError, KeyError) as exc:
-            raise ValueError(f"model.config: cannot build a Sam2Config: {exc}") from exc
+            raise ConfigError(f"model.config: cannot build a Sam2Config: {exc}") from exc
 
         def make(impl: str | None) -> nn.Module:
             return AutoModel.from_config(sam_config, **attention_kwargs(impl))  # a Sam2Model
@@ -107,7 +108,7 @@ def build_sam2(model_cfg) -> tuple[SpftSam2, Preprocessing]:
                 return Sam2Model.from_pretrained(name, **attention_kwargs(impl), **config)
             except OSError as exc:
                 where = "local directory" if Path(name).exists() else "hub id"
-                raise OSError(f"model.name: could not load {where} '{name}': {exc}\nWithout network, download it "
-                              "once (huggingface-cli download) and set model.name to that folder.") from exc
+                raise MissingFileError(f"model.name: could not load {where} '{name}': {exc}\nWithout network, "
+                                       "download it once (hf download) and set model.name to that folder.") from exc
     model = SpftSam2(build_with_attention(make, attn))  # model.attn_implementation, fallback logged
     return model, _preprocessing(name, model.size)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from spft.errors import ConfigError
+
 
 def _fill_undefined(w0: torch.Tensor, defined: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """Replace undefined entries by the mean of the defined ones (1.0 if none is defined)."""
@@ -36,7 +38,7 @@ def initial_weights(labels: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """
     labels = torch.as_tensor(labels, dtype=torch.float64)
     if labels.ndim != 2:
-        raise ValueError(f"labels must be [N, C], got shape {tuple(labels.shape)}")
+        raise ConfigError(f"labels must be [N, C], got shape {tuple(labels.shape)}")
     known = ~torch.isnan(labels)
     y = torch.where(known, labels, torch.zeros_like(labels))
     n_pos = y.sum(0)
@@ -57,9 +59,9 @@ def detection_initial_weights(instance_counts: Sequence[int]) -> torch.Tensor:
     """
     counts = torch.as_tensor(list(instance_counts), dtype=torch.float64)
     if counts.ndim != 1 or counts.numel() == 0:
-        raise ValueError("instance_counts must be a non-empty list of per-class counts")
+        raise ConfigError("instance_counts must be a non-empty list of per-class counts")
     if bool((counts < 0).any()):
-        raise ValueError(f"instance_counts must be >= 0, got {list(instance_counts)}")
+        raise ConfigError(f"instance_counts must be >= 0, got {list(instance_counts)}")
     total = counts.sum()
     defined = (counts > 0) & (counts < total)
     w0 = torch.where(defined, (total - counts) / counts.clamp_min(1.0), torch.zeros_like(counts))
@@ -71,7 +73,7 @@ def normalise(w: torch.Tensor) -> torch.Tensor:
     """``w / mean(w)``: weights with mean 1."""
     mean = w.mean()
     if not bool(mean > 0):
-        raise ValueError(f"cannot normalise weights with mean {float(mean)}")
+        raise ConfigError(f"cannot normalise weights with mean {float(mean)}")
     return w / mean
 
 
@@ -80,10 +82,10 @@ def _check_multipliers(classes: Sequence[str], multipliers: dict[str, float]) ->
         if name not in classes:
             close = difflib.get_close_matches(str(name), list(classes), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown class {name!r} in class-weight heuristics.{hint} "
+            raise ConfigError(f"unknown class {name!r} in class-weight heuristics.{hint} "
                              f"Valid names: {', '.join(classes)}")
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"heuristic multiplier for {name!r} must be a positive number, got {value!r}")
+            raise ConfigError(f"heuristic multiplier for {name!r} must be a positive number, got {value!r}")
 
 
 def apply_heuristics(w: torch.Tensor, classes: Sequence[str], multipliers: dict[str, float]) -> torch.Tensor:
@@ -94,7 +96,7 @@ def apply_heuristics(w: torch.Tensor, classes: Sequence[str], multipliers: dict[
             multiplier.
     """
     if len(classes) != w.numel():
-        raise ValueError(f"{len(classes)} class names for {w.numel()} weights")
+        raise ConfigError(f"{len(classes)} class names for {w.numel()} weights")
     _check_multipliers(classes, multipliers)
     factors = torch.tensor([float(multipliers.get(c, 1.0)) for c in classes], dtype=w.dtype)
     return normalise(w * factors)
@@ -112,11 +114,11 @@ def refine(w: torch.Tensor, aucs: Sequence[float | None], reference: torch.Tenso
     ones. Weights are clipped to ``[w_min * reference_c, w_max * reference_c]``.
     """
     if len(aucs) != w.numel() or reference.numel() != w.numel():
-        raise ValueError(f"got {len(aucs)} AUCs and {reference.numel()} reference weights for {w.numel()} classes")
+        raise ConfigError(f"got {len(aucs)} AUCs and {reference.numel()} reference weights for {w.numel()} classes")
     if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+        raise ConfigError(f"eta must be >= 0, got {eta}")
     if not 0 < w_min <= w_max:
-        raise ValueError(f"need 0 < w_min <= w_max, got w_min={w_min}, w_max={w_max}")
+        raise ConfigError(f"need 0 < w_min <= w_max, got w_min={w_min}, w_max={w_max}")
     defined = [_is_defined(a) for a in aucs]
     if not any(defined):
         return w.clone()
@@ -157,10 +159,10 @@ class ClassWeights:
         _check_multipliers(self.classes, self.heuristic)
         if enabled:
             if labels is None:
-                raise ValueError("labels are required when class weights are enabled")
+                raise ConfigError("labels are required when class weights are enabled")
             w0, self.undefined = initial_weights(labels)
             if w0.numel() != len(self.classes):
-                raise ValueError(f"labels have {w0.numel()} columns but {len(self.classes)} classes were given")
+                raise ConfigError(f"labels have {w0.numel()} columns but {len(self.classes)} classes were given")
             self.initial = normalise(w0)
             self.after_heuristics = apply_heuristics(self.initial, self.classes, self.heuristic)
         else:
@@ -206,7 +208,7 @@ class ClassWeights:
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict`; the class list must match."""
         if list(state["classes"]) != self.classes:
-            raise ValueError(f"class-weight state is for classes {state['classes']}, this run has {self.classes}")
+            raise ConfigError(f"class-weight state is for classes {state['classes']}, this run has {self.classes}")
         self.heuristic = dict(state["heuristic"])
         self.enabled = bool(state["enabled"])
         self.eta, self.w_min, self.w_max = state["eta"], state["w_min"], state["w_max"]

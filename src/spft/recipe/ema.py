@@ -20,6 +20,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from spft.errors import ConfigError
+
 
 def ema_decay_at(num_updates: int, decay: float = 0.999, warmup: bool = True) -> float:
     """EMA decay after ``num_updates`` averaged updates.
@@ -28,9 +30,9 @@ def ema_decay_at(num_updates: int, decay: float = 0.999, warmup: bool = True) ->
     (0.1, 0.18181818181818182, 0.999)
     """
     if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"decay must be in [0, 1], got {decay}")
+        raise ConfigError(f"decay must be in [0, 1], got {decay}")
     if num_updates < 0:
-        raise ValueError(f"num_updates must be >= 0, got {num_updates}")
+        raise ConfigError(f"num_updates must be >= 0, got {num_updates}")
     if not warmup:
         return decay
     return min(decay, (1 + num_updates) / (10 + num_updates))

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from spft.errors import ConfigError
 from spft.recipe.layers import LayerGroups
 from spft.recipe.stages import TrainableState
 
@@ -54,7 +55,7 @@ def apply_trainable(groups: LayerGroups, state: TrainableState) -> int:
     n_blocks = len(groups.blocks)
     bad = [i for i in state.open_blocks if not 0 <= i < n_blocks]
     if bad:
-        raise ValueError(f"open_blocks {bad} out of range for {n_blocks} blocks")
+        raise ConfigError(f"open_blocks {bad} out of range for {n_blocks} blocks")
     open_set = set(state.open_blocks)
     _set_requires_grad(groups.embeddings, state.embeddings)
     for i, block in enumerate(groups.blocks):

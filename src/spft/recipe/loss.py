@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from spft.errors import ConfigError
+
 
 def _check_shapes(logits: Tensor, targets: Tensor, weights: Tensor) -> None:
     if logits.shape != targets.shape or logits.ndim != 2:
-        raise ValueError(f"logits and targets must both be [N, C], got {tuple(logits.shape)} and "
+        raise ConfigError(f"logits and targets must both be [N, C], got {tuple(logits.shape)} and "
                          f"{tuple(targets.shape)}")
     if weights.shape != (logits.shape[1],):
-        raise ValueError(f"weights must be [C] = [{logits.shape[1]}], got {tuple(weights.shape)}")
+        raise ConfigError(f"weights must be [C] = [{logits.shape[1]}], got {tuple(weights.shape)}")
 
 
 def weighted_bce(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:

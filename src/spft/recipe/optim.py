@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spft.errors import ConfigError
 from spft.recipe.layers import HEAD, LayerGroups
 
 _NO_DECAY_NAME_KEYS = ("token", "position")
@@ -52,7 +53,7 @@ def build_param_groups(
     """
     for field_name, value in (("lr_encoder", lr_encoder), ("lr_head", lr_head), ("weight_decay", weight_decay)):
         if value < 0:
-            raise ValueError(f"{field_name} must be >= 0, got {value}")
+            raise ConfigError(f"{field_name} must be >= 0, got {value}")
     owner: dict[int, str] = {}
     param_groups: list[dict] = []
     for part, module, block in groups.named_parts():
@@ -60,7 +61,7 @@ def build_param_groups(
         decay, no_decay = _split_part(module)
         for p in decay + no_decay:
             if id(p) in owner:
-                raise ValueError(f"a parameter of shape {tuple(p.shape)} is shared by parts {owner[id(p)]!r} and "
+                raise ConfigError(f"a parameter of shape {tuple(p.shape)} is shared by parts {owner[id(p)]!r} and "
                                  f"{part!r}; each parameter must belong to exactly one part")
             owner[id(p)] = part
         for kind, params, wd in (("decay", decay, weight_decay), ("no_decay", no_decay, 0.0)):

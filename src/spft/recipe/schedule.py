@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from spft.errors import ConfigError
 from spft.recipe.stages import StagePlan, part_opening_epoch
 
 
@@ -25,9 +26,9 @@ def lr_factor_at(step: int, total_steps: int, open_step: int | None, warmup_step
     (1.0, 0.5, 0.25)
     """
     if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if open_step is None or step < open_step:
         return 0.0
     progress = min(step, total_steps) / total_steps
@@ -40,11 +41,11 @@ def lr_factor_at(step: int, total_steps: int, open_step: int | None, warmup_step
 def open_steps(param_groups: list[dict], plan: StagePlan, n_blocks: int, steps_per_epoch: int) -> list[int | None]:
     """Optimizer step at which each group opens (None: never), read from each group's ``"part"`` key."""
     if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     steps: list[int | None] = []
     for group in param_groups:
         if "part" not in group:
-            raise ValueError("param group has no 'part' key; build groups with spft.recipe.build_param_groups")
+            raise ConfigError("param group has no 'part' key; build groups with spft.recipe.build_param_groups")
         epoch = part_opening_epoch(plan, group["part"], n_blocks)
         steps.append(None if epoch is None else epoch * steps_per_epoch)
     return steps
@@ -82,11 +83,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, plan: StagePlan, n_blocks:
         min_factor: Floor of the cosine, as a fraction of each group's LR.
     """
     if not 0.0 <= min_factor <= 1.0:
-        raise ValueError(f"min_factor must be in [0, 1], got {min_factor}")
+        raise ConfigError(f"min_factor must be in [0, 1], got {min_factor}")
     if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
     steps = open_steps(optimizer.param_groups, plan, n_blocks, steps_per_epoch)
     lambdas = [GroupLrFactor(total_steps, s, warmup_steps, min_factor) for s in steps]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambdas)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spft.errors import ConfigError
 from spft.recipe.layers import EMBEDDINGS, FINAL_NORM, HEAD
 
 
@@ -32,11 +33,11 @@ class StagePlan:
 
     def __post_init__(self) -> None:
         if not isinstance(self.stage1_epochs, int) or self.stage1_epochs < 0:
-            raise ValueError(f"stage1_epochs must be an integer >= 0, got {self.stage1_epochs!r}")
+            raise ConfigError(f"stage1_epochs must be an integer >= 0, got {self.stage1_epochs!r}")
         if not isinstance(self.blocks_per_epoch, int) or self.blocks_per_epoch < 1:
-            raise ValueError(f"blocks_per_epoch must be an integer >= 1, got {self.blocks_per_epoch!r}")
+            raise ConfigError(f"blocks_per_epoch must be an integer >= 1, got {self.blocks_per_epoch!r}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise ValueError(f"top_k must be None or an integer >= 1, got {self.top_k!r}")
+            raise ConfigError(f"top_k must be None or an integer >= 1, got {self.top_k!r}")
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,12 @@ class TrainableState:
 
 def _check_epoch(epoch: int) -> None:
     if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
+        raise ConfigError(f"epoch must be >= 0, got {epoch}")
 
 
 def _check_n_blocks(n_blocks: int) -> None:
     if n_blocks < 0:
-        raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+        raise ConfigError(f"n_blocks must be >= 0, got {n_blocks}")
 
 
 def _k(plan: StagePlan, n_blocks: int) -> int:
@@ -110,7 +111,7 @@ def opening_epoch(plan: StagePlan, block_index: int, n_blocks: int) -> int | Non
     """
     _check_n_blocks(n_blocks)
     if not 0 <= block_index < n_blocks:
-        raise ValueError(f"block_index must be in [0, {n_blocks}), got {block_index}")
+        raise ConfigError(f"block_index must be in [0, {n_blocks}), got {block_index}")
     rank_from_top = n_blocks - 1 - block_index
     if not plan.unfreeze or rank_from_top >= _k(plan, n_blocks):
         return None
@@ -129,7 +130,7 @@ def part_opening_epoch(plan: StagePlan, part: str, n_blocks: int) -> int | None:
         return opening_epoch(plan, 0, n_blocks) if n_blocks else plan.stage1_epochs
     if part.startswith("block") and part[5:].isdigit():
         return opening_epoch(plan, int(part[5:]), n_blocks)
-    raise ValueError(f"unknown part {part!r}; expected 'head', 'final_norm', 'embeddings' or 'block<i>'")
+    raise ConfigError(f"unknown part {part!r}; expected 'head', 'final_norm', 'embeddings' or 'block<i>'")
 
 
 def describe(state: TrainableState, n_blocks: int) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spft.errors import DataError
 from spft.metrics import multilabel_auc
 
 _CHUNK = 64  # replicates per block: bounds memory at a few _CHUNK x n_images arrays
@@ -137,7 +138,7 @@ def bootstrap_auc(probs: np.ndarray, labels: np.ndarray, classes: list[str], gro
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
     if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+        raise DataError(f"n_boot must be >= 1, got {n_boot}")
     point = multilabel_auc(probs, labels, classes)
     unit_of, unit = resample_units(groups, len(probs))
     reps = _replicates(probs, labels, unit_of, int(unit_of.max(initial=-1)) + 1, n_boot, seed)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from spft.errors import DataError, MissingFileError
 from spft.experiments.rundir import is_done
 from spft.metrics import AucResult, multilabel_auc
 
@@ -93,7 +94,7 @@ def read_predictions(path: Path, classes: list[str] | None = None):
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
-        raise ValueError(f"{path}: no predictions")
+        raise DataError(f"{path}: no predictions")
     header = list(rows[0])
     found = [c[len("prob_"):] for c in header if c.startswith("prob_")]
     classes = [c for c in (classes or found) if c in found]
@@ -170,7 +171,7 @@ def collect(root: str | Path) -> SweepData:
     """Read the sweep at ``root`` (``sweep.json``), or one run directory, or a folder holding run directories."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such directory")
+        raise MissingFileError(f"{root}: no such directory")
     kind, study, entries, config = _entries(root)
     data = SweepData(root, kind, study, [], [], config)
     for entry in entries:
@@ -181,6 +182,6 @@ def collect(root: str | Path) -> SweepData:
         else:
             data.skipped.append(SkippedRun(entry["overlay"], entry["seed"], run_dir, reason))
     if not data.runs:
-        raise FileNotFoundError(f"{root}: no finished run (with DONE and predictions_test.csv) to report on"
+        raise MissingFileError(f"{root}: no finished run (with DONE and predictions_test.csv) to report on"
                                 + (f"; skipped: {len(data.skipped)}" if data.skipped else ""))
     return data

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 import spft
+from spft.errors import MissingFileError
 from spft.experiments.rundir import atomic_write_json, atomic_write_text, is_done
 from spft.reporting.collect import _entries
 from spft.reporting.html import render_html
@@ -47,7 +48,7 @@ def _runs(root: Path) -> tuple[list[dict], list[list[str]]]:
         else:
             skipped.append([entry["overlay"], str(seed), str(run_dir), "not finished (no DONE or metrics.json)"])
     if not runs:
-        raise FileNotFoundError(f"{root}: no finished segmentation run (with DONE and metrics.json) to report on")
+        raise MissingFileError(f"{root}: no finished segmentation run (with DONE and metrics.json) to report on")
     return runs, skipped
 
 

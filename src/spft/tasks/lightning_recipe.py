@@ -24,6 +24,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from spft.errors import ConfigError, MissingFileError
 from spft.experiments.rundir import atomic_write_csv, atomic_write_json, atomic_write_with
 from spft.recipe import (
     ClassWeights,
@@ -375,11 +376,11 @@ def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = F
 def load_checkpoint_into(module: RecipeModule, ckpt: Path) -> int | None:
     """Load raw and EMA weights from ``ckpt`` into ``module``; the labels must be the run's. Returns the epoch."""
     if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt} not found (has the run finished its first epoch?)")
+        raise MissingFileError(f"{ckpt} not found (has the run finished its first epoch?)")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     saved = state.get("spft", {}).get("classes")
     if saved is not None and list(saved) != list(module.classes):
-        raise ValueError(f"the data's classes/structures {module.classes} differ from the run's {list(saved)}")
+        raise ConfigError(f"the data's classes/structures {module.classes} differ from the run's {list(saved)}")
     module.load_state_dict(state["state_dict"])
     return state.get("epoch")
 

@@ -14,6 +14,8 @@ from types import SimpleNamespace
 
 import yaml
 
+from spft.errors import ConfigError, MissingFileError
+
 # task -> (module with train/resume, module with evaluate_run/format_table)
 TASKS: dict[str, tuple[str, str]] = {
     "classification": ("spft.tasks.classification.train", "spft.tasks.classification.evaluate"),
@@ -25,14 +27,14 @@ TASKS: dict[str, tuple[str, str]] = {
 def task_api(task: str) -> SimpleNamespace:
     """The four entry points of ``task``; a clear error when the task or its optional dependency is missing."""
     if task not in TASKS:
-        raise ValueError(f"task: unknown task {task!r} (available: {', '.join(TASKS)})")
+        raise ConfigError(f"task: unknown task {task!r} (available: {', '.join(TASKS)})")
     train_name, eval_name = TASKS[task]
     try:
         train_mod = importlib.import_module(train_name)
         eval_mod = importlib.import_module(eval_name)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("spft"):
-            raise ValueError(f"task {task!r} is not available in this version of spft") from exc
+            raise ConfigError(f"task {task!r} is not available in this version of spft") from exc
         hint = " (install the extra: pip install 'spft[detect]')" if task == "detection" else ""
         raise ModuleNotFoundError(f"task {task!r} needs the package {exc.name!r}{hint}") from exc
     return SimpleNamespace(train=train_mod.train, resume=train_mod.resume, evaluate_run=eval_mod.evaluate_run,
@@ -43,5 +45,5 @@ def task_of_run(run_dir: str | Path) -> str:
     """The task recorded in a run directory's ``config.yaml``."""
     config_file = Path(run_dir) / "config.yaml"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+        raise MissingFileError(f"{run_dir} is not a run directory (no config.yaml)")
     return (yaml.safe_load(config_file.read_text()) or {}).get("task", "classification")

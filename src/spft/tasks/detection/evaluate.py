@@ -17,6 +17,7 @@ import torch
 
 from spft.data.loading import resolve_workers
 from spft.data.yolo_layout import read_dataset, split_image_list
+from spft.errors import MissingFileError
 from spft.experiments.rundir import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     cfg = load_run_config(run_dir, overrides)
     weights = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found (has the run finished its first epoch?)")
+        raise MissingFileError(f"{weights} not found (has the run finished its first epoch?)")
     with _quiet_ultralytics():  # Ultralytics logs to stdout; keep stdout for the table / --json output
         ev = evaluate_weights(weights, cfg, dataset_yaml_for(cfg), split, run_dir / "ultralytics" / f"eval_{split}")
     atomic_write_json(run_dir / f"metrics_{split}_eval.json", ev.metrics())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from spft.errors import ConfigError
 from spft.experiments.rundir import atomic_write_csv, atomic_write_json
 from spft.recipe import ClassWeights, LayerGroups, apply_heuristics, detection_initial_weights
 
@@ -100,7 +101,7 @@ class RunRecorder:
             return
         state = json.loads(saved.read_text())
         if state["classes"] != weights.classes:
-            raise ValueError(f"{saved}: classes {state['classes']} differ from the data's {weights.classes}")
+            raise ConfigError(f"{saved}: classes {state['classes']} differ from the data's {weights.classes}")
         weights.refinements = [r for r in state["refinements"] if r["epoch"] < start_epoch]
         if weights.refinements:
             last = weights.refinements[-1]["weights"]

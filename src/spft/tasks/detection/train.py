@@ -16,6 +16,7 @@ import yaml
 
 from spft.config import SpftConfig, dump_yaml
 from spft.data.loading import resolve_workers
+from spft.errors import ConfigError, MissingFileError
 from spft.experiments.rundir import (
     atomic_write_json,
     atomic_write_text,
@@ -43,14 +44,14 @@ def dataset_yaml_for(cfg: SpftConfig) -> Path:
 
         return build_phantom_detection(cfg.data.phantom, cfg.data.root)
     if name not in DETECTION_DATASETS:
-        raise ValueError(f"data.name: detection needs one of {', '.join(DETECTION_DATASETS)}, got {name!r}")
+        raise ConfigError(f"data.name: detection needs one of {', '.join(DETECTION_DATASETS)}, got {name!r}")
     from spft.data.vindr_cxr import default_dataset_dir
 
     folder = Path(cfg.detection.dataset_dir) if cfg.detection.dataset_dir else default_dataset_dir(cfg)
     target = folder / "dataset.yaml"
     if not target.is_file():
         command = "vindr-cxr" if name == "vindr_cxr" else "tbx11k"
-        raise FileNotFoundError(f"{target} not found: run `spft prepare {command} CONFIG` first "
+        raise MissingFileError(f"{target} not found: run `spft prepare {command} CONFIG` first "
                                 "(or set detection.dataset_dir to a prepared copy)")
     return target
 

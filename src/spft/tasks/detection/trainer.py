@@ -19,6 +19,7 @@ from ultralytics.models.rtdetr.train import RTDETRTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
+from spft.errors import ConfigError
 from spft.recipe import (
     LayerGroups,
     StagePlan,
@@ -59,7 +60,7 @@ def layer_groups(model: nn.Module, n_backbone: int | None) -> LayerGroups:
     seq = unwrap_model(model).model
     n = n_backbone if n_backbone is not None else len(unwrap_model(model).yaml.get("backbone", []))
     if not 0 < n < len(seq):
-        raise ValueError(f"detection.backbone_modules: {n} is not between 1 and {len(seq) - 1} for this model")
+        raise ConfigError(f"detection.backbone_modules: {n} is not between 1 and {len(seq) - 1} for this model")
     return LayerGroups(blocks=list(seq[:n]), head=nn.ModuleList(list(seq[n:])))
 
 
