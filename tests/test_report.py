@@ -14,15 +14,16 @@ import yaml
 from conftest import run_cli
 
 from spft.metrics import binary_auc
-from spft.reporting.bootstrap import bootstrap_auc, resample_units, weighted_auc
-from spft.reporting.report import build_report
+from spft.reporting.bootstrap import bootstrap_ap, bootstrap_auc, resample_units, weighted_ap, weighted_auc
+from spft.reporting.collect import load_run
+from spft.reporting.report import build_report, validation_score
 from spft.reporting.tables import Interval, MeanStd, Table, format_cell, mean_std
 
 CXR = ["Atelectasis", "Pleural_Thickening", "Hernia"]
 
 
 def _write_run(run_dir: Path, seed: int, classes=CXR, data_name="phantom", quality=1.0, recipe=None, n=60,
-               done=True) -> None:
+               done=True, val=0.0) -> None:
     """A finished run directory as `spft train` writes it, with predictions that get better with ``quality``."""
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True)
@@ -49,7 +50,8 @@ def _write_run(run_dir: Path, seed: int, classes=CXR, data_name="phantom", quali
                                    "ema": {"enabled": True}}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     hist = [{"epoch": e, "stage": 1 if e < 1 else 2, "open_blocks": min(e, 2), "train_loss": 1 - 0.1 * e,
-             "val_loss": 1 - 0.08 * e, "val_auc_raw": 0.6 + 0.05 * e, "val_auc_ema": 0.62 + 0.05 * e} for e in range(4)]
+             "val_loss": 1 - 0.08 * e, "val_auc_raw": 0.6 + 0.05 * e + val, "val_auc_ema": 0.62 + 0.05 * e + val}
+            for e in range(4)]
     with open(run_dir / "history.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(hist[0]))
         writer.writeheader()
@@ -156,7 +158,9 @@ def test_ablation_report_has_paired_differences_paper_column_and_skipped_runs(tm
                                             ("class_weights", 1): {"status": "running"}})
     out = build_report(sweep, n_boot=50)
     ablation = _csv(out / "tables" / "ablation.csv")
-    assert list(ablation) == ["MLP head only", "+ progressive unfreezing", "+ class weights", "+ EMA (full SPFT)"]
+    # labels starting with "+" would be formulas in a spreadsheet: CSV writes them with a leading ' (OWASP)
+    assert list(ablation) == ["MLP head only", "'+ progressive unfreezing", "'+ class weights", "'+ EMA (full SPFT)"]
+    ablation = {k.lstrip("'"): v for k, v in ablation.items()}
     assert ablation["MLP head only"]["unfreeze"] == "×" and ablation["+ EMA (full SPFT)"]["EMA"] == "✓"
     assert float(ablation["+ EMA (full SPFT)"]["paper"]) == 0.8331
     assert float(ablation["MLP head only"]["paper"]) == 0.8095
@@ -171,7 +175,7 @@ def test_ablation_report_has_paired_differences_paper_column_and_skipped_runs(tm
     assert float(row["Δ vs previous row (paired) std"]) == pytest.approx(np.std(d, ddof=1))
     page = (out / "report.html").read_text()
     assert "Runs skipped (2)" in page and "unfinished (no DONE)" in page and "failed (exit code 1)" in page
-    assert "class=paper" in page and "ChestX-ray14" in page
+    assert 'class="paper"' in page and "ChestX-ray14" in page
 
 
 def test_repeat_report_on_a_paper_dataset_shows_published_runs_and_mean_std(tmp_path):
@@ -208,7 +212,98 @@ def test_report_cli_on_a_run_directory_and_a_phantom_dataset_has_no_paper_number
     proc = run_cli("report", str(run), "--bootstrap", "20", "--out", str(tmp_path / "rep"))
     assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "rep")
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert "class=paper" not in page and "publishes no numbers" in page
+    assert 'class="paper"' not in page and "publishes no numbers" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?https?:""", page)
     bad = run_cli("report", str(tmp_path / "nothing_here"), check=False)
     assert bad.returncode == 2 and "no such directory" in bad.stderr
+
+
+# --- best run by validation, chance line, AUPRC, positives ----------------------------------------------------------
+
+def _macro_of(run_dir: Path) -> float:
+    return json.loads((run_dir / "metrics.json").read_text())["macro_auc"]
+
+
+def test_best_run_is_chosen_by_validation_auc_within_the_full_recipe_row_never_by_test_auc(tmp_path):
+    sweep = tmp_path / "ladder"
+    for i, o in enumerate(LADDER["overlays"]):
+        for s in (0, 1):
+            # head_only has the best test AUC of all; in the spft row seed 1 has the better test AUC but seed 0 the
+            # better validation AUC (EMA, the monitored one)
+            quality = {"head_only": 3.0, "spft": 1.0 if s == 0 else 2.0}.get(o["name"], 0.5)
+            val = {("spft", 0): 0.2, ("head_only", 0): 0.3}.get((o["name"], s), 0.0)
+            recipe = {"unfreeze": {"enabled": i > 0}, "class_weights": {"enabled": i > 1}, "ema": {"enabled": i > 2}}
+            _write_run(sweep / o["name"] / f"seed{s}", s, quality=quality, recipe=recipe, val=val)
+    _write_sweep(sweep, LADDER, [0, 1])
+    assert _macro_of(sweep / "spft" / "seed1") > _macro_of(sweep / "spft" / "seed0")
+    assert _macro_of(sweep / "head_only" / "seed0") > _macro_of(sweep / "spft" / "seed1")
+    out = build_report(sweep, n_boot=10)
+    best = json.loads((out / "report.json").read_text())["best_run"]
+    assert best["run_dir"] == "spft/seed0" and "val_auc_ema" in best["chosen"] and "never by test AUC" in best["chosen"]
+    page = (out / "report.html").read_text()
+    assert "best run, + EMA (full SPFT), seed 0: chosen by the best validation macro AUC" in page
+    assert "full-SPFT row" in page
+
+
+def test_validation_score_reads_the_monitored_column_ema_or_raw(tmp_path):
+    _write_run(tmp_path / "ema", 0, val=0.1)
+    _write_run(tmp_path / "raw", 0, recipe={"ema": {"enabled": False}}, val=0.1)
+    ema = load_run(tmp_path / "ema", "base", "base")
+    raw = load_run(tmp_path / "raw", "base", "base")
+    assert validation_score(ema) == (pytest.approx(0.62 + 0.15 + 0.1), "val_auc_ema")
+    assert validation_score(raw) == (pytest.approx(0.6 + 0.15 + 0.1), "val_auc_raw")
+
+
+def test_auc_below_chance_is_flagged_in_tables_html_and_json(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, 0, quality=-1.5)  # predictions anti-correlated with the labels: every AUC < 0.5
+    out = build_report(run, n_boot=10)
+    md = (out / "tables" / "per_run_auc.md").read_text()
+    assert re.search(r"\| Hernia \| 0\.\d{4} \(below chance\) \| seed 0 \|", md)
+    rows = _csv(out / "tables" / "per_run_auc.csv")
+    assert float(rows["Hernia"]["seed 0"]) < 0.5 and rows["Hernia"]["below chance in"] == "seed 0"
+    assert "(below chance)" in (out / "tables" / "mean_std_auc.md").read_text()
+    assert '<td class="below">' in (out / "report.html").read_text()
+    assert set(json.loads((out / "report.json").read_text())["runs"][0]["below_chance"]) == set(CXR)
+
+
+def test_auprc_is_sklearns_average_precision_with_a_bootstrap_interval_and_positives(tmp_path):
+    from sklearn.metrics import average_precision_score
+
+    run = tmp_path / "run"
+    _write_run(run, 4)
+    out = build_report(run, n_boot=40)
+    rec = load_run(run, "base", "base")
+    for j, c in enumerate(CXR):
+        known = ~np.isnan(rec.labels[:, j])
+        assert rec.auprc[c] == pytest.approx(average_precision_score(rec.labels[known, j], rec.probs[known, j]))
+    boot = _csv(out / "tables" / "bootstrap_ci.csv")
+    assert float(boot["Hernia"]["seed 4 AUPRC"]) == pytest.approx(rec.auprc["Hernia"])
+    n_pos = int(np.nansum(rec.labels[:, CXR.index("Hernia")]))
+    assert int(boot["Hernia"]["seed 4 AUC n_pos"]) == n_pos and int(boot["Hernia"]["seed 4 AUPRC n_pos"]) == n_pos
+    assert f"(n+={n_pos}, " in (out / "tables" / "bootstrap_ci.md").read_text()
+    ap = _csv(out / "tables" / "mean_std_auprc.csv")
+    assert float(ap["Hernia"]["ours mean"]) == pytest.approx(rec.auprc["Hernia"])
+
+
+def test_weighted_ap_equals_sklearn_on_materialised_resamples_and_bootstrap_ap_uses_the_same_draws():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 6, 40) / 5.0  # ties
+    labels = (rng.random(40) < 0.4).astype(float)
+    weights = rng.integers(0, 3, size=(25, 40)).astype(float)
+    fast = weighted_ap(scores, labels, weights)
+    for b in range(25):
+        idx = np.repeat(np.arange(40), weights[b].astype(int))
+        if labels[idx].sum() == 0:
+            assert np.isnan(fast[b])
+        else:
+            assert fast[b] == pytest.approx(average_precision_score(labels[idx], scores[idx]), abs=1e-12)
+    probs = rng.random((60, 1))
+    lab = (rng.random((60, 1)) < 0.3).astype(float)
+    res = bootstrap_ap(probs, lab, ["a"], None, n_boot=60, seed=7)
+    draws = np.random.default_rng(7).integers(0, 60, size=(60, 60))
+    ref = [average_precision_score(lab[row, 0], probs[row, 0]) for row in draws if lab[row, 0].any()]
+    assert (res.lo["a"], res.hi["a"]) == pytest.approx(tuple(np.percentile(ref, [2.5, 97.5])), abs=1e-12)
+    assert res.n_pos["a"] == int(lab.sum()) and res.metric == "ap"

@@ -9,11 +9,18 @@ replicate is the mean over the classes defined on the full set; the interval is 
 Each replicate is the Mann-Whitney AUC of :func:`spft.metrics.binary_auc` on the resampled set, evaluated as a
 weighted sum (image weight = how often its unit was drawn) so one sort per class serves all B replicates in a few
 matrix operations instead of B sorts; a test checks it against ``binary_auc`` on materialised resamples.
+
+AUPRC (average precision, scikit-learn's :func:`~sklearn.metrics.average_precision_score`: the sum over score
+thresholds of the recall step times the precision there) gets its interval from the same replicates (same draws:
+``bootstrap_ap`` with the same seed resamples exactly the units ``bootstrap_auc`` does), again one sort per class;
+a test checks it against ``average_precision_score`` on materialised resamples. A class without a positive has no
+AUPRC. Each result also counts the positives every interval rests on (images, and patients/lesions when those are
+the resampled units).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +45,9 @@ class BootstrapResult:
     n_units: int
     n_boot: int
     seed: int
+    metric: str = "auc"  # auc | ap (AUPRC)
+    n_pos: dict[str, int] = field(default_factory=dict)  # positive images per class
+    n_pos_units: dict[str, int] = field(default_factory=dict)  # units (patients, lesions) with a positive image
 
     def interval(self, name: str) -> tuple[float | None, float | None, float | None]:
         """``(point, lo, hi)`` for a class name or ``"macro"``."""
@@ -98,14 +108,66 @@ def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) ->
     return _class_auc(k, np.asarray(weights, dtype=np.float64))
 
 
+class _RankedClass:
+    """One class for AUPRC: images sorted by decreasing score, the unit of each, whether it is positive, and where
+    each run of tied scores ends (a threshold of the precision-recall curve)."""
+
+    def __init__(self, scores: np.ndarray, is_pos: np.ndarray, unit: np.ndarray):
+        order = np.argsort(-scores, kind="mergesort")
+        self.unit, self.is_pos = unit[order], is_pos[order].astype(np.float64)
+        s = scores[order]
+        self.ends = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]  # last index of each tied score
+
+
+def _class_ap(k: _RankedClass, counts: np.ndarray) -> np.ndarray:
+    """Average precision of class ``k`` for each row of ``counts`` ([B, units]); NaN without a positive.
+
+    Equals ``average_precision_score(y, s, sample_weight=w)``: at each distinct threshold (descending), the recall
+    step times the precision there.
+    """
+    w = np.take(counts, k.unit, axis=1)
+    tp = np.cumsum(w * k.is_pos, axis=1)[:, k.ends]
+    seen = np.cumsum(w, axis=1)[:, k.ends]
+    total = tp[:, -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(seen > 0, tp / np.where(seen > 0, seen, 1), 0.0)
+        step = np.diff(np.concatenate([np.zeros((len(tp), 1)), tp], axis=1), axis=1)
+        ap = (step * precision).sum(1) / total
+    ap[total == 0] = np.nan
+    return ap
+
+
+def weighted_ap(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUPRC (average precision) of one class for each row of ``weights`` ([B, N] multiplicities); NaN without a
+    positive. Equals scikit-learn's ``average_precision_score`` on the set where image i appears ``weights[b, i]``
+    times."""
+    scores = np.asarray(scores, dtype=np.float64)
+    k = _RankedClass(scores, np.asarray(labels) > 0.5, np.arange(scores.size))
+    return _class_ap(k, np.asarray(weights, dtype=np.float64))
+
+
+def average_precision(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float | None]:
+    """Per-class AUPRC with scikit-learn's ``average_precision_score`` (unknown labels dropped); None without a
+    positive (or without any known label)."""
+    from sklearn.metrics import average_precision_score
+
+    out = {}
+    for c, name in enumerate(classes):
+        known = ~np.isnan(labels[:, c])
+        y = labels[known, c] > 0.5
+        out[name] = float(average_precision_score(y, probs[known, c])) if y.any() else None
+    return out
+
+
 def _replicates(probs: np.ndarray, labels: np.ndarray, unit_of: np.ndarray, n_units: int, n_boot: int,
-                seed: int) -> np.ndarray:
-    """``[B, C]`` AUC of every replicate and class (NaN where a class is undefined in a replicate)."""
+                seed: int, metric: str = "auc") -> np.ndarray:
+    """``[B, C]`` AUC (or AUPRC) of every replicate and class (NaN where a class is undefined in a replicate)."""
     rng = np.random.default_rng(seed)
     prepared = []
+    kind, fn = (_RankedClass, _class_ap) if metric == "ap" else (_SortedClass, _class_auc)
     for c in range(probs.shape[1]):
         known = np.flatnonzero(~np.isnan(labels[:, c]))
-        prepared.append(_SortedClass(probs[known, c], labels[known, c] > 0.5, unit_of[known]))
+        prepared.append(kind(probs[known, c], labels[known, c] > 0.5, unit_of[known]))
     out = np.full((n_boot, probs.shape[1]), np.nan)
     for b0 in range(0, n_boot, _CHUNK):
         # int64 draws are taken one 64-bit word each, so block after block equals one (B, n_units) call
@@ -114,7 +176,7 @@ def _replicates(probs: np.ndarray, labels: np.ndarray, unit_of: np.ndarray, n_un
         counts = np.bincount((block + offsets).ravel(), minlength=len(block) * n_units)
         per_unit = counts.reshape(len(block), n_units).astype(np.float64)
         for c, k in enumerate(prepared):
-            out[b0:b0 + len(block), c] = _class_auc(k, per_unit)
+            out[b0:b0 + len(block), c] = fn(k, per_unit)
     return out
 
 
@@ -135,20 +197,40 @@ def bootstrap_auc(probs: np.ndarray, labels: np.ndarray, classes: list[str], gro
     >>> r.point["a"], r.unit
     (0.75, 'images')
     """
+    return _bootstrap(probs, labels, classes, groups, n_boot, seed, level, "auc")
+
+
+def bootstrap_ap(probs: np.ndarray, labels: np.ndarray, classes: list[str], groups=None, n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> BootstrapResult:
+    """Percentile bootstrap intervals of per-class and macro AUPRC (average precision), with the same replicates as
+    :func:`bootstrap_auc` for the same seed; point values from scikit-learn's ``average_precision_score``."""
+    return _bootstrap(probs, labels, classes, groups, n_boot, seed, level, "ap")
+
+
+def _bootstrap(probs, labels, classes, groups, n_boot: int, seed: int, level: float, metric: str) -> BootstrapResult:
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
     if n_boot < 1:
         raise DataError(f"n_boot must be >= 1, got {n_boot}")
-    point = multilabel_auc(probs, labels, classes)
+    if metric == "ap":
+        per_class = average_precision(probs, labels, classes)
+        defined_values = [v for v in per_class.values() if v is not None]
+        point_macro = float(np.mean(defined_values)) if defined_values else None
+    else:
+        auc = multilabel_auc(probs, labels, classes)
+        per_class, point_macro = auc.per_class, auc.macro
     unit_of, unit = resample_units(groups, len(probs))
-    reps = _replicates(probs, labels, unit_of, int(unit_of.max(initial=-1)) + 1, n_boot, seed)
+    reps = _replicates(probs, labels, unit_of, int(unit_of.max(initial=-1)) + 1, n_boot, seed, metric)
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-    lo, hi = {}, {}
+    lo, hi, n_pos, n_pos_units = {}, {}, {}, {}
     for c, name in enumerate(classes):
         col = reps[:, c][~np.isnan(reps[:, c])]
-        ok = point.per_class[name] is not None and col.size > 0
+        ok = per_class[name] is not None and col.size > 0
         lo[name], hi[name] = (float(v) for v in np.percentile(col, q)) if ok else (None, None)
-    defined = [c for c, name in enumerate(classes) if point.per_class[name] is not None]
+        positive = np.nan_to_num(labels[:, c]) > 0.5
+        n_pos[name] = int(positive.sum())
+        n_pos_units[name] = int(np.unique(unit_of[positive]).size)
+    defined = [c for c, name in enumerate(classes) if per_class[name] is not None]
     macro_lo = macro_hi = None
     if defined:
         sub = reps[:, defined]
@@ -156,5 +238,5 @@ def bootstrap_auc(probs: np.ndarray, labels: np.ndarray, classes: list[str], gro
         macro = np.nansum(sub, axis=1)[n_defined > 0] / n_defined[n_defined > 0]
         if macro.size:
             macro_lo, macro_hi = (float(v) for v in np.percentile(macro, q))
-    return BootstrapResult(list(classes), point.per_class, lo, hi, point.macro, macro_lo, macro_hi, unit,
-                           int(unit_of.max(initial=-1)) + 1, n_boot, seed)
+    return BootstrapResult(list(classes), per_class, lo, hi, point_macro, macro_lo, macro_hi, unit,
+                           int(unit_of.max(initial=-1)) + 1, n_boot, seed, metric, n_pos, n_pos_units)

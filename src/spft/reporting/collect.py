@@ -2,7 +2,11 @@
 
 A run is *used* when it has ``DONE`` and ``predictions_test.csv`` (or at least ``metrics.json``); every other run
 the sweep lists is *skipped* with the reason (failed, unfinished, not started). Per-class AUC is recomputed from
-the predictions with :func:`spft.metrics.multilabel_auc`; a disagreement with ``metrics.json`` is logged.
+the predictions with :func:`spft.metrics.multilabel_auc`; a disagreement with ``metrics.json`` is logged. Per-class
+AUPRC comes from the same predictions (scikit-learn's ``average_precision_score``).
+
+This is the classification reader: the task is read from the runs' ``config.yaml`` (:mod:`.provenance`) and a
+detection or segmentation sweep is refused here (``spft report`` sends those to their own reports).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import yaml
 from spft.errors import DataError, MissingFileError
 from spft.experiments.rundir import is_done
 from spft.metrics import AucResult, multilabel_auc
+from spft.reporting.bootstrap import average_precision
+from spft.reporting.provenance import Provenance, provenance, sweep_task
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,13 @@ class RunRecord:
     labels: np.ndarray | None = None
     groups: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
+    auprc: dict[str, float | None] = field(default_factory=dict)  # empty without predictions
+
+    def n_pos(self, name: str) -> int | None:
+        """Positive test images of class ``name`` (None without predictions)."""
+        if self.labels is None or name not in self.classes:
+            return None
+        return int((np.nan_to_num(self.labels[:, self.classes.index(name)]) > 0.5).sum())
 
     @property
     def classes(self) -> list[str]:
@@ -67,6 +80,7 @@ class SweepData:
     runs: list[RunRecord]
     skipped: list[SkippedRun]
     config: str | None = None
+    prov: Provenance | None = None
 
     def overlay_order(self) -> list[str]:
         """Overlays in the study's order, only those with at least one used run."""
@@ -120,6 +134,9 @@ def load_run(run_dir: Path, overlay: str, label: str, seed: int | None = None) -
     history = _read_history(run_dir / "history.csv")
     pred = run_dir / "predictions_test.csv"
     if not pred.is_file():
+        if not isinstance(metrics.get("per_class_auc"), dict):
+            raise DataError(f"{run_dir}: neither predictions_test.csv nor per_class_auc in metrics.json; is it a "
+                            "classification run (config.yaml task)?")
         per_class = metrics["per_class_auc"]
         auc = AucResult(list(per_class), per_class, metrics.get("macro_auc"), list(metrics.get("excluded_classes", [])))
         return RunRecord(overlay, label, seed, run_dir, config, auc, metrics, history=history)
@@ -129,7 +146,8 @@ def load_run(run_dir: Path, overlay: str, label: str, seed: int | None = None) -
     if stored is not None and auc.macro is not None and abs(stored - auc.macro) > 1e-6:
         log.warning("%s: macro AUC from predictions_test.csv (%.6f) differs from metrics.json (%.6f); the report "
                     "uses the predictions", run_dir, auc.macro, stored)
-    return RunRecord(overlay, label, seed, run_dir, config, auc, metrics, probs, labels, groups, history)
+    return RunRecord(overlay, label, seed, run_dir, config, auc, metrics, probs, labels, groups, history,
+                     average_precision(probs, labels, classes))
 
 
 def _status_reason(run_dir: Path, entry: dict | None) -> str | None:
@@ -167,13 +185,22 @@ def _entries(root: Path) -> tuple[str, dict, list[dict], str | None]:
     return "runs", {"name": root.name, "kind": "custom", "overlays": []}, entries, None
 
 
-def collect(root: str | Path) -> SweepData:
-    """Read the sweep at ``root`` (``sweep.json``), or one run directory, or a folder holding run directories."""
+def read_entries(root: str | Path) -> tuple[str, dict, list[dict], str | None]:
+    """(kind, study, run entries, config) of the sweep, run or folder of runs at ``root``; MissingFileError if none."""
     root = Path(root)
     if not root.is_dir():
         raise MissingFileError(f"{root}: no such directory")
-    kind, study, entries, config = _entries(root)
-    data = SweepData(root, kind, study, [], [], config)
+    return _entries(root)
+
+
+def collect(root: str | Path) -> SweepData:
+    """Read the sweep at ``root`` (``sweep.json``), or one run directory, or a folder holding run directories."""
+    root = Path(root)
+    kind, study, entries, config = read_entries(root)
+    task = sweep_task(root, entries)
+    if task != "classification":
+        raise DataError(f"{root}: the runs are {task} runs (config.yaml task); this reader is for classification")
+    data = SweepData(root, kind, study, [], [], config, provenance(root, task, entries, study, config))
     for entry in entries:
         run_dir = Path(entry["run_dir"])
         reason = _status_reason(run_dir, entry)

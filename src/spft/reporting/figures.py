@@ -2,18 +2,22 @@
 error bars across runs (Fig. 2), ROC curves per class and training curves with the SPFT stage boundaries.
 
 Report figures are written as PNG (embedded in report.html) and SVG (for papers); ``auc_bar_chart`` is the demo's
-single-run chart.
+single-run chart. Every AUC axis shows the chance level (0.5, dotted grey line); a class whose AUC is under 0.5 is
+drawn red and labelled "below chance". Names (classes, overlays) are drawn as plain text: a ``$`` never starts
+matplotlib's math mode.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
 _BLUE, _RED, _GREY = "#4C72B0", "#C44E52", "#cccccc"
+_CHANCE = "chance (AUC 0.5)"
 _PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
 
@@ -24,6 +28,16 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plain(text) -> str:
+    """``text`` shown literally by matplotlib (``$`` would start math mode, and an odd one is an error; control
+    characters such as a tab have no glyph and become spaces)."""
+    return re.sub(r"[\x00-\x1f]", " ", str(text)).replace("$", r"\$")
+
+
+def _chance_line(ax) -> None:
+    ax.axvline(0.5, ls=":", color="#777777", lw=1, label=_CHANCE)
 
 
 def save(fig, out_stem: str | Path, svg: bool = True) -> Path:
@@ -43,18 +57,27 @@ def _bars(per_class: dict, macro: float | None, xlabel: str, title: str):
     plt = _plt()
     classes = list(per_class)
     values = [per_class[c] if per_class[c] is not None else 0.0 for c in classes]
+    below = [per_class[c] is not None and per_class[c] < 0.5 for c in classes]
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(classes) + 1.5))
-    bars = ax.barh(classes, values, color=[_BLUE if per_class[c] is not None else _GREY for c in classes])
-    for bar, c in zip(bars, classes, strict=True):
-        text = "n/a" if per_class[c] is None else f"{per_class[c]:.3f}"
-        ax.text(bar.get_width() + 0.005, bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=8)
+    colors = [_GREY if per_class[c] is None else _RED if low else _BLUE for c, low in zip(classes, below, strict=True)]
+    y = np.arange(len(classes))
+    bars = ax.barh(y, values, color=colors)
+    ax.set_yticks(y, [plain(c) for c in classes])
+    for tick, low in zip(ax.get_yticklabels(), below, strict=True):
+        if low:
+            tick.set_color(_RED)
+    for bar, c, low in zip(bars, classes, below, strict=True):
+        text = "n/a" if per_class[c] is None else f"{per_class[c]:.3f}" + (" below chance" if low else "")
+        ax.text(bar.get_width() + 0.005, bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=8,
+                color=_RED if low else "black")
+    _chance_line(ax)
     if macro is not None:
         ax.axvline(macro, ls="--", color=_RED, label=f"macro AUC {macro:.3f}")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlim(min([0.5] + [v - 0.05 for v in values]), 1.05)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlim(min([0.45] + [v - 0.05 for v in values]), 1.12)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
-    ax.set_title(title)
+    ax.set_title(plain(title))
     fig.tight_layout()
     return fig
 
@@ -75,12 +98,15 @@ def best_run_chart(per_class: dict, macro: float | None, title: str, out_stem: s
     return save(_bars(per_class, macro, "ROC AUC (test split)", title), out_stem)
 
 
-def auc_error_bars(classes: list[str], series: dict[str, tuple[list, list]], title: str, out_stem: str | Path) -> Path:
+def auc_error_bars(classes: list[str], series: dict[str, tuple[list, list]], title: str, out_stem: str | Path,
+                   xlabel: str = "ROC AUC (test split), mean ± sample std across seeds", chance: bool = True) -> Path:
     """Per-class mean AUC with ±1 sample std error bars across runs, one bar group per series (the paper's Fig. 2).
 
     Args:
         classes: row names (macro AUC first is fine).
         series: ``{label: (means, stds)}`` aligned with ``classes``; None where undefined.
+        xlabel: the axis label (another metric, e.g. AP@50, with ``chance=False``).
+        chance: draw the 0.5 chance line and mark rows whose mean is under 0.5 (an AUC axis).
     """
     plt = _plt()
     k = len(series)
@@ -91,13 +117,22 @@ def auc_error_bars(classes: list[str], series: dict[str, tuple[list, list]], tit
         m = np.array([v if v is not None else np.nan for v in means], dtype=float)
         s = np.array([v if v is not None else 0.0 for v in stds], dtype=float)
         ax.barh(y + (i - (k - 1) / 2) * height, np.nan_to_num(m), height=height, xerr=s, capsize=2,
-                color=_PALETTE[i % len(_PALETTE)], label=label, error_kw={"elinewidth": 0.8})
+                color=_PALETTE[i % len(_PALETTE)], label=plain(label), error_kw={"elinewidth": 0.8})
     finite = [v for means, _ in series.values() for v in means if v is not None]
-    ax.set_xlim(max(0.0, min(finite + [0.5]) - 0.05), 1.02)
-    ax.set_yticks(y, classes)
+    below = [chance and any(means[j] is not None and means[j] < 0.5 for means, _ in series.values())
+             for j in range(len(classes))]
+    if chance:
+        _chance_line(ax)
+        ax.set_xlim(max(0.0, min(finite + [0.5]) - 0.05), 1.02)
+    else:
+        ax.set_xlim(0.0, 1.02)
+    ax.set_yticks(y, [plain(c) + ("  (below chance)" if low else "") for c, low in zip(classes, below, strict=True)])
+    for tick, low in zip(ax.get_yticklabels(), below, strict=True):
+        if low:
+            tick.set_color(_RED)
     ax.invert_yaxis()
-    ax.set_xlabel("ROC AUC (test split), mean ± sample std across seeds")
-    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_title(plain(title))
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return save(fig, out_stem)
@@ -116,11 +151,13 @@ def roc_curves(probs: np.ndarray, labels: np.ndarray, classes: list[str], aucs: 
         known = ~np.isnan(labels[:, j])
         ax.plot([0, 1], [0, 1], ls=":", color="#999999", lw=0.8)
         if aucs.get(name) is not None:
+            low = aucs[name] < 0.5
             fpr, tpr, _ = roc_curve(labels[known, j], probs[known, j])
-            ax.plot(fpr, tpr, color=_BLUE, lw=1.4)
-            ax.set_title(f"{name}\nAUC {aucs[name]:.3f}", fontsize=8)
+            ax.plot(fpr, tpr, color=_RED if low else _BLUE, lw=1.4)
+            ax.set_title(f"{plain(name)}\nAUC {aucs[name]:.3f}" + (" below chance" if low else ""), fontsize=8,
+                         color=_RED if low else "black")
         else:
-            ax.set_title(f"{name}\nAUC undefined", fontsize=8)
+            ax.set_title(f"{plain(name)}\nAUC undefined", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize=6)
@@ -128,7 +165,7 @@ def roc_curves(probs: np.ndarray, labels: np.ndarray, classes: list[str], aucs: 
         ax.axis("off")
     fig.supxlabel("false positive rate", fontsize=8)
     fig.supylabel("true positive rate", fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(plain(title) + "  (dotted diagonal: chance, AUC 0.5)", fontsize=10)
     fig.tight_layout()
     return save(fig, out_stem)
 
@@ -137,9 +174,9 @@ def _col(history: list[dict], key: str) -> np.ndarray:
     return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in history], dtype=float)
 
 
-def _mark_stages(ax, history: list[dict]) -> None:
+def _mark_stages(ax, history: list[dict], blocks_key: str = "open_blocks") -> None:
     """Dashed line where stage 2 starts, dotted lines where more encoder blocks open."""
-    epochs, stages, blocks = _col(history, "epoch"), _col(history, "stage"), _col(history, "open_blocks")
+    epochs, stages, blocks = _col(history, "epoch"), _col(history, "stage"), _col(history, blocks_key)
     for i in range(1, len(history)):
         if stages[i] != stages[i - 1]:
             ax.axvline(epochs[i] - 0.5, ls="--", color="#555555", lw=1)
@@ -159,16 +196,47 @@ def training_curves(histories: dict[str, list[dict]], title: str, out_stem: str 
         if not hist:
             continue
         color, epochs = _PALETTE[i % len(_PALETTE)], _col(hist, "epoch")
+        label = plain(label)
         ax_loss.plot(epochs, _col(hist, "train_loss"), color=color, lw=1.2, label=f"{label} train")
         ax_loss.plot(epochs, _col(hist, "val_loss"), color=color, lw=1.2, ls="--", label=f"{label} val")
         ax_auc.plot(epochs, _col(hist, "val_auc_ema"), color=color, lw=1.4, marker="o", ms=3, label=f"{label} EMA")
         ax_auc.plot(epochs, _col(hist, "val_auc_raw"), color=color, lw=0.9, ls=":", label=f"{label} raw")
     first = next((h for h in histories.values() if h), [])
+    ax_auc.axhline(0.5, ls=":", color="#777777", lw=1, label=_CHANCE)
     for ax, ylabel in ((ax_loss, "loss (class-weighted)"), (ax_auc, "validation macro AUC")):
         _mark_stages(ax, first)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"{title}  (dashed: stage 2 starts; dotted: more blocks open)", fontsize=9)
+    fig.suptitle(f"{plain(title)}  (dashed: stage 2 starts; dotted: more blocks open)", fontsize=9)
+    fig.tight_layout()
+    return save(fig, out_stem)
+
+
+def detection_curves(histories: dict[str, list[dict]], title: str, out_stem: str | Path) -> Path:
+    """Detection training curves: train losses (box, cls, dfl or RT-DETR's) and validation mAP@50 / mAP@50-95 per
+    epoch for each run, stage 2 and each further opening of backbone modules marked.
+
+    Args:
+        histories: ``{run label: rows of a detection run's history.csv}``.
+    """
+    plt = _plt()
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, (label, hist) in enumerate(histories.items()):
+        if not hist:
+            continue
+        color, epochs, label = _PALETTE[i % len(_PALETTE)], _col(hist, "epoch"), plain(label)
+        losses = [k for k in hist[0] if k.startswith("train_") and k.endswith("loss")]
+        total = np.nansum([_col(hist, k) for k in losses], axis=0) if losses else np.full(len(hist), np.nan)
+        ax_loss.plot(epochs, total, color=color, lw=1.2, label=f"{label} train (sum of {len(losses)} losses)")
+        ax_map.plot(epochs, _col(hist, "val_map50"), color=color, lw=1.4, marker="o", ms=3, label=f"{label} mAP@50")
+        ax_map.plot(epochs, _col(hist, "val_map50_95"), color=color, lw=0.9, ls=":", label=f"{label} mAP@50-95")
+    first = next((h for h in histories.values() if h), [])
+    for ax, ylabel in ((ax_loss, "train loss (class-weighted)"), (ax_map, "validation mAP")):
+        _mark_stages(ax, first, "open_backbone_modules")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"{plain(title)}  (dashed: stage 2 starts; dotted: more backbone modules open)", fontsize=9)
     fig.tight_layout()
     return save(fig, out_stem)

@@ -1,7 +1,10 @@
 """The self-contained ``report.html``: inline CSS, figures embedded as base64 PNG, no scripts, fonts or URLs.
 
-It opens offline and can be mailed as one file. Content comes from :mod:`spft.reporting.report`: a summary,
-the runs used and skipped, every table (paper columns highlighted) and every figure with its caption.
+It opens offline and can be mailed as one file. Content comes from :mod:`spft.reporting.report` (and the
+detection and segmentation reports): a summary with the config and the exact overrides, the runs used and skipped,
+every table (paper columns highlighted, values below chance in red) and every figure with its caption. Every
+string that comes from the runs (class, overlay and path names, overrides, commands) goes through
+:func:`html.escape`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ thead th { border-bottom: 2px solid #999; background: #fafafa; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #444; }
 .skipped td { color: #a33; }
+td.below { color: #b00; font-weight: 600; }
+.overrides td { text-align: left; white-space: normal; font-family: ui-monospace, Menlo, Consolas, monospace; }
 """
 
 
@@ -56,27 +61,33 @@ def _plain_table(header: list[str], rows: list[list[str]], cls: str = "") -> str
 
 def render_html(title: str, summary: list[tuple[str, str]], note: str, used: list[list[str]],
                 skipped: list[list[str]], tables: list[Table], figures: list[Figure],
-                details: list[Table] = ()) -> str:
+                details: list[Table] = (), used_header: list[str] | None = None,
+                header_tables: list[Table] = ()) -> str:
     """The whole report as one HTML string.
 
     Args:
         title: page heading.
         summary: ``(key, value)`` lines (sweep, config, dataset, seeds, bootstrap settings...).
         note: where the numbers come from and what the "paper" columns are.
-        used: rows of (overlay, seed, run dir, macro AUC, best epoch, test images).
+        used: rows of (overlay, seed, run dir, macro AUC, best epoch, test images, overrides), or of
+            ``used_header``'s columns.
         skipped: rows of (overlay, seed, run dir, reason).
         tables: the summary tables (shown first), rendered with :meth:`Table.to_html`.
         figures: PNGs embedded as base64.
         details: per-run tables, shown after the figures.
+        used_header: the columns of ``used`` (default the classification report's).
+        header_tables: shown under the summary (the overrides of each row of the study).
     """
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>", _kv_table(summary),
+             *(t.to_html().replace("<table>", '<table class="overrides">', 1) for t in header_tables),
              f'<p class="note">{html.escape(note)}</p>', "<h2>Results</h2>", *(t.to_html() for t in tables),
              "<h2>Figures</h2>"]
     for fig in figures:
         parts.append(f"<figure>{_img(fig.png)}<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
     parts += [f"<h2>Runs used ({len(used)})</h2>",
-              _plain_table(["overlay", "seed", "run directory", "macro AUC", "best epoch", "test images"], used),
+              _plain_table(used_header or ["overlay", "seed", "run directory", "macro AUC", "best epoch",
+                                           "test images", "overrides (exact)"], used, "overrides"),
               f"<h2>Runs skipped ({len(skipped)})</h2>",
               _plain_table(["overlay", "seed", "run directory", "reason"], skipped, "skipped") if skipped
               else "<p>None: every run of the sweep finished and is used.</p>"]

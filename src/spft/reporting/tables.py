@@ -1,8 +1,18 @@
 """Report tables: one :class:`Table` object rendered as Markdown, CSV, LaTeX (booktabs) and HTML.
 
-Cells are plain values (str, float, None) or typed numbers — :class:`MeanStd` and :class:`Interval` — so each
-format writes them its own way: ``0.8314 ± 0.0015`` in Markdown/HTML, ``$0.8314 \\pm 0.0015$`` in LaTeX, and
-separate full-precision columns (``<col> mean``, ``<col> std``, ``<col> n``) in CSV for machines.
+Cells are plain values (str, float, None) or typed numbers — :class:`MeanStd`, :class:`Interval` and
+:class:`Flagged` — so each format writes them its own way: ``0.8314 ± 0.0015`` in Markdown/HTML,
+``$0.8314 \\pm 0.0015$`` in LaTeX, and separate full-precision columns (``<col> mean``, ``<col> std``, ``<col> n``)
+in CSV for machines. A cell's ``flag`` (``below chance``: an AUC under 0.5) follows its value in Markdown, LaTeX
+and HTML (where the cell is also marked red); CSV keeps the bare number, and the tables that flag add a column
+saying which values are flagged.
+
+Every user string (class, overlay and path names, overrides) is escaped for the format it goes into: HTML with
+:func:`html.escape`; Markdown with :func:`md_escape` (``|``, ``\\``, backticks, ``*``, ``<``, ``>``, ``&``; line
+breaks become spaces); LaTeX with :func:`latex_escape`; CSV with :func:`csv_safe`, the OWASP
+CSV-injection rule: a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a
+leading ``'`` so a spreadsheet shows it as text instead of evaluating it. Numbers are written as numbers (a
+negative difference stays ``-0.0123``, never ``'-0.0123``).
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import csv
 import html
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,15 +38,37 @@ class MeanStd:
     std: float | None
     n: int
     signed: bool = False
+    flag: str = ""
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with its confidence interval."""
+    """A point estimate with its confidence interval; ``n_pos`` positives (and ``n_pos_units`` positive patients
+    or lesions, ``unit_noun``) it rests on, shown after the interval."""
 
     point: float | None
     lo: float | None
     hi: float | None
+    n_pos: int | None = None
+    n_pos_units: int | None = None
+    unit_noun: str = ""
+    flag: str = ""
+
+
+@dataclass(frozen=True)
+class Flagged:
+    """A plain number with a flag (``below chance``) shown beside it; CSV writes the number alone."""
+
+    value: float | None
+    flag: str = ""
+
+
+BELOW_CHANCE = "below chance"
+
+
+def chance_flag(value: float | None) -> str:
+    """``"below chance"`` for an AUC under 0.5, else ``""``."""
+    return BELOW_CHANCE if value is not None and not _isnan(value) and value < 0.5 else ""
 
 
 def mean_std(values, signed: bool = False) -> MeanStd:
@@ -61,8 +94,25 @@ def _num(v: float | None, digits: int, signed: bool = False) -> str:
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
+def _positives(cell: Interval) -> str:
+    if cell.n_pos is None:
+        return ""
+    units = f", {cell.n_pos_units} {cell.unit_noun}".rstrip() if cell.n_pos_units is not None else ""
+    return f" (n+={cell.n_pos}{units})"
+
+
 def format_cell(cell, digits: int = 4, latex: bool = False) -> str:
     """A cell as text; ``latex`` writes ± and intervals in math mode and escapes everything else."""
+    flag = getattr(cell, "flag", "")
+    text = _format_cell(cell, digits, latex)
+    if flag:
+        text += f" ({latex_escape(flag) if latex else flag})"
+    return text
+
+
+def _format_cell(cell, digits: int, latex: bool) -> str:
+    if isinstance(cell, Flagged):
+        cell = cell.value
     if isinstance(cell, MeanStd):
         if cell.mean is None:
             return "--" if latex else "n/a"
@@ -73,7 +123,7 @@ def format_cell(cell, digits: int = 4, latex: bool = False) -> str:
     if isinstance(cell, Interval):
         if cell.point is None:
             return "--" if latex else "n/a"
-        ci = f"[{_num(cell.lo, digits)}, {_num(cell.hi, digits)}]"
+        ci = f"[{_num(cell.lo, digits)}, {_num(cell.hi, digits)}]{_positives(cell)}"
         return f"{_num(cell.point, digits)} {ci}" if not latex else f"{_num(cell.point, digits)} {latex_escape(ci)}"
     if cell is None or _isnan(cell):
         return "--" if latex else "n/a"
@@ -84,11 +134,41 @@ def format_cell(cell, digits: int = 4, latex: bool = False) -> str:
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "→": r"$\rightarrow$",
-          "Δ": r"$\Delta$", "✓": r"\checkmark{}", "×": r"$\times$"}
+          "Δ": r"$\Delta$", "✓": r"\checkmark{}", "×": r"$\times$",
+          "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
 
 
 def latex_escape(text: str) -> str:
     return "".join(_LATEX.get(ch, ch) for ch in text)
+
+
+_MD = {"\\": "\\\\", "|": "\\|", "`": "\\`", "*": "\\*", "<": "&lt;", ">": "&gt;",
+       "&": "&amp;", "\n": " ", "\r": " "}
+
+
+def md_escape(text: str) -> str:
+    """``text`` safe inside a Markdown table cell or heading: no cell break, no markup, no raw HTML.
+
+    >>> md_escape("<script>a|b</script>")
+    '&lt;script&gt;a\\\\|b&lt;/script&gt;'
+    """
+    return "".join(_MD.get(ch, ch) for ch in str(text))
+
+
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value):
+    """A CSV cell a spreadsheet shows as written (OWASP CSV injection): text starting with ``= + - @``, a tab or a
+    carriage return gets a leading ``'``; numbers (and text that is exactly a number, such as ``-0.5``) are kept.
+
+    >>> csv_safe("=1+2"), csv_safe("-0.25"), csv_safe(-0.25), csv_safe("+ EMA")
+    ("'=1+2", '-0.25', -0.25, "'+ EMA")
+    """
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START) or _NUMBER.fullmatch(value):
+        return value
+    return "'" + value
 
 
 @dataclass
@@ -104,9 +184,9 @@ class Table:
     paper_columns: tuple[str, ...] = ()
 
     def to_markdown(self) -> str:
-        cells = [[format_cell(c, self.digits).replace("|", "\\|") for c in row] for row in self.rows]
-        lines = [f"**{self.title}**", "", f"*{self.caption}*", "",
-                 "| " + " | ".join(c.replace("|", "\\|") for c in self.columns) + " |",
+        cells = [[md_escape(format_cell(c, self.digits)) for c in row] for row in self.rows]
+        lines = [f"**{md_escape(self.title)}**", "", f"*{md_escape(self.caption)}*", "",
+                 "| " + " | ".join(md_escape(c) for c in self.columns) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(self.columns) - 1)) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in cells]
         return "\n".join(lines) + "\n"
@@ -120,6 +200,11 @@ class Table:
                 layout += [(f"{col} mean", "mean"), (f"{col} std", "std"), (f"{col} n", "n")]
             elif Interval in kinds:
                 layout += [(col, "point"), (f"{col} lo", "lo"), (f"{col} hi", "hi")]
+                pos = [row[j] for row in self.rows if isinstance(row[j], Interval)]
+                if any(c.n_pos is not None for c in pos):
+                    layout.append((f"{col} n_pos", "n_pos"))
+                if any(c.n_pos_units is not None for c in pos):
+                    layout.append((f"{col} n_pos_units", "n_pos_units"))
             else:
                 layout.append((col, "plain"))
         return layout
@@ -127,15 +212,17 @@ class Table:
     def to_csv(self) -> str:
         layout = self._csv_layout()
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow([h for h, _ in layout])
+        writer = csv.writer(buf, lineterminator="\r\n")  # RFC 4180; a CR inside a cell is then quoted
+        writer.writerow([csv_safe(h) for h, _ in layout])
         for row in self.rows:
             out, k = [], 0
             for cell in row:
-                width = 3 if layout[k][1] != "plain" else 1
+                width = 1
+                while k + width < len(layout) and layout[k + width][1] not in ("plain", "mean", "point"):
+                    width += 1
                 out += _csv_cells(cell, width)
                 k += width
-            writer.writerow(out)
+            writer.writerow([csv_safe(v) for v in out])
         return buf.getvalue()
 
     def to_latex(self) -> str:
@@ -153,9 +240,13 @@ class Table:
         paper = {j for j, c in enumerate(self.columns) if c in self.paper_columns}
         head = "".join(f'<th{" class=paper" if j in paper else ""}>{html.escape(c)}</th>'
                        for j, c in enumerate(self.columns))
-        body = "".join("<tr>" + "".join(f'<td{" class=paper" if j in paper else ""}>'
-                                        f"{html.escape(format_cell(c, self.digits))}</td>"
-                                        for j, c in enumerate(row)) + "</tr>\n" for row in self.rows)
+
+        def td(j: int, c) -> str:
+            cls = " ".join(k for k, on in (("paper", j in paper), ("below", bool(getattr(c, "flag", "")))) if on)
+            attr = f' class="{cls}"' if cls else ""
+            return f"<td{attr}>{html.escape(format_cell(c, self.digits))}</td>"
+
+        body = "".join("<tr>" + "".join(td(j, c) for j, c in enumerate(row)) + "</tr>\n" for row in self.rows)
         return (f'<div class="table" id="{html.escape(self.name)}"><p class="caption"><b>{html.escape(self.title)}.'
                 f"</b> {html.escape(self.caption)} <small>[tables/{html.escape(self.name)}.md|csv|tex]</small></p>\n"
                 f"<table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table></div>\n")
@@ -174,14 +265,17 @@ class Table:
 def _csv_value(v) -> str | float | int:
     if v is None or _isnan(v):
         return ""
-    return repr(float(v)) if isinstance(v, float) else v
+    return float(v) if isinstance(v, (float, np.floating)) else v
 
 
 def _csv_cells(cell, width: int) -> list:
     if isinstance(cell, MeanStd):
         values = [_csv_value(cell.mean), _csv_value(cell.std), cell.n]
     elif isinstance(cell, Interval):
-        values = [_csv_value(cell.point), _csv_value(cell.lo), _csv_value(cell.hi)]
+        values = [_csv_value(cell.point), _csv_value(cell.lo), _csv_value(cell.hi), _csv_value(cell.n_pos),
+                  _csv_value(cell.n_pos_units)]
+    elif isinstance(cell, Flagged):
+        values = [_csv_value(cell.value)]
     else:
         values = [_csv_value(cell)]
     return (values + [""] * width)[:width]
