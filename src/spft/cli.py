@@ -97,10 +97,20 @@ def _print_result(run_dir: Path) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import inspect
+
     from spft.tasks.registry import task_api, task_of_run
 
-    api = task_api(task_of_run(args.run_dir))
-    ev = api.evaluate_run(args.run_dir, tuple(args.overrides), split=args.split, checkpoint=args.checkpoint)
+    task = task_of_run(args.run_dir)
+    api = task_api(task)
+    if "out" in inspect.signature(api.evaluate_run).parameters:  # split None: the task decides (other data: all)
+        ev = api.evaluate_run(args.run_dir, tuple(args.overrides), split=args.split, checkpoint=args.checkpoint,
+                              out=args.out, name=args.name)
+    else:
+        if args.out or args.name:
+            raise ConfigError(f"--out/--name are not supported for {task} runs")
+        ev = api.evaluate_run(args.run_dir, tuple(args.overrides), split=args.split or "test",
+                              checkpoint=args.checkpoint)
     from spft.experiments.rundir import secondary_rank
 
     if secondary_rank():  # under torchrun every rank evaluated its shard; rank 0 prints the gathered result
@@ -134,7 +144,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from spft.config import load_config
     from spft.data.check import check_data, format_report
 
-    report = check_data(load_config(args.config, args.overrides), scan=args.scan, workers=args.workers)
+    report = check_data(load_config(args.config, args.overrides), scan=args.scan, workers=args.workers,
+                        headers=args.headers)
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
     return 1 if report.problems else 0
 
@@ -223,8 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run directory's best (EMA) weights on a split")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. data.csv=/other/labels.csv")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default=None, choices=["train", "val", "test"],
+                   help="split to score (default: test of the run's own data; every row of other data)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--out", metavar="FILE_OR_DIR", help="where the files go: a folder, or FILE.json (+ FILE.csv)")
+    p.add_argument("--name", help="name of the files: metrics_NAME.json, predictions_NAME.csv (default: the data "
+                                  "file's name for other data)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
@@ -240,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. data.root=/data/nih")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--scan", action="store_true", help="decode every image (parallel, with a progress bar)")
+    p.add_argument("--headers", action="store_true", help="check every image's header and end, the quick check "
+                                                           "spft train runs first (parallel, progress bar)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))")
     p.set_defaults(func=cmd_data_check)
 

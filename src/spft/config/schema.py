@@ -70,6 +70,22 @@ class DataConfig:
     images_root: Optional[str] = None  # default: data.root
     source: Literal["vindr-cxr", "chestxray14", "chexpert"] = "vindr-cxr"
     min_rca: float = 0.7  # CheXmask quality filter: keep rows with Dice RCA (Mean) >= min_rca
+    # Bad inputs (spft.data.io / spft.data.check): every image is checked before training starts
+    check_images: Literal["header", "decode", "off"] = "header"  # header: cheap (size, end marker); decode: full
+    on_bad_image: Literal["error", "skip"] = "error"  # skip: excluded from its split, listed in skipped_images.csv
+    max_image_pixels: Optional[int] = 89_478_485  # Pillow's decompression-bomb limit; null = no limit
+    allow_outside_root: bool = False  # csv: image paths may leave data.root (../, absolute paths elsewhere)
+
+    def __post_init__(self) -> None:  # raised as one line naming the key by spft.config.loader
+        from spft.errors import ConfigError
+
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"'data.image_size': expected a positive number of pixels (or null for the model's "
+                              f"own input size), got {self.image_size}")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise ConfigError(f"'data.max_image_pixels': expected a positive pixel count (or null for no limit), "
+                              f"got {self.max_image_pixels}")
+
 
 
 @dataclass

@@ -449,6 +449,9 @@ def prepare_cache(cfg, workers: int | None = None) -> dict:
 
     if not cfg.data.image_cache:
         raise DataError("data.image_cache is not set: give the cache folder, e.g. data.image_cache=/scratch/cache")
+    from spft.data.io import set_max_pixels
+
+    set_max_pixels(cfg.data.max_image_pixels)  # DICOM, decompression bombs: read as training reads them
     table = load_table(cfg.data, cfg.seed)
     size = model_input_size(cfg)
     cache = image_cache_for(cfg, size)

@@ -1,9 +1,17 @@
 """``spft data check``: what a dataset copy holds and what is wrong with it, before a GPU hour is spent.
 
 Per split: images, patients (or lesions) and positive / uncertain / unknown labels per class; groups found in more
-than one split (leakage); listed files that are missing; with ``scan``, every image decoded in parallel (a small
-thread pool; Pillow releases the GIL while decoding) and the unreadable ones listed. Counts that differ from the
-published ones are warnings; leakage, missing or unreadable files and empty splits are problems (non-zero exit).
+than one split (leakage); listed files that are missing; with ``headers`` every image's header checked (the cheap
+check :func:`screen_images` runs before training: size, pixel limit, end marker), with ``scan`` every image
+decoded, both in parallel (a small thread pool; Pillow releases the GIL while decoding) with a progress bar, and the
+unreadable ones listed. Counts that differ from the published ones are warnings, and so is a class whose AUC is
+undefined in val or test (no positives or no negatives there); leakage, missing or unreadable files, empty splits
+and a validation split where no class has an AUC are problems (non-zero exit).
+
+:func:`screen_images` is what ``spft train`` (and ``spft evaluate``) run on the table before the first batch:
+``data.check_images`` header (default; reads a few KB per file, so ~100k images take about a minute on a local
+disk with 8 threads) | decode (every image decoded, like ``--scan``) | off, and ``data.on_bad_image`` error (stop,
+naming the first file) | skip (leave them out, listed in the run directory's ``skipped_images.csv``).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from spft.data.contract import SPLITS, LabelTable
-from spft.data.io import load_image
+from spft.data.io import BadImageError, check_image, set_max_pixels
 from spft.data.registry import load_table
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,15 @@ class DataReport:
     unreadable_files: dict[str, str] = field(default_factory=dict)  # path -> decoding error
     scanned: bool = False
     warnings: list[str] = field(default_factory=list)
+    checked: str = "off"  # how images were checked: off | header | decode
+    undefined_auc: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # split -> {no_positives, ...}
+
+    @property
+    def val_has_no_auc(self) -> bool:
+        """A non-empty validation split where no class has both positives and negatives (no AUC to monitor)."""
+        undefined = self.undefined_auc.get("val", {})
+        n_undefined = len(undefined.get("no_positives", [])) + len(undefined.get("no_negatives", []))
+        return self.splits["val"]["n_images"] > 0 and bool(self.classes) and n_undefined >= len(self.classes)
 
     @property
     def empty_splits(self) -> list[str]:
@@ -58,6 +75,9 @@ class DataReport:
         if self.unreadable_files:
             out.append(f"{len(self.unreadable_files)} file(s) cannot be decoded")
         out += [f"the {s} split is empty" for s in self.empty_splits]
+        if self.val_has_no_auc:
+            out.append("no class has both positives and negatives in val (validation AUC, the early-stopping "
+                       "monitor, is undefined)")
         return out
 
     def to_json(self) -> dict:
@@ -65,7 +85,8 @@ class DataReport:
                 "split_policy": self.split_policy, "label_policy": self.label_policy, "splits": self.splits,
                 "leaked_groups": self.leaked_groups, "missing_files": self.missing_files,
                 "unreadable_files": sorted(self.unreadable_files), "unreadable_errors": self.unreadable_files,
-                "scanned": self.scanned, "warnings": self.warnings, "problems": self.problems, "ok": not self.problems}
+                "scanned": self.scanned, "checked": self.checked, "undefined_auc": self.undefined_auc,
+                "warnings": self.warnings, "problems": self.problems, "ok": not self.problems}
 
 
 def split_counts(table: LabelTable) -> dict[str, dict]:
@@ -82,6 +103,7 @@ def split_counts(table: LabelTable) -> dict[str, dict]:
             "n_images": len(rows),
             "n_groups": len({table.groups[i] for i in rows}),
             "positives": {c: int((labels[:, j] == 1.0).sum()) for j, c in enumerate(table.classes)},
+            "negatives": {c: int((labels[:, j] == 0.0).sum()) for j, c in enumerate(table.classes)},
             "uncertain": {} if table.uncertain is None else
             {c: int(table.uncertain[rows, j].sum()) for j, c in enumerate(table.classes)},
             "unknown": {c: int(np.isnan(labels[:, j]).sum()) for j, c in enumerate(table.classes)},
@@ -89,39 +111,119 @@ def split_counts(table: LabelTable) -> dict[str, dict]:
     return out
 
 
-def _decode(path: str, color: str) -> str | None:
-    try:
-        load_image(path, color)
-    except (ValueError, OSError) as exc:
-        return str(exc)
-    return None
+def undefined_auc(counts: dict[str, dict], classes: list[str]) -> dict[str, dict[str, list[str]]]:
+    """Per non-empty val/test split, the classes without positives and those without negatives (their AUC is
+    undefined there); splits where every class is defined are left out."""
+    out = {}
+    for split in ("val", "test"):
+        c = counts[split]
+        if c["n_images"] == 0:
+            continue
+        no_pos = [k for k in classes if c["positives"][k] == 0]
+        no_neg = [k for k in classes if c["negatives"][k] == 0 and k not in no_pos]
+        if no_pos or no_neg:
+            out[split] = {"no_positives": no_pos, "no_negatives": no_neg}
+    return out
 
 
-def scan_images(paths: list[str], color: str, workers: int | None = None) -> dict[str, str]:
-    """Decode every file in ``paths`` with a small thread pool and a progress bar; returns ``{path: error}``."""
+def _undefined_warning(split: str, entry: dict[str, list[str]]) -> str:
+    parts = []
+    if entry["no_positives"]:
+        parts.append(f"no positives: {', '.join(entry['no_positives'])}")
+    if entry["no_negatives"]:
+        parts.append(f"no negatives: {', '.join(entry['no_negatives'])}")
+    n = len(entry["no_positives"]) + len(entry["no_negatives"])
+    return f"{split}: AUC undefined for {n} class(es) ({'; '.join(parts)}); they are left out of its macro AUC"
+
+
+def scan_images(paths: list[str], color: str = "grey", workers: int | None = None, decode: bool = True,
+                max_pixels=None, progress: bool | None = True) -> dict[str, str]:
+    """Check every file in ``paths`` with a small thread pool and a progress bar on stderr; returns
+    ``{path: error}``. ``decode=True`` decodes each image fully, else only its header and end (see
+    :func:`spft.data.io.check_image`). ``progress=None`` shows the bar only on a terminal. The pixel limit is
+    ``max_pixels`` when given, else this process's ``data.max_image_pixels``."""
     from tqdm import tqdm
 
+    from spft.data.io import DEFAULT_PIXELS
+
+    limit = DEFAULT_PIXELS if max_pixels is None else max_pixels
     workers = workers or min(8, os.cpu_count() or 1)
     bad: dict[str, str] = {}
     chunk = 1024  # bounded number of pending futures, whatever the dataset size
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(paths), desc="decoding", unit="img") as bar:
+
+    def one(path: str) -> str | None:
+        return check_image(path, limit, decode=decode)
+
+    desc = "decoding" if decode else "checking images"
+    disable = None if progress is None else not progress
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(paths), desc=desc, unit="img",
+                                                               disable=disable) as bar:
         for start in range(0, len(paths), chunk):
             part = paths[start:start + chunk]
-            for path, error in zip(part, pool.map(_decode, part, [color] * len(part))):
+            for path, error in zip(part, pool.map(one, part)):
                 if error:
                     bad[path] = error
                 bar.update(1)
     return bad
 
 
-def check_data(cfg, scan: bool = False, workers: int | None = None) -> DataReport:
+def screen_images(cfg, table: LabelTable, run_dir: str | os.PathLike | None = None,
+                  workers: int | None = None) -> LabelTable:
+    """Check the table's images before training (``data.check_images``) and apply ``data.on_bad_image``.
+
+    Sets this process's pixel limit (``data.max_image_pixels``) first. ``error``: the first unusable file stops
+    the run with one line naming it (and how many there are). ``skip``: the table without those rows, each listed
+    with its split and error in ``run_dir/skipped_images.csv`` (when ``run_dir`` is given).
+
+    Raises:
+        BadImageError: with ``error``, when any image is unusable.
+        DataError: with ``skip``, when leaving them out empties a split.
+    """
+    import time
+
+    from spft.data.csv_dataset import check_table, subset_table
+
+    data = cfg.data
+    set_max_pixels(data.max_image_pixels)
+    mode = getattr(data, "check_images", "header")
+    if mode == "off":
+        return table
+    paths = sorted(set(table.paths))
+    start = time.time()
+    bad = scan_images(paths, data.color, workers, decode=mode == "decode", progress=None)
+    log.info("checked %d image(s) (%s) in %.1f s: %d unusable", len(paths), mode, time.time() - start, len(bad))
+    if not bad:
+        return table
+    first = min(bad)
+    if getattr(data, "on_bad_image", "error") != "skip":
+        more = f" ({len(bad)} unusable image(s) in all)" if len(bad) > 1 else ""
+        raise BadImageError(f"{bad[first]}{more}; set data.on_bad_image=skip to leave them out, or run `spft data "
+                            f"check CONFIG --scan` to list them all")
+    keep = [i for i, p in enumerate(table.paths) if p not in bad]
+    log.warning("leaving out %d unusable image(s) (data.on_bad_image=skip), first: %s",
+                len(table.paths) - len(keep), bad[first])
+    if run_dir is not None:
+        from spft.experiments.rundir import atomic_write_csv, secondary_rank
+
+        if not secondary_rank():
+            rows = [{"path": p, "id": table.ids[i], "split": table.splits[i], "error": bad[p]}
+                    for i, p in enumerate(table.paths) if p in bad]
+            atomic_write_csv(Path(run_dir) / "skipped_images.csv", rows)
+    kept = subset_table(table, keep)
+    check_table(kept, table.source or "the dataset", missing=False)
+    return kept
+
+
+def check_data(cfg, scan: bool = False, workers: int | None = None, headers: bool = False) -> DataReport:
     """Build the dataset described by ``cfg.data`` without refusing anything, and report on it.
 
     Args:
         cfg: a loaded :class:`~spft.config.SpftConfig`.
         scan: decode every present image (slow on a full dataset: minutes per 100k images).
+        headers: check every present image's header and end (what ``spft train`` does first; fast).
         workers: decoding threads (default: min(8, CPUs)).
     """
+    set_max_pixels(cfg.data.max_image_pixels)
     table = load_table(cfg.data, cfg.seed)
     missing = [p for p in table.paths if not Path(p).is_file()]
     leaked = table.leaked_groups()
@@ -135,11 +237,14 @@ def check_data(cfg, scan: bool = False, workers: int | None = None) -> DataRepor
         splits=split_counts(table), leaked_groups=leaked,
         leaked_splits={g: [s for s in SPLITS if s in where[g]] for g in leaked},
         missing_files=missing, warnings=list(table.warnings))
-    if scan:
+    report.undefined_auc = undefined_auc(report.splits, report.classes)
+    report.warnings += [_undefined_warning(split, entry) for split, entry in report.undefined_auc.items()]
+    if scan or headers:
         absent = set(missing)
         present = sorted({p for p in table.paths if p not in absent})
-        report.unreadable_files = scan_images(present, cfg.data.color, workers)
-        report.scanned = True
+        report.unreadable_files = scan_images(present, cfg.data.color, workers, decode=scan)
+        report.scanned = scan
+        report.checked = "decode" if scan else "header"
     return report
 
 
@@ -172,11 +277,13 @@ def format_report(report: DataReport) -> str:
     lines += [f"  {g} ({', '.join(report.leaked_splits[g])})" for g in report.leaked_groups[:SHOWN]]
     lines.append(f"missing files: {len(report.missing_files)}" + ("" if report.missing_files else " — OK"))
     lines += [f"  {p}" for p in report.missing_files[:SHOWN]]
-    if not report.scanned:
-        lines.append("unreadable files: not checked (add --scan to decode every image)")
+    if report.checked == "off":
+        lines.append("unreadable files: not checked (--headers: the quick check spft train runs; --scan: decode "
+                     "every image)")
     else:
         n_bad = len(report.unreadable_files)
-        lines.append(f"unreadable files: {n_bad}" + ("" if n_bad else " — OK"))
+        how = "every image decoded" if report.checked == "decode" else "headers checked; --scan decodes"
+        lines.append(f"unreadable files: {n_bad} ({how})" + ("" if n_bad else " — OK"))
         lines += [f"  {p}: {e}" for p, e in list(report.unreadable_files.items())[:SHOWN]]
     longest = max(len(report.leaked_groups), len(report.missing_files), len(report.unreadable_files))
     if longest > SHOWN:

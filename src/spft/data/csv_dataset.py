@@ -2,8 +2,11 @@
 
 Columns are selected by name, never by position (ARCHITECTURE rule 7). Labels are 0/1 with blank = unknown
 (NaN, masked in loss and metrics). The split comes from ``data.split_column`` (train/val/test) or, when unset,
-from a seeded split grouped by ``data.patient_column`` so that no patient is in two splits. Every problem is
-reported with the file, row and column and what was expected.
+from a seeded split grouped by ``data.patient_column`` so that no patient is in two splits and, with more than one
+label column, stratified on the labels (:func:`spft.data.splits.multilabel_grouped_split`) so that rare findings
+reach every split. Image paths must stay below ``data.root`` (no ``../``, no absolute path elsewhere) unless
+``data.allow_outside_root`` is true. Every problem is reported with the file, row and column and what was
+expected.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from spft.data.contract import SPLITS, LabelTable
-from spft.data.splits import grouped_split
+from spft.data.files import read_table
+from spft.data.splits import multilabel_grouped_split
 from spft.errors import DataError, MissingFileError, MissingKeyError
 
 log = logging.getLogger(__name__)
@@ -79,7 +83,7 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
     root = Path(data_cfg.root).expanduser() if data_cfg.root else csv.parent
     if not csv.is_file():
         raise MissingFileError(f"data.csv: file not found: {csv}")
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    df = read_table(csv)
     if not data_cfg.label_columns:
         raise DataError(f"data.label_columns is empty: name the label columns of {csv} "
                          f"(it has: {', '.join(df.columns)})")
@@ -94,6 +98,8 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
 
     rel = df[data_cfg.image_column].astype(str).str.strip()
     paths = [str(p if p.is_absolute() else root / p) for p in map(Path, rel)]
+    if not getattr(data_cfg, "allow_outside_root", False):
+        _refuse_outside_root(csv, root, data_cfg.image_column, rel.tolist(), paths)
     ids = df[data_cfg.id_column or data_cfg.image_column].astype(str).tolist()
     if len(set(ids)) != len(ids):
         dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
@@ -110,9 +116,10 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
         if not data_cfg.patient_column:
             log.warning("%s: neither data.split_column nor data.patient_column is set: splitting by image. If "
                         "patients have several images, set data.patient_column to avoid leakage.", csv)
-        splits = grouped_split(groups, data_cfg.split_fractions, split_seed)
+        splits, method = multilabel_grouped_split(groups, labels, data_cfg.split_fractions, split_seed)
         unit = f"'{data_cfg.patient_column}'" if data_cfg.patient_column else "image"
-        policy = f"seeded split (seed {split_seed}) grouped by {unit}, fractions {list(data_cfg.split_fractions)}"
+        policy = (f"seeded split (seed {split_seed}) grouped by {unit}, fractions {list(data_cfg.split_fractions)}, "
+                  f"method {method}")
     table = LabelTable(classes=list(data_cfg.label_columns), paths=paths, ids=ids, groups=groups, splits=splits,
                        labels=labels, split_policy=policy,
                        label_policy="0/1 from the label columns; blank = unknown (masked)", source=str(csv),
@@ -122,16 +129,49 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
     return table
 
 
+def _refuse_outside_root(csv: Path, root: Path, column: str, rel: list[str], paths: list[str]) -> None:
+    """Image paths that leave ``root`` (``../``, an absolute path elsewhere): refused, naming the first row."""
+    import os
+
+    base = os.path.normpath(os.path.abspath(root))
+    outside = [i for i, p in enumerate(paths)
+               if os.path.commonpath([base, os.path.normpath(os.path.abspath(p))]) != base]
+    if outside:
+        i = outside[0]
+        raise DataError(f"{csv}: row {i + 2} column '{column}': image path {rel[i]!r} leaves data.root={root} "
+                        f"({len(outside)} such row(s)); keep images below the root, or set "
+                        f"data.allow_outside_root=true")
+
+
 _SEE_ALL = "Run `spft data check CONFIG [KEY=VALUE ...]` with the same config and overrides to list them all."
 
 
-def check_table(table: LabelTable, source: Path | str) -> None:
-    """Refuse a table whose images are missing, whose groups leak across splits or with an empty split."""
+def subset_table(table: LabelTable, rows, splits: list[str] | None = None) -> LabelTable:
+    """The table restricted to ``rows`` (positions, in order), optionally with new split names for them."""
+    import dataclasses
+
+    rows = [int(i) for i in rows]
+    return dataclasses.replace(
+        table, paths=[table.paths[i] for i in rows], ids=[table.ids[i] for i in rows],
+        groups=[table.groups[i] for i in rows],
+        splits=list(splits) if splits is not None else [table.splits[i] for i in rows],
+        labels=table.labels[rows], uncertain=None if table.uncertain is None else table.uncertain[rows],
+        warnings=list(table.warnings))
+
+
+def check_missing(table: LabelTable, source: Path | str) -> None:
+    """Refuse a table with listed images that do not exist (the first few named)."""
     missing = [p for p in table.paths if not Path(p).is_file()]
     if missing:
         shown = "\n  ".join(missing[:5])
         raise MissingFileError(f"{source}: {len(missing)} listed image(s) not found, first:\n  {shown}\n"
                                 f"{_SEE_ALL}")
+
+
+def check_table(table: LabelTable, source: Path | str, missing: bool = True) -> None:
+    """Refuse a table whose images are missing, whose groups leak across splits or with an empty split."""
+    if missing:
+        check_missing(table, source)
     leaked = table.leaked_groups()
     if leaked:
         raise DataError(f"{source}: {len(leaked)} patient/lesion group(s) appear in more than one split "

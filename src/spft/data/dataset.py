@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from spft.data.contract import LabelTable
-from spft.data.io import load_image
-from spft.errors import DataError
+from spft.data.io import BadImageError, load_image, pixel_limit
+from spft.errors import DataError, SpftError
 
 
 class ImageDataset(Dataset):
@@ -21,6 +21,7 @@ class ImageDataset(Dataset):
         self.index = table.indices(split)
         self.transform = transform
         self.color = color
+        self.max_pixels = pixel_limit()  # data.max_image_pixels of the building process (also in spawned workers)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -31,7 +32,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, key) -> dict:
         i, epoch = key if isinstance(key, tuple) else (key, None)
         row = int(self.index[i])
-        image = load_image(self.table.paths[row], color=self.color)
+        try:
+            image = load_image(self.table.paths[row], color=self.color, max_pixels=self.max_pixels)
+        except SpftError as exc:  # one line naming the file, also when raised in a DataLoader worker
+            raise BadImageError(str(exc).replace("\n", " ")) from exc
         if self.augment is not None and epoch is not None:
             pixels = self.transform(image, self.augment, self.augment.rng(epoch, i))
         else:

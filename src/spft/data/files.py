@@ -70,17 +70,38 @@ def _first_visit(path: str, seen: set[str]) -> bool:
     return True
 
 
+def read_table(path: str | os.PathLike, sep: str = ",", **kwargs) -> pd.DataFrame:
+    """``pd.read_csv(path, dtype=str, keep_default_na=False)`` with every way a file can fail named in one line:
+    an empty file, a file that is not UTF-8 (where, and how to fix it), a malformed row.
+
+    Raises:
+        DataError: naming the file and the problem.
+    """
+    path = Path(path)
+    kind = "tab" if sep == "\t" else "comma"
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); expected a {kind}-separated table with a header row")
+    try:
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig", **kwargs)
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); save it as "
+                        f"UTF-8 (e.g. 'CSV UTF-8' in Excel, or iconv -f latin1 -t utf-8)") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: no header row and no data (a blank file); expected a {kind}-separated table") \
+            from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: cannot be read as a {kind}-separated table: {str(exc).strip()}") from None
+    return df
+
+
 def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
     """A CSV or tab-separated table as strings (blank = ``""``), ``Unnamed: *`` padding columns dropped."""
     path = Path(path)
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
         header = fh.readline()
     sep = "\t" if header.count("\t") > header.count(",") else ","
-    try:
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        kind = "tab" if sep == "\t" else "comma"
-        raise DataError(f"{path}: cannot be read as a {kind}-separated table: {exc}") from exc
+    df = read_table(path, sep=sep, skipinitialspace=True)
     df.columns = [str(c).strip() for c in df.columns]
     return df.loc[:, [c for c in df.columns if not c.startswith("Unnamed:")]]
 

@@ -9,6 +9,15 @@ to the datasets for the ``npy`` cache format) is one row of a uint8 ``.npy`` arr
 Decoding stays with Pillow: ``torchvision.io.decode_png`` gives the same pixels but was within a few per cent of
 Pillow's speed on 1024 px grey PNGs (zlib dominates both) and is deprecated since torchvision 0.29, so it would add
 a second failure mode for no gain. What is sped up instead: 16-bit data goes through a lookup table (same bytes).
+
+DICOM files (``.dcm``/``.dicom``, or any file with the ``DICM`` preamble that Pillow cannot open) go through
+:func:`spft.data.dicom.read_dicom`, the one DICOM decoder of spft (the same as VinDr-CXR preparation): modality LUT,
+VOI LUT or window, MONOCHROME1 inversion, min-max to 8 bit.
+
+Unreadable files raise :class:`BadImageError` (a ``DataError``) naming the file, also from a DataLoader worker
+(its message is reduced to that one line when torch re-raises it in the main process). Images larger than
+``max_pixels`` (``data.max_image_pixels``; Pillow's decompression-bomb limit by default) are refused the same way.
+:func:`check_image` is the cheap check that ``spft train`` runs over every image before training starts.
 """
 
 from __future__ import annotations
@@ -24,7 +33,10 @@ from spft.errors import DataError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
+PIL_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow's own decompression-bomb limit (warns above)
+DEFAULT_PIXELS = "pillow"  # max_pixels default: Pillow's limit
 COLOR_MODES = ("grey", "rgb")
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -36,18 +48,79 @@ _SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.uint32) + 128) // 257).astype(np
 _ARRAYS: dict[str, tuple[tuple, np.ndarray]] = {}  # array path -> (file identity, read-only memmap), per process
 
 
-def load_image(path: str | os.PathLike, color: str = "grey") -> Image.Image:
+class BadImageError(DataError):
+    """An image file that cannot be used (missing, empty, truncated, not an image, too many pixels): one line that
+    names the file. Raised in a DataLoader worker, torch re-raises it in the main process as
+    ``BadImageError("Caught BadImageError in DataLoader worker process N. Original Traceback ...")``; that text is
+    reduced here to the original one-line message, so the CLI never prints a worker traceback."""
+
+    def __init__(self, message: object = "", *args):
+        text = str(message)
+        if text.startswith("Caught BadImageError") and "Traceback" in text:
+            where = text.splitlines()[0].removeprefix("Caught BadImageError ").rstrip(".")
+            last = [line for line in text.splitlines() if line.strip()][-1]
+            text = f"{last.partition('BadImageError: ')[2] or last} ({where})"
+        super().__init__(text, *args)
+
+
+_CONFIGURED: dict[str, int | None] = {"max_pixels": PIL_MAX_PIXELS}  # this process's data.max_image_pixels
+
+
+def set_max_pixels(limit: int | None) -> None:
+    """Make ``limit`` (``data.max_image_pixels``; ``None`` = no limit) what :data:`DEFAULT_PIXELS` stands for in
+    this process (and in DataLoader workers forked from it); datasets also capture it when they are built."""
+    _CONFIGURED["max_pixels"] = None if limit is None else int(limit)
+
+
+def pixel_limit(max_pixels=DEFAULT_PIXELS) -> int | None:
+    """The pixel limit ``max_pixels`` stands for: the configured one (Pillow's unless :func:`set_max_pixels` said
+    otherwise) for :data:`DEFAULT_PIXELS`, ``None`` for no limit."""
+    if isinstance(max_pixels, str) and max_pixels == DEFAULT_PIXELS:
+        return _CONFIGURED["max_pixels"]
+    return None if max_pixels is None else int(max_pixels)
+
+
+def _lift_pillow_limit(limit: int | None) -> None:
+    """Pillow refuses more than twice its own limit in ``Image.open``; a larger (or no) spft limit lifts it in this
+    process (spft then enforces ``limit`` itself, from the image size in the header)."""
+    if Image.MAX_IMAGE_PIXELS is not None and (limit is None or limit > Image.MAX_IMAGE_PIXELS):
+        Image.MAX_IMAGE_PIXELS = None
+
+
+def _too_large(path, width: int, height: int, limit: int | None) -> None:
+    if limit is not None and width * height > limit:
+        raise BadImageError(f"image {path}: {width}x{height} = {width * height:,} pixels is more than "
+                            f"data.max_image_pixels = {limit:,} (a decompression bomb, or a huge scan: raise the "
+                            f"key, or null for no limit)")
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """A ``.dcm``/``.dicom`` file, or one with the DICOM preamble (``DICM`` at byte 128) whatever its name."""
+    if Path(path).suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def load_image(path: str | os.PathLike, color: str = "grey", max_pixels=DEFAULT_PIXELS) -> Image.Image:
     """Load an image file as an 8-bit grey ("L") or RGB ("RGB") PIL image.
 
     Args:
-        path: File to read (PNG, JPEG, BMP or TIFF; anything Pillow decodes), or ``"<array.npy>::<row>"``.
+        path: File to read (PNG, JPEG, BMP, TIFF, DICOM; anything Pillow decodes), or ``"<array.npy>::<row>"``.
         color: ``"grey"`` for a mode "L" result, ``"rgb"`` for a mode "RGB" result.
+        max_pixels: Refuse images with more pixels (``data.max_image_pixels``); default Pillow's limit, ``None``
+            for no limit.
 
     Returns:
         A fully loaded PIL image (the file is closed) in the requested mode.
 
     Raises:
-        ValueError: If ``color`` is not one of ``"grey"``/``"rgb"``, or the file cannot be decoded.
+        ValueError: If ``color`` is not one of ``"grey"``/``"rgb"``.
+        BadImageError: The file cannot be decoded or has too many pixels (a ``DataError``, naming the file).
         FileNotFoundError: If ``path`` does not exist or is not a file.
     """
     if color not in COLOR_MODES:
@@ -58,12 +131,102 @@ def load_image(path: str | os.PathLike, color: str = "grey") -> Image.Image:
         if row_ref is not None:
             return load_array_row(*row_ref, color)
         raise MissingFileError(f"image file not found: {path}")
+    limit = pixel_limit(max_pixels)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return _load_dicom(path, color, limit)
+    _lift_pillow_limit(limit)
     try:
         with Image.open(path) as image:
+            _too_large(path, *image.size, limit)
             image.load()
             return _to_mode(image, color)
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"image {path}: {exc} (data.max_image_pixels sets the limit; null = none)") from exc
     except (OSError, SyntaxError, ValueError, TypeError) as exc:  # PIL reports corrupt data through all of these
-        raise DataError(f"cannot decode image {path}: {exc}") from exc
+        if is_dicom(path):
+            return _load_dicom(path, color, limit)
+        if path.stat().st_size == 0:
+            raise BadImageError(f"cannot decode image {path}: the file is empty (0 bytes)") from exc
+        raise BadImageError(f"cannot decode image {path}: {exc}") from exc
+
+
+def _load_dicom(path: Path, color: str, limit: int | None) -> Image.Image:
+    from spft.data.dicom import read_dicom
+
+    try:
+        pixels = read_dicom(path, max_pixels=limit)
+    except BadImageError:
+        raise
+    except DataError as exc:
+        raise BadImageError(str(exc)) from exc
+    image = Image.fromarray(pixels)
+    return image if color == "grey" else image.convert("RGB")
+
+
+def check_image(path: str | os.PathLike, max_pixels=DEFAULT_PIXELS, decode: bool = False) -> str | None:
+    """Why ``path`` cannot be used as an image, or ``None`` when it looks fine.
+
+    The default check is cheap and reads only the header and the last bytes: the file exists and is not empty,
+    Pillow (or pydicom, for DICOM) recognises it and reads its size, the size is within ``max_pixels``, and a PNG
+    ends with its IEND chunk / a JPEG with its end-of-image marker / an uncompressed DICOM holds all its pixel bytes
+    (so a truncated copy is caught without decoding it). ``decode=True`` decodes the whole image instead
+    (:func:`load_image`; what ``spft data check --scan`` does).
+    """
+    try:
+        if decode:
+            load_image(path, "grey", max_pixels)
+            return None
+        _check_header(Path(path), pixel_limit(max_pixels))
+    except (ValueError, OSError) as exc:  # SpftErrors derive from these built-ins
+        return str(exc)
+    return None
+
+
+def _check_header(path: Path, limit: int | None) -> None:
+    if not path.is_file():
+        if parse_row_ref(path) is not None:
+            return
+        raise MissingFileError(f"image file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise BadImageError(f"cannot decode image {path}: the file is empty (0 bytes)")
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        from spft.data.dicom import check_dicom
+
+        check_dicom(path, limit)
+        return
+    _lift_pillow_limit(limit)
+    try:
+        with Image.open(path) as image:
+            fmt = image.format
+            _too_large(path, *image.size, limit)
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"image {path}: {exc} (data.max_image_pixels sets the limit; null = none)") from exc
+    except (OSError, SyntaxError, ValueError, TypeError) as exc:
+        if is_dicom(path):
+            from spft.data.dicom import check_dicom
+
+            check_dicom(path, limit)
+            return
+        raise BadImageError(f"cannot decode image {path}: {exc}") from exc
+    tail = _tail(path, 4096)  # tolerates padding after the end marker, as Pillow does
+    if fmt == "PNG" and b"IEND" not in tail:
+        raise BadImageError(f"cannot decode image {path}: truncated PNG (no IEND chunk at the end of its "
+                            f"{size:,} bytes)")
+    if fmt in ("JPEG", "MPO") and b"\xff\xd9" not in tail:
+        raise BadImageError(f"cannot decode image {path}: truncated JPEG (no end-of-image marker at the end of its "
+                            f"{size:,} bytes)")
+
+
+def _tail(path: Path, n: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - n))
+        return fh.read()
 
 
 def _to_mode(image: Image.Image, color: str) -> Image.Image:

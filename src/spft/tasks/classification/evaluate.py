@@ -2,17 +2,24 @@
 
 Used at the end of training (best EMA weights on the test split) and by ``spft evaluate RUN_DIR``. A plain torch
 loop on purpose: evaluation must not depend on trainer state, and AUC is computed once over all predictions.
+
+``spft evaluate`` on other data (an override that changes which data is read) scores every row of it unless a
+split is asked for, says how many images of which file it scored, and writes files named after the data
+(``metrics_<name>.json``, ``predictions_<name>.csv``) that never replace the training record or an earlier
+evaluation; :func:`output_paths` and :func:`evaluate_run` are shared with segmentation's evaluation.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from spft.errors import ConfigError, DataError
 from spft.experiments.rundir import write_split_record
 from spft.metrics import AucResult, multilabel_auc
 
@@ -27,10 +34,15 @@ class Evaluation:
     probs: np.ndarray
     labels: np.ndarray
     auc: AucResult
+    data_file: str = ""  # set by `spft evaluate`: where the rows came from
+    checkpoint: str = ""
 
     def metrics(self) -> dict:
-        return {"split": self.split, "n": len(self.ids), "macro_auc": self.auc.macro,
-                "per_class_auc": self.auc.per_class, "excluded_classes": self.auc.excluded}
+        out = {"split": self.split, "n": len(self.ids), "macro_auc": self.auc.macro,
+               "per_class_auc": self.auc.per_class, "excluded_classes": self.auc.excluded}
+        if self.data_file:
+            out.update(data_file=self.data_file, checkpoint=self.checkpoint)
+        return out
 
 
 @torch.no_grad()
@@ -75,6 +87,11 @@ class _null:
 def write_evaluation(run_dir: Path, ev: Evaluation, best_epoch: int | None = None, suffix: str = "") -> None:
     """``metrics.json`` and ``predictions_<split>.csv``: columns id, group (patient/lesion, for bootstrap resampling
     by group), prob_<class>..., label_<class>... (blank = unknown label)."""
+    write_split_record(run_dir, ev.split, prediction_rows(ev), ev.metrics(), best_epoch, suffix)
+
+
+def prediction_rows(ev: Evaluation) -> list[dict]:
+    """The rows of a predictions CSV: id, group, prob_<class>..., label_<class>... (blank = unknown)."""
     classes = ev.auc.classes
     rows = []
     for i, id_ in enumerate(ev.ids):
@@ -83,7 +100,7 @@ def write_evaluation(run_dir: Path, ev: Evaluation, best_epoch: int | None = Non
         row.update({f"label_{c}": ("" if np.isnan(ev.labels[i, j]) else int(ev.labels[i, j]))
                     for j, c in enumerate(classes)})
         rows.append(row)
-    write_split_record(run_dir, ev.split, rows, ev.metrics(), best_epoch, suffix)
+    return rows
 
 
 def format_table(ev: Evaluation) -> str:
@@ -102,27 +119,142 @@ def format_table(ev: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: str = "test",
-                 checkpoint: str = "best") -> Evaluation:
-    """Re-evaluate a finished (or interrupted) run directory on ``split``, optionally on other data via overrides.
+# Keys that choose *which* data is read: changing any of them in `spft evaluate RUN KEY=VALUE` evaluates other data.
+DATA_IDENTITY_KEYS = ("name", "root", "csv", "images_root", "masks_csv", "source", "phantom", "split_column",
+                      "split_fractions", "split_seed", "official_test", "views")
 
-    Overrides such as ``data.csv=/other/labels.csv`` evaluate the run's model on another dataset (same classes).
-    Results are written as ``metrics_<split>_eval.json`` and ``predictions_<split>_eval.csv`` so the training
-    record (``metrics.json``, ``predictions_test.csv``) is never overwritten.
+
+def is_other_data(recorded_cfg, cfg) -> bool:
+    """Whether ``cfg`` (the run's config with the evaluation's overrides) reads other data than the run did."""
+    import dataclasses
+
+    old, new = dataclasses.asdict(recorded_cfg.data), dataclasses.asdict(cfg.data)
+    return any(old.get(k) != new.get(k) for k in DATA_IDENTITY_KEYS)
+
+
+def data_file_of(cfg, source: str = "") -> str:
+    """The file (or folder) the evaluated rows came from, as recorded in the metrics (``data_file``)."""
+    return str(source or cfg.data.csv or cfg.data.masks_csv or cfg.data.root or cfg.data.name)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "data"
+
+
+def output_paths(run_dir: Path, cfg, other: bool, split: str, split_given: bool, out: str | None = None,
+                 name: str | None = None, data_file: str = "", predictions_suffix: str = ".csv"
+                 ) -> tuple[Path, Path]:
+    """``(metrics file, predictions file)`` of an evaluation; an earlier evaluation's files are never overwritten.
+
+    * the run's own data: ``metrics_<split>_eval.json`` / ``predictions_<split>_eval.csv`` in the run directory
+      (a re-evaluation of the same rows, replaced when run again);
+    * other data: ``metrics_<name>.json`` / ``predictions_<name>.csv``, ``<name>`` = ``--name`` or the data file's
+      stem (plus ``_<split>`` when ``--split`` was given); when either exists, ``<name>-2``, ``<name>-3`` ...;
+    * ``--out DIR``: those names in DIR; ``--out FILE.json``: FILE.json and FILE.csv (replaced when run again).
+
+    The training record (``metrics.json``, ``predictions_test.csv`` of the run directory) is never a target.
     """
+    record = {(run_dir / "metrics.json").resolve(), (run_dir / "predictions_test.csv").resolve()}
+    if out is not None and Path(out).suffix.lower() == ".json":
+        metrics = Path(out).expanduser()
+        predictions = metrics.with_suffix(predictions_suffix)
+        if {metrics.resolve(), predictions.resolve()} & record:
+            raise ConfigError(f"--out {out}: that is the run's training record, which an evaluation never replaces")
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        return metrics, predictions
+    folder = Path(out).expanduser() if out is not None else run_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    if name is not None:
+        base = _safe_name(name)
+    elif other:
+        stem = Path(data_file).stem if data_file else cfg.data.name
+        base = _safe_name(stem) + (f"_{split}" if split_given else "")
+    else:
+        base = f"{split}_eval"
+    if not other and name is None:
+        return folder / f"metrics_{base}.json", folder / f"predictions_{base}{predictions_suffix}"
+    candidate, k = base, 1
+    while True:
+        metrics = folder / f"metrics_{candidate}.json"
+        predictions = folder / f"predictions_{candidate}{predictions_suffix}"
+        taken = metrics.exists() or predictions.exists() or {metrics.resolve(), predictions.resolve()} & record
+        if not taken:
+            return metrics, predictions
+        k += 1
+        candidate = f"{base}-{k}"
+
+
+def refuse_unlabelled(labels: np.ndarray, data_file: str) -> None:
+    """Rows without any label cannot be scored: one line naming the file and how many rows."""
+    empty = np.isnan(labels).all(axis=1) if labels.size else np.zeros(len(labels), bool)
+    if empty.any():
+        raise DataError(f"{data_file}: {int(empty.sum())} of {len(labels)} row(s) to evaluate have no label (every "
+                        f"label column blank); `spft evaluate` scores labelled images only: label them or leave them "
+                        f"out (unlabelled images are for prediction, not evaluation)")
+
+
+def _write_files(metrics_path: Path, predictions_path: Path, ev: Evaluation, best_epoch: int | None) -> None:
+    from spft.experiments.rundir import atomic_write_csv, atomic_write_json
+
+    atomic_write_csv(predictions_path, prediction_rows(ev))
+    metrics = ev.metrics()
+    if best_epoch is not None:
+        metrics["best_epoch"] = int(best_epoch)
+    metrics["predictions_file"] = str(predictions_path)
+    atomic_write_json(metrics_path, metrics)
+
+
+def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: str | None = None,
+                 checkpoint: str = "best", out: str | None = None, name: str | None = None) -> Evaluation:
+    """Re-evaluate a finished (or interrupted) run directory, on its own data or on other data via overrides.
+
+    ``split``: the run's own data is scored on ``test`` unless another split is asked for. Overrides that change
+    which data is read (``data.csv=/other/labels.csv``, ``data.root=...``, ``data.name=...``: the same classes)
+    evaluate *every* row of that data unless ``split`` is given. Only the evaluated rows' images must exist (a
+    missing training image does not block ``--split test``) and every evaluated row must have a label. How many
+    images, from which file and which split are logged and recorded in the metrics (``n``, ``data_file``,
+    ``split``); where the files go: :func:`output_paths` (the training record is never overwritten).
+    """
+    from spft.data.csv_dataset import check_missing, subset_table
+    from spft.data.io import set_max_pixels
+    from spft.data.registry import load_table
     from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.classification.train import build_run
     from spft.tasks.lightning_data import init_from_launcher
     from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
 
     run_dir = Path(run_dir)
-    split = checked_split(split)
+    split_given = split is not None
+    if split_given:
+        split = checked_split(split)
     cfg = load_run_config(run_dir, overrides)
+    other = is_other_data(load_run_config(run_dir), cfg)
+    set_max_pixels(cfg.data.max_image_pixels)
+    full = load_table(cfg.data, cfg.seed)  # nothing refused yet: only the evaluated rows must be usable
+    data_file = data_file_of(cfg, full.source)
+    if other and not split_given:
+        split, rows, what = "all", np.arange(len(full.paths)), "every row"
+    else:
+        split = split or "test"
+        rows, what = full.indices(split), f"the {split} split ({full.split_policy})"
+    if len(rows) == 0:
+        raise DataError(f"{data_file}: the {split} split is empty: nothing to evaluate")
+    table = subset_table(full, rows, splits=["test"] * len(rows))  # the loaders read the "test" split
+    check_missing(table, data_file)
+    refuse_unlabelled(table.labels, data_file)
+    log.info("evaluating %d image(s) of %s: %s", len(rows), data_file, what)
     rank, world = init_from_launcher()  # torchrun --nproc_per_node N -m spft.cli evaluate ...: one shard per rank
-    _, _, module, dm = build_run(cfg, None)
+    _, _, module, dm = build_run(cfg, None, table=table)
     epoch = load_checkpoint_into(module, run_dir / "checkpoints" / f"{checkpoint}.ckpt")
     device = f"cuda:{torch.cuda.current_device()}" if eval_device(cfg) == "cuda" else "cpu"
-    ev = evaluate_module(module, dm.loader(split, rank=rank, world=world), split, device, world)
+    ev = evaluate_module(module, dm.loader("test", rank=rank, world=world), split, device, world)
+    ev.data_file, ev.checkpoint = data_file, checkpoint
+    if len(ev.ids) != len(rows):  # data.on_bad_image=skip left some out
+        log.warning("%d of %d image(s) were left out as unusable (data.on_bad_image=skip)", len(rows) - len(ev.ids),
+                    len(rows))
     if rank == 0:
-        write_evaluation(run_dir, ev, epoch, suffix="_eval")
+        metrics_path, predictions_path = output_paths(run_dir, cfg, other, split, split_given, out, name, data_file)
+        _write_files(metrics_path, predictions_path, ev, epoch)
+        log.info("%d image(s) of %s evaluated (%s): %s, %s", len(ev.ids), data_file, split, metrics_path,
+                 predictions_path)
     return ev

@@ -38,15 +38,21 @@ log = logging.getLogger(__name__)
 MONITOR = "val/auc"
 
 
-def build_run(cfg: SpftConfig, run_dir: Path | None):
-    """Data, model, class weights, module and datamodule for ``cfg`` (shared by train, resume and evaluate)."""
-    table = build_table(cfg.data, cfg.seed)
+def build_run(cfg: SpftConfig, run_dir: Path | None, table=None):
+    """Data, model, class weights, module and datamodule for ``cfg`` (shared by train, resume and evaluate).
+
+    ``table``: the rows to use (``spft evaluate`` passes only those it scores); default the whole dataset. Its
+    images are checked first (``data.check_images``, ``data.on_bad_image``: :func:`spft.data.check.screen_images`).
+    """
+    from spft.data.check import screen_images
+
+    table = screen_images(cfg, build_table(cfg.data, cfg.seed) if table is None else table, run_dir)
     model, prep = build_classifier(cfg.model, len(table.classes), cfg.data.image_size)
     train_labels = torch.from_numpy(table.labels[table.indices("train")])
     cwc = cfg.recipe.class_weights
     weights = ClassWeights(table.classes, train_labels, heuristic=cwc.heuristic, enabled=cwc.enabled,
                            eta=cwc.eta, w_min=cwc.w_min, w_max=cwc.w_max)
-    for name in weights.as_dict().get("undefined_classes", []):
+    for name in weights.as_dict().get("undefined_classes", []) if run_dir is not None else []:
         log.warning("class %r has no positives (or no negatives) in the training split: it gets the mean weight",
                     name)
     module = ClassificationModule(cfg, model, table.classes, weights, run_dir)
@@ -58,7 +64,7 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
 
         reading = image_cache_for(cfg, prep.size).redirect(table)
     module.feature_cache_blocker = cache_blocker(cfg, model)
-    if module.feature_cache_blocker is None and stage_plan(cfg.recipe).stage1_epochs > 0:
+    if module.feature_cache_blocker is None and stage_plan(cfg.recipe).stage1_epochs > 0 and run_dir is not None:
         log.info("stage 1 trains the head on cached encoder features (computed once; trainer.feature_cache)")
     elif module.feature_cache_blocker is not None and cfg.recipe.stage1_epochs > 0 and run_dir is not None:
         log.info("stage-1 feature cache bypassed: %s", module.feature_cache_blocker)
@@ -71,7 +77,10 @@ def build_run(cfg: SpftConfig, run_dir: Path | None):
 
 
 def _describe_data(table, prep) -> dict:
-    return {"classes": table.classes, "split_policy": table.split_policy, "label_policy": table.label_policy,
+    from spft.data.splits import split_method
+
+    return {"classes": table.classes, "split_policy": table.split_policy,
+            "split_method": split_method(table.split_policy), "label_policy": table.label_policy,
             **split_counts(table), "preprocessing": preprocessing_record(prep)}
 
 

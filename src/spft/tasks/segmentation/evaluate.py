@@ -31,12 +31,17 @@ class SegEvaluation:
     structures: list[str]
     dice: list[list[float | None]]  # [image][structure]
     hd95: list[list[float | None]]  # [image][structure], pixels at the image's size; None: an empty mask
+    data_file: str = ""  # set by `spft evaluate`: where the rows came from
+    checkpoint: str = ""
 
     def metrics(self) -> dict:
         mean, per = mean_dice(self.dice, self.structures)
         mean_hd, per_hd = mean_dice(self.hd95, self.structures)  # the same per-image averaging
-        return {"split": self.split, "n": len(self.ids), "mean_dice": mean, "per_structure_dice": per,
-                "mean_hd95": mean_hd, "per_structure_hd95": per_hd}
+        out = {"split": self.split, "n": len(self.ids), "mean_dice": mean, "per_structure_dice": per,
+               "mean_hd95": mean_hd, "per_structure_hd95": per_hd}
+        if self.data_file:
+            out.update(data_file=self.data_file, checkpoint=self.checkpoint)
+        return out
 
 
 def _predict_original(logits: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -96,12 +101,17 @@ def _save_prediction(out_dir: Path, image_id: str, image, pred: np.ndarray, trut
 
 def write_evaluation(run_dir: Path, ev: SegEvaluation, best_epoch: int | None = None, suffix: str = "") -> None:
     """``metrics.json`` (or ``metrics_<split><suffix>.json``) and ``predictions_<split><suffix>.csv``."""
+    write_split_record(run_dir, ev.split, prediction_rows(ev), ev.metrics(), best_epoch, suffix)
+
+
+def prediction_rows(ev: SegEvaluation) -> list[dict]:
+    """Per image: id, group, dice_<structure>..., hd95_<structure>... (blank: undefined)."""
     rows = []
     for i, g, row, hd_row in zip(ev.ids, ev.groups, ev.dice, ev.hd95):
         cells = {f"dice_{s}": ("" if d is None else d) for s, d in zip(ev.structures, row)}
         cells.update({f"hd95_{s}": ("" if h is None else h) for s, h in zip(ev.structures, hd_row)})
         rows.append({"id": i, "group": g, **cells})
-    write_split_record(run_dir, ev.split, rows, ev.metrics(), best_epoch, suffix)
+    return rows
 
 
 def format_table(ev: SegEvaluation) -> str:
@@ -119,19 +129,48 @@ def format_table(ev: SegEvaluation) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: str = "test",
-                 checkpoint: str = "best") -> SegEvaluation:
-    """Re-evaluate a run directory on ``split`` (optionally other data via overrides); writes ``*_eval`` files."""
-    from spft.experiments.rundir import checked_split, load_run_config
+def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: str | None = None,
+                 checkpoint: str = "best", out: str | None = None, name: str | None = None) -> SegEvaluation:
+    """Re-evaluate a run directory, on its own data (``test`` unless ``split`` says otherwise) or on other data via
+    overrides (every row unless ``split`` is given). Records ``n``, ``data_file`` and ``split`` in the metrics;
+    file names as in classification (:func:`spft.tasks.classification.evaluate.output_paths`): the training
+    record and earlier evaluations of other data are never overwritten."""
+    import dataclasses
+
+    from spft.data.masks import MaskDataset
+    from spft.experiments.rundir import atomic_write_csv, atomic_write_json, checked_split, load_run_config
+    from spft.tasks.classification.evaluate import data_file_of, is_other_data, output_paths
     from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
     from spft.tasks.segmentation.train import build_run
 
     run_dir = Path(run_dir)
-    split = checked_split(split)
+    split_given = split is not None
+    if split_given:
+        split = checked_split(split)
     cfg = load_run_config(run_dir, overrides)
-    _, _, module, dm = build_run(cfg, None)
+    other = is_other_data(load_run_config(run_dir), cfg)
+    _, prep, module, dm = build_run(cfg, None)
+    table = dm.table
+    data_file = data_file_of(cfg, table.source)
+    if other and not split_given:
+        split = "all"
+        dataset = MaskDataset(dataclasses.replace(table, splits=["test"] * len(table.paths)), "test", prep,
+                              cfg.data.color)
+        log.info("evaluating %d image(s) of %s: every row", len(dataset), data_file)
+    else:
+        split = split or "test"
+        dataset = dm.datasets[split]
+        log.info("evaluating %d image(s) of %s: the %s split", len(dataset), data_file, split)
     epoch = load_checkpoint_into(module, run_dir / "checkpoints" / f"{checkpoint}.ckpt")
     batch_size = cfg.trainer.eval_batch_size or cfg.trainer.batch_size
-    ev = evaluate_module(module, dm.datasets[split], split, eval_device(cfg), batch_size)
-    write_evaluation(run_dir, ev, epoch, suffix="_eval")
+    ev = evaluate_module(module, dataset, split, eval_device(cfg), batch_size)
+    ev.data_file, ev.checkpoint = data_file, checkpoint
+    metrics_path, predictions_path = output_paths(run_dir, cfg, other, split, split_given, out, name, data_file)
+    atomic_write_csv(predictions_path, prediction_rows(ev))
+    metrics = {**ev.metrics(), "predictions_file": str(predictions_path)}
+    if epoch is not None:
+        metrics["best_epoch"] = int(epoch)
+    atomic_write_json(metrics_path, metrics)
+    log.info("%d image(s) of %s evaluated (%s): %s, %s", len(ev.ids), data_file, split, metrics_path,
+             predictions_path)
     return ev
