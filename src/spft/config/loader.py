@@ -165,6 +165,29 @@ def _fix_yaml_floats(node: Any) -> Any:
     return node
 
 
+def bundled_configs() -> Path:
+    """The experiment configs shipped inside the package (``configs/`` in a checkout links here)."""
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` when it is a file; else the bundled config of that name (``configs/chestxray14.yaml``,
+    ``chestxray14.yaml`` or ``chestxray14``), so the README's command lines work from an installed wheel in any
+    directory. A name that is neither is a :class:`MissingFileError` listing the bundled configs."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    bundled = bundled_configs() / name
+    if bundled.is_file() and (len(path.parts) == 1 or path.parent.name == "configs"):
+        import logging
+
+        logging.getLogger(__name__).info("using spft's bundled %s (no file %s here)", bundled, path)
+        return bundled
+    known = ", ".join(sorted(p.stem for p in bundled_configs().glob("*.yaml")))
+    raise MissingFileError(f"config file not found: {path} (bundled configs, usable by name: {known})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 base: dict | None = None) -> SpftConfig:
     """Read ``path`` (YAML), apply ``KEY=VALUE`` overrides and return a validated :class:`SpftConfig`.
@@ -182,9 +205,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if base is not None:
         tree = _fix_yaml_floats(dict(base))
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"config file not found: {path}")
+        path = resolve_config_path(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -82,10 +82,11 @@ def _check_multipliers(classes: Sequence[str], multipliers: dict[str, float]) ->
         if name not in classes:
             close = difflib.get_close_matches(str(name), list(classes), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown class {name!r} in class-weight heuristics.{hint} "
-                             f"Valid names: {', '.join(classes)}")
+            raise ConfigError(f"recipe.class_weights.heuristic: unknown class {name!r}.{hint} Valid names: "
+                              f"{', '.join(classes)} (recipe.class_weights.heuristic={{}} sets no multiplier)")
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"heuristic multiplier for {name!r} must be a positive number, got {value!r}")
+            raise ConfigError(f"recipe.class_weights.heuristic: the multiplier for {name!r} must be a positive "
+                              f"number, got {value!r}")
 
 
 def apply_heuristics(w: torch.Tensor, classes: Sequence[str], multipliers: dict[str, float]) -> torch.Tensor:

@@ -12,8 +12,6 @@ import importlib
 from pathlib import Path
 from types import SimpleNamespace
 
-import yaml
-
 from spft.errors import ConfigError, MissingFileError
 
 # task -> (module with train/resume, module with evaluate_run/format_table)
@@ -46,4 +44,6 @@ def task_of_run(run_dir: str | Path) -> str:
     config_file = Path(run_dir) / "config.yaml"
     if not config_file.is_file():
         raise MissingFileError(f"{run_dir} is not a run directory (no config.yaml)")
-    return (yaml.safe_load(config_file.read_text()) or {}).get("task", "classification")
+    from spft.experiments.rundir import read_run_yaml
+
+    return read_run_yaml(config_file).get("task", "classification")

@@ -18,6 +18,7 @@ import torch
 from spft.data.loading import resolve_workers
 from spft.data.yolo_layout import read_dataset, split_image_list
 from spft.errors import MissingFileError
+from spft.experiments.checkpoints import newest_intact
 from spft.experiments.rundir import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,13 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     run_dir = Path(run_dir)
     split = checked_split(split)
     cfg = load_run_config(run_dir, overrides)
-    weights = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not weights.is_file():
-        raise MissingFileError(f"{weights} not found (has the run finished its first epoch?)")
+    other = "last" if checkpoint == "best" else "best"
+    # Ultralytics unpickles .pt files (they hold the model object): only a file whose digest spft recorded when it
+    # wrote it is handed over; a damaged or replaced one falls back to the other checkpoint, with a warning
+    weights = newest_intact(run_dir / "checkpoints", (f"{checkpoint}.pt", f"{other}.pt"), loadable=False)
+    if weights is None:
+        raise MissingFileError(f"{run_dir / 'checkpoints'} holds no .pt checkpoint (has the run finished its first "
+                               "epoch?)")
     with _quiet_ultralytics():  # Ultralytics logs to stdout; keep stdout for the table / --json output
         ev = evaluate_weights(weights, cfg, dataset_yaml_for(cfg), split, run_dir / "ultralytics" / f"eval_{split}")
     atomic_write_json(run_dir / f"metrics_{split}_eval.json", ev.metrics())

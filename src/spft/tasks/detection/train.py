@@ -17,6 +17,7 @@ import yaml
 from spft.config import SpftConfig, dump_yaml
 from spft.data.loading import resolve_workers
 from spft.errors import ConfigError, MissingFileError
+from spft.experiments.checkpoints import newest_intact, record_digest, recorded_epoch
 from spft.experiments.rundir import (
     atomic_write_json,
     atomic_write_text,
@@ -149,7 +150,9 @@ def _best_epoch(run_dir: Path) -> int | None:
 
 def _finish(cfg: SpftConfig, run_dir: Path, data_yaml: Path) -> Path:
     ckpt = run_dir / "checkpoints"
-    weights = ckpt / "best.pt" if (ckpt / "best.pt").is_file() else ckpt / "last.pt"
+    weights = newest_intact(ckpt, ("best.pt", "last.pt"), loadable=False)
+    if weights is None:
+        raise MissingFileError(f"{ckpt} holds no best.pt or last.pt (did the first epoch finish?)")
     ev = evaluate_weights(weights, cfg, data_yaml, "test", run_dir / "ultralytics" / "test")
     metrics = ev.metrics()
     metrics["best_epoch"] = _best_epoch(run_dir)
@@ -170,13 +173,17 @@ def _run(cfg: SpftConfig, run_dir: Path, resume_from: Path | None) -> Path:
     if resume_from is None:
         _write_run_files(cfg, run_dir, data_yaml, overrides)
     else:
-        epoch = torch.load(resume_from, map_location="cpu", weights_only=False).get("epoch", -1)
-        if epoch < 0 or epoch + 1 >= cfg.trainer.max_epochs:  # training over (-1: Ultralytics stripped it)
+        # the epoch spft recorded when the file was written: spft itself never unpickles an Ultralytics .pt
+        epoch = recorded_epoch(resume_from)
+        if epoch is not None and epoch + 1 >= cfg.trainer.max_epochs:  # training over
             return _finish(cfg, run_dir, data_yaml)
         overrides["resume"] = str(resume_from)
     log.info("run directory: %s", run_dir)
     trainer = _trainer_class(cfg)(overrides=overrides, spft_cfg=cfg, run_dir=run_dir)
     trainer.train()
+    for final in (run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"):
+        if final.is_file():  # Ultralytics rewrites both when training ends (optimizer stripped): record them again
+            record_digest(final)
     return _finish(cfg, run_dir, data_yaml)
 
 
@@ -192,7 +199,8 @@ def resume(run_dir: str | Path) -> Path:
     cfg = config_to_resume(run_dir)
     if cfg is None:
         return run_dir
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.is_file():
+    # last.pt, or best.pt (warned) when last.pt does not match the digest recorded when it was written
+    last = newest_intact(run_dir / "checkpoints", ("last.pt", "best.pt"), loadable=False)
+    if last is None:
         log.warning("%s has no last.pt (killed before the first epoch ended): starting it again", run_dir)
-    return _run(cfg, run_dir, last if last.is_file() else None)
+    return _run(cfg, run_dir, last)

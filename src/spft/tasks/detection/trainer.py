@@ -20,6 +20,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
 from spft.errors import ConfigError
+from spft.experiments.checkpoints import install, record_epoch
 from spft.recipe import (
     LayerGroups,
     StagePlan,
@@ -188,7 +189,8 @@ class SpftTrainerMixin:
                                 lrs, metrics, self.groups)
 
     def save_model(self):
-        """Ultralytics' checkpoint, written to temp files first and moved into place (never a truncated file)."""
+        """Ultralytics' checkpoint, written to temp files first and moved into place (never a truncated file), with
+        its digest and epoch recorded beside it (so spft never has to unpickle the file to learn its epoch)."""
         final_last, final_best = self.last, self.best
         self.last, self.best = self.wdir / ".last.pt.tmp", self.wdir / ".best.pt.tmp"
         try:
@@ -196,10 +198,10 @@ class SpftTrainerMixin:
         finally:
             tmp_last, tmp_best = self.last, self.best
             self.last, self.best = final_last, final_best
-        if tmp_best.is_file():
-            os.replace(tmp_best, final_best)
-        if tmp_last.is_file():
-            os.replace(tmp_last, final_last)
+        for tmp, final in ((tmp_best, final_best), (tmp_last, final_last)):
+            if tmp.is_file():
+                install(tmp, final)  # digest recorded first: --resume and evaluate verify it
+                record_epoch(final, self.epoch)
         crash = os.environ.get("SPFT_CRASH_AFTER_EPOCH")
         if crash and int(crash) == self.epoch:  # test hook: a power cut right after epoch k's checkpoint
             os._exit(17)

@@ -1,0 +1,109 @@
+"""One writer per run directory: an exclusive ``run.lock`` held for the whole of train, resume or evaluate.
+
+The lock is ``fcntl.flock`` on ``RUN_DIR/run.lock``, so the kernel releases it when the holder dies (kill -9, power
+loss on a local disk): a lock from a dead process never blocks. The file records the holder (PID, host, command,
+start time) for the message the second process prints; it is removed on release. After taking the lock the holder
+checks that the path still names the file it locked (another process may have removed it in between) and retries
+if not — the usual way to make delete-on-release safe with ``flock``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from spft.errors import RunDirError
+
+LOCK = "run.lock"
+
+
+class RunLock:
+    """``with RunLock(run_dir, "train"):`` — the second process raises :class:`RunDirError` naming the holder."""
+
+    def __init__(self, run_dir: str | Path, purpose: str):
+        self.path = Path(run_dir) / LOCK
+        self.purpose = purpose
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunDirError(f"{self.path.parent} is in use by {holder(self.path)}; wait for it to finish or "
+                                  "stop that process (one writer per run directory)") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                self._write_owner()
+                return self
+            os.close(fd)  # the file was removed by its previous holder between our open and our lock: try again
+        raise RunDirError(f"could not lock {self.path}: it keeps being replaced by another process")
+
+    def _write_owner(self) -> None:
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, (json.dumps(owner) + "\n").encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still holding it: a waiter then finds a fresh file
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holder(lock_file: str | Path) -> str:
+    """``PID 123 on host (train since 2026-...)`` from a lock file, as far as it can be read."""
+    try:
+        owner = json.loads(Path(lock_file).read_text() or "{}")
+    except (OSError, ValueError):
+        return "another process"
+    return (f"PID {owner.get('pid', '?')} on {owner.get('host', '?')} ({owner.get('purpose', '?')} since "
+            f"{owner.get('started', '?')})")
+
+
+_HELD: dict[Path, RunLock] = {}
+
+
+def lock_run(run_dir: str | Path, purpose: str) -> None:
+    """Hold ``run_dir``'s lock until :func:`release_run_locks` or the end of this process (re-entrant per process).
+
+    Under DDP only global rank 0 locks: the other ranks write into the same run on its behalf.
+    """
+    from spft.experiments.rundir import secondary_rank
+
+    key = Path(run_dir).resolve()
+    if key in _HELD or secondary_rank():
+        return
+    if not _HELD:
+        atexit.register(release_run_locks)
+    _HELD[key] = RunLock(run_dir, purpose).acquire()
+
+
+def release_run_locks() -> None:
+    """Release every run lock this process holds (the CLI calls it when a command ends)."""
+    while _HELD:
+        _HELD.popitem()[1].release()
