@@ -158,6 +158,20 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     progress_bar: bool = True
     deterministic: bool = False
+    # Quick smoke runs (e.g. a big model on a small GPU budget): per epoch, an int = that many batches, a float =
+    # that fraction of the batches, null = all. Not for detection (Ultralytics has no such switch).
+    limit_train_batches: Optional[int | float] = None
+    limit_val_batches: Optional[int | float] = None
+
+    def __post_init__(self) -> None:  # raised as one line naming the key by spft.config.loader
+        from spft.errors import ConfigError
+
+        for key in ("limit_train_batches", "limit_val_batches"):
+            value = getattr(self, key)
+            ok = value is None or (value >= 1 if isinstance(value, int) else 0.0 < value <= 1.0)
+            if not ok:
+                raise ConfigError(f"'trainer.{key}': expected a number of batches >= 1, a fraction in (0, 1] or "
+                                  f"null (all batches), got {value!r}")
 
 
 @dataclass

@@ -2,8 +2,11 @@
 
 This module owns both cache formats (``data.image_cache_format``), their keys, their crash-safe writing and the
 redirection of a table's paths to the cached copies. An entry is the output of :meth:`ImageTransform.resize_crop`
-(after the grey/RGB conversion of ``spft.data.io``); reading it back gives the very same pixels (``resize_crop`` of a
-size x size image is the identity), so results are identical with or without the cache, in either format.
+(after the grey/RGB conversion of ``spft.data.io``): the model's resize, then the square of side
+``Preprocessing.cache_side`` that holds its centre crop (the crop itself for RAD-DINO, 518; 256 around dinov2-base's
+224 crop). The full preprocessing of an entry gives the very same pixels as that of the original (resizing it again
+is the identity and its centre crop is the original's crop window), so results are identical with or without the
+cache, in either format. Keys include the resize, crop and filter (``Preprocessing.geometry``).
 
 ``png``: one lossless PNG per image under ``data.image_cache/<size>px-<color>-v<version>/``, named by a hash of the
 source path, the size, the colour mode and the preprocessing; written to a temporary file and renamed, so an
@@ -42,12 +45,15 @@ import numpy as np
 
 from spft.data.contract import LabelTable
 from spft.data.io import load_image, row_ref
-from spft.errors import DataError
+from spft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-PREPROCESSING = "io.load_image + ImageTransform.resize_crop (shortest edge bicubic, centre crop)"
+# Part of every key, with the model's resize/crop/filter (Preprocessing.geometry): entries written by an older
+# spft (whose shortest-edge resize rounded instead of truncating like transformers) or for another preprocessing are
+# never read back.
+PREPROCESSING = "io.load_image + ImageTransform.resize_crop (transformers' PIL resize and centre-crop rounding)"
 CACHE_FORMATS = ("png", "npy")
 CHUNK = 256  # images per step of a preparation: the npy "done" marks are flushed after each chunk
 
@@ -55,26 +61,33 @@ CHUNK = 256  # images per step of a preparation: the npy "done" marks are flushe
 class ImageCache:
     """Where the cached copy of a source image lives for one (size, colour, format), how to write and read it."""
 
-    def __init__(self, folder: str | os.PathLike, size: int, color: str, fmt: str = "png"):
+    def __init__(self, folder: str | os.PathLike, size: int, color: str, fmt: str = "png",
+                 geometry: str | None = None):
+        """``size``: side of the stored squares (``Preprocessing.cache_side``); ``geometry``: the model's resize,
+        crop and filter (``Preprocessing.geometry()``; default: RAD-DINO's rule at ``size``), part of the key."""
         if fmt not in CACHE_FORMATS:
             raise DataError(f"data.image_cache_format must be one of {', '.join(CACHE_FORMATS)}, got {fmt!r}")
         self.size = int(size)
         self.color = color
         self.fmt = fmt
+        if geometry is None:
+            geometry = f"resize shortest_edge [{self.size}], centre crop [{self.size}, {self.size}], bicubic"
+        self.preprocessing = f"{PREPROCESSING}; {geometry}"
         root = Path(folder).expanduser()
         if fmt == "png":
             self.folder = root / f"{self.size}px-{color}-v{CACHE_VERSION}"
             self._npy = None
         else:
-            digest = hashlib.sha1(f"{self.size}|{color}|{PREPROCESSING}|v{CACHE_VERSION}".encode()).hexdigest()[:8]
+            key = f"{self.size}|{color}|{self.preprocessing}|v{CACHE_VERSION}"
+            digest = hashlib.sha1(key.encode()).hexdigest()[:8]
             self.folder = root / f"{self.size}px-{color}-v{CACHE_VERSION}-npy-{digest}"
-            self._npy = _ArrayStore(self.folder, self.size, color)
+            self._npy = _ArrayStore(self.folder, self.size, color, self.preprocessing)
 
     # -- png ---------------------------------------------------------------------------------------------------------
 
     def entry(self, source: str | os.PathLike) -> Path:
         """The PNG cache file of ``source`` (whether or not it exists yet)."""
-        key = f"{os.path.abspath(source)}|{self.size}|{self.color}|{PREPROCESSING}|v{CACHE_VERSION}"
+        key = f"{os.path.abspath(source)}|{self.size}|{self.color}|{self.preprocessing}|v{CACHE_VERSION}"
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.folder / digest[:2] / f"{digest}.png"
 
@@ -198,10 +211,11 @@ def _atomic_write(target: Path, write) -> None:
 class _ArrayStore:
     """The ``npy`` format of :class:`ImageCache`: parts of rows, their done marks, and the index (see module doc)."""
 
-    def __init__(self, folder: Path, size: int, color: str):
+    def __init__(self, folder: Path, size: int, color: str, preprocessing: str = PREPROCESSING):
         self.folder = folder
         self.size = size
         self.color = color
+        self.preprocessing = preprocessing
         self.index_path = folder / "index.json"
         self.row_shape = (size, size) if color == "grey" else (size, size, 3)
 
@@ -218,7 +232,7 @@ class _ArrayStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"image cache index {self.index_path} is unreadable ({exc}): delete {self.folder} and "
                              f"run `spft prepare cache` again") from exc
-        expected = (CACHE_VERSION, self.size, self.color, PREPROCESSING)
+        expected = (CACHE_VERSION, self.size, self.color, self.preprocessing)
         if header != expected:
             raise DataError(f"image cache index {self.index_path} is for (version, size, color, preprocessing) "
                              f"{header}, expected {expected}: delete {self.folder} and run `spft prepare cache` again")
@@ -301,7 +315,7 @@ class _ArrayStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _write_index(self, entries: dict[str, list]) -> None:
-        data = {"version": CACHE_VERSION, "size": self.size, "color": self.color, "preprocessing": PREPROCESSING,
+        data = {"version": CACHE_VERSION, "size": self.size, "color": self.color, "preprocessing": self.preprocessing,
                 "entries": entries}
         _atomic_write(self.index_path, lambda fh: fh.write(json.dumps(data).encode()))
 
@@ -408,13 +422,17 @@ class _ArrayStore:
         return summary
 
 
-def model_input_size(cfg) -> int:
-    """The model's input size as training computes it (``data.image_size``, else the model's preprocessing)."""
-    if cfg.data.image_size:
-        return int(cfg.data.image_size)
+def model_preprocessing(cfg):
+    """The model's :class:`~spft.models.encoders.Preprocessing` as training computes it (its image processor,
+    ``data.image_size``), without loading the weights."""
     from spft.models.encoders import preprocessing_for
 
-    return preprocessing_for(cfg.model.name, SimpleNamespace(config=_model_config(cfg.model)), None).size
+    return preprocessing_for(cfg.model.name, SimpleNamespace(config=_model_config(cfg.model)), cfg.data.image_size)
+
+
+def model_input_size(cfg) -> int:
+    """The model's input size as training computes it (``data.image_size``, else the model's preprocessing)."""
+    return model_preprocessing(cfg).size
 
 
 def _model_config(model_cfg):
@@ -431,9 +449,22 @@ def _model_config(model_cfg):
         return None
 
 
-def image_cache_for(cfg, size: int) -> ImageCache:
-    """The :class:`ImageCache` of ``cfg.data`` (``data.image_cache``, ``data.color``, ``data.image_cache_format``)."""
-    return ImageCache(cfg.data.image_cache, size, cfg.data.color, cfg.data.image_cache_format)
+def image_cache_for(cfg, prep=None) -> ImageCache:
+    """The :class:`ImageCache` of ``cfg.data`` (``data.image_cache``, ``data.color``, ``data.image_cache_format``)
+    for the model's preprocessing ``prep`` (a ``Preprocessing``; anything else: computed from ``cfg``).
+
+    Raises:
+        ConfigError: The preprocessing cannot be cached (``Preprocessing.cache_side`` is ``None``).
+    """
+    from spft.models.encoders import Preprocessing
+
+    if not isinstance(prep, Preprocessing):
+        prep = model_preprocessing(cfg)
+    if prep.cache_side is None:
+        raise ConfigError(f"data.image_cache: the image cache cannot store this preprocessing ({prep.geometry()}: "
+                          "the crop pads the resized image or the output is not square); unset data.image_cache")
+    return ImageCache(cfg.data.image_cache, prep.cache_side, cfg.data.color, cfg.data.image_cache_format,
+                      geometry=prep.geometry())
 
 
 def prepare_cache(cfg, workers: int | None = None) -> dict:
@@ -453,14 +484,15 @@ def prepare_cache(cfg, workers: int | None = None) -> dict:
 
     set_max_pixels(cfg.data.max_image_pixels)  # DICOM, decompression bombs: read as training reads them
     table = load_table(cfg.data, cfg.seed)
-    size = model_input_size(cfg)
-    cache = image_cache_for(cfg, size)
+    prep = model_preprocessing(cfg)
+    cache = image_cache_for(cfg, prep)
+    size = cache.size
     removed = cache.remove_partial()
     if removed:
         log.info("removed %d partial entries left by an interrupted run", removed)
     sources = sorted(set(table.paths))
     present = [p for p in sources if Path(p).is_file()]
-    resize_crop = ImageTransform(size, (0.0,) * 3, (1.0,) * 3).resize_crop
+    resize_crop = ImageTransform(prep).resize_crop  # resize + the square of side cache.size holding the crop
     with tqdm(total=len(present), desc="caching", unit="img") as bar:
         filled = cache.fill(present, resize_crop, workers, bar.update)
     if filled["stale"]:

@@ -128,6 +128,8 @@ class MaskDataset(Dataset):
         self.split = split
         self.index = table.indices(split)
         self.size = int(prep.size)
+        self.resample = Image.Resampling(getattr(prep, "interpolation", Image.BILINEAR))  # the processor's filter
+        self.rescale = getattr(prep, "rescale", 1 / 255) or 1.0
         self.mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
         self.color = color
@@ -146,7 +148,7 @@ class MaskDataset(Dataset):
         row = int(self.index[i])
         image, masks = self.original(i)
         s = self.size
-        arr = np.asarray(image.resize((s, s), Image.BILINEAR), dtype=np.float32) / 255.0
+        arr = (np.asarray(image.resize((s, s), self.resample)).astype(np.float64) * self.rescale).astype(np.float32)
         x = torch.from_numpy(arr)
         x = x.unsqueeze(0).expand(3, -1, -1) if x.ndim == 2 else x.permute(2, 0, 1)
         small = np.stack([np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((s, s), Image.NEAREST)) > 0

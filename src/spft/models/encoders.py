@@ -1,17 +1,19 @@
 """Vision encoders through transformers: load by hub id / local directory or build from a config with random weights.
 
 Also owns the two facts about an encoder the recipe needs: its layer groups (embeddings, blocks bottom→top, final
-norm) and its preprocessing (from the model's own image processor when it has one, else RAD-DINO's values —
-never ImageNet statistics for RAD-DINO); and the two transformers-level speed switches of an encoder: its attention
+norm) and its preprocessing (:class:`Preprocessing`: the full recipe of the model's own image processor when it has
+one — resize rule and size, centre crop, interpolation, rescale, mean, std — else RAD-DINO's values, never ImageNet
+statistics for RAD-DINO); and the two transformers-level speed switches of an encoder: its attention
 implementation (``model.attn_implementation``: requested at build time, verified, fallback logged) and gradient
 checkpointing (``model.gradient_checkpointing``, non-reentrant so it works when only the top blocks train).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,20 +24,91 @@ from spft.errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)
 
-# RAD-DINO's preprocessor_config.json (microsoft/rad-dino): bicubic resize of the shortest edge to 518, centre crop.
+# RAD-DINO's preprocessor_config.json (microsoft/rad-dino, BitImageProcessor): resize of the shortest edge to 518
+# (bicubic), centre crop 518 x 518, rescale 1/255, these statistics, grey -> RGB.
 RAD_DINO_MEAN = (0.5307, 0.5307, 0.5307)
 RAD_DINO_STD = (0.2583, 0.2583, 0.2583)
 RAD_DINO_SIZE = 518
+BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
+
+# PIL resample codes (what transformers' PILImageResampling holds) and their names.
+INTERPOLATIONS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+RESIZE_RULES = ("shortest_edge", "exact", "none")
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images become ``pixel_values``: shortest-edge resize (bicubic) to ``size``, centre crop, scale, normalise."""
+    """How images become ``pixel_values`` (applied by :class:`spft.data.transforms.ImageTransform`).
+
+    Steps, in transformers' order: resize (``resize``: ``"shortest_edge"`` — the shorter side becomes
+    ``resize_size[0]``, the other ``int(edge * long / short)``; ``"exact"`` — to ``resize_size = (height, width)``;
+    ``"none"``), with PIL filter ``interpolation``; centre crop to ``crop = (height, width)`` (zero padding where the
+    image is smaller; ``None``: no crop); multiply by ``rescale`` (``None``: not rescaled); ``(x - mean) / std``.
+
+    ``size`` is the side of what reaches the model (every image becomes ``size x size``): the image cache, the
+    feature-cache key and segmentation read it. Built with only the first four fields (``Preprocessing(size, mean,
+    std, source)``) it is RAD-DINO's rule at that size: shortest edge to ``size``, crop ``size x size``, bicubic.
+    """
 
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    source: str  # "image_processor:<name>" or "rad-dino defaults"
+    source: str  # "image_processor:<name>", "rad-dino defaults", ...
+    resize: str = "shortest_edge"
+    resize_size: tuple[int, ...] | None = None  # (edge,) for shortest_edge, (height, width) for exact; None: size
+    crop: tuple[int, int] | None | str = "size"  # (height, width); None: no crop; "size": (size, size)
+    interpolation: int = BICUBIC  # PIL resample code
+    rescale: float | None = 1 / 255
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_RULES:
+            raise ConfigError(f"preprocessing: resize rule must be one of {', '.join(RESIZE_RULES)}, got "
+                              f"{self.resize!r}")
+        if self.resize_size is None and self.resize != "none":
+            default = (self.size,) if self.resize == "shortest_edge" else (self.size, self.size)
+            object.__setattr__(self, "resize_size", default)
+        if self.crop == "size":
+            object.__setattr__(self, "crop", (self.size, self.size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @property
+    def interpolation_name(self) -> str:
+        return INTERPOLATIONS.get(self.interpolation, str(self.interpolation))
+
+    @property
+    def cache_side(self) -> int | None:
+        """Side of the square ``spft prepare cache`` stores so that the full preprocessing of the stored image gives
+        the very same pixels as that of the original (:meth:`ImageTransform.resize_crop`): the resize output's
+        shortest edge for a shortest-edge resize (the crop then happens at load time, e.g. 256 for dinov2-base's
+        224 crop), the exact resize size, or the crop when nothing is resized. ``None`` when no such square exists
+        (the crop pads a resized image, or a non-square exact resize)."""
+        if self.resize == "shortest_edge":
+            edge = self.resize_size[0]
+            return edge if self.crop is not None and max(self.crop) <= edge else None
+        if self.resize == "exact":
+            height, width = self.resize_size
+            return height if height == width else None
+        return self.crop[0] if self.crop is not None and self.crop[0] == self.crop[1] else None
+
+    def geometry(self) -> str:
+        """The steps that decide the pixels before rescaling (the image-cache key): resize, crop, filter."""
+        resize = "no resize" if self.resize == "none" else f"resize {self.resize} {list(self.resize_size)}"
+        crop = "no crop" if self.crop is None else f"centre crop {list(self.crop)}"
+        return f"{resize}, {crop}, {self.interpolation_name}"
+
+    def record(self) -> dict:
+        """The full recipe as ``data.json`` records it."""
+        if self.resize == "shortest_edge":
+            resize = {"shortest_edge": self.resize_size[0]}
+        elif self.resize == "exact":
+            resize = {"height": self.resize_size[0], "width": self.resize_size[1]}
+        else:
+            resize = None
+        return {"size": self.size, "resize": resize,
+                "crop": None if self.crop is None else {"height": self.crop[0], "width": self.crop[1]},
+                "interpolation": self.interpolation_name, "resample": self.interpolation, "rescale": self.rescale,
+                "mean": list(self.mean), "std": list(self.std), "source": self.source}
 
 
 def build_encoder(name: str | None = None, config: dict | None = None,
@@ -72,8 +145,8 @@ def build_encoder(name: str | None = None, config: dict | None = None,
                 where = "local directory" if Path(name).exists() else "hub id"
                 raise MissingFileError(
                     f"model.name: could not load {where} '{name}': {exc}\n"
-                    "Without network, download the model once (huggingface-cli download) and set model.name to that "
-                    "directory, or build a random-weight encoder with model.config."
+                    f"Without network, download the model once (hf download {name} --local-dir DIR) and set "
+                    "model.name=DIR, or build a random-weight encoder with model.config."
                 ) from exc
     return build_with_attention(make, attn_implementation)
 
@@ -284,25 +357,123 @@ def encoder_layer_groups(encoder: nn.Module) -> tuple[nn.Module | None, list[nn.
 
 
 def preprocessing_for(name: str | None, encoder: nn.Module, image_size: int | None) -> Preprocessing:
-    """Preprocessing from the model's own image processor when it has one, else RAD-DINO's values.
+    """The full preprocessing of the model's own image processor when it has one, else RAD-DINO's.
 
-    ``image_size`` (``data.image_size``) overrides the size; otherwise the processor's crop size, else the
-    config's ``image_size``, else 518.
+    ``image_size`` (``data.image_size``) overrides the geometry only: shortest edge resized to ``image_size`` and
+    centre crop ``image_size x image_size`` (what the option has always meant); the processor's interpolation,
+    rescale and statistics stay. Without a processor: RAD-DINO's recipe at ``image_size``, else the config's
+    ``image_size``, else 518.
     """
     if name is not None:
-        try:
-            from transformers import AutoImageProcessor
-
-            proc = AutoImageProcessor.from_pretrained(name)
-            mean = tuple(float(v) for v in _three(proc.image_mean))
-            std = tuple(float(v) for v in _three(proc.image_std))
-            crop = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
-            size = crop.get("height") or crop.get("shortest_edge") if isinstance(crop, dict) else crop
-            return Preprocessing(int(image_size or size or RAD_DINO_SIZE), mean, std, f"image_processor:{name}")
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("no image processor for %s (%s); using RAD-DINO preprocessing values", name, exc)
+        proc = load_image_processor(name)
+        if proc is not None:
+            return preprocessing_from_processor(proc, f"image_processor:{name}", image_size)
     size = image_size or getattr(getattr(encoder, "config", None), "image_size", None) or RAD_DINO_SIZE
     return Preprocessing(int(size), RAD_DINO_MEAN, RAD_DINO_STD, "rad-dino defaults")
+
+
+def load_image_processor(name: str, backend: str | None = "pil"):
+    """The image processor of a hub id or local folder, or ``None`` with a warning (``backend``: transformers 5's
+    backend, the PIL one by default — only its attributes are read; ``None`` for processors that have no PIL one)."""
+    try:
+        from transformers import AutoImageProcessor
+
+        if backend is None:
+            return AutoImageProcessor.from_pretrained(name)
+        try:
+            return AutoImageProcessor.from_pretrained(name, backend=backend)
+        except TypeError:  # transformers < 5: no backend argument
+            return AutoImageProcessor.from_pretrained(name)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        log.warning("no image processor for %s (%s); using default preprocessing values", name, exc)
+        return None
+
+
+def preprocessing_from_processor(proc, source: str, image_size: int | None = None) -> Preprocessing:
+    """:class:`Preprocessing` from a transformers image processor's attributes (``do_resize``, ``size``,
+    ``do_center_crop``, ``crop_size``, ``resample``, ``do_rescale``, ``rescale_factor``, ``do_normalize``,
+    ``image_mean``, ``image_std``), whatever form the sizes take (transformers 5's ``SizeDict``, a dict, an int, a
+    ``(height, width)`` pair). ``image_size``: see :func:`preprocessing_for`.
+
+    Raises:
+        ConfigError: The processor's output is not a fixed square, or it uses a resize rule spft does not implement
+            (``longest_edge``, ``max_height`` ...); the message suggests ``data.image_size``.
+    """
+    interpolation = _resample_code(getattr(proc, "resample", None))
+    rescale = float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else None
+    if getattr(proc, "do_normalize", True):
+        mean = tuple(float(v) for v in _three(proc.image_mean))
+        std = tuple(float(v) for v in _three(proc.image_std))
+    else:
+        mean, std = (0.0,) * 3, (1.0,) * 3
+    common = dict(mean=mean, std=std, interpolation=interpolation, rescale=rescale)
+    if image_size:
+        n = int(image_size)
+        return Preprocessing(n, source=f"{source}, data.image_size={n} (shortest edge {n}, centre crop {n}x{n})",
+                             resize="shortest_edge", resize_size=(n,), crop=(n, n), **common)
+    hint = "set data.image_size=N to resize the shortest edge to N and centre-crop N x N"
+    resize, resize_size = "none", None
+    if getattr(proc, "do_resize", True):
+        size = size_fields(getattr(proc, "size", None), getattr(proc, "default_to_square", True))
+        if set(size) == {"shortest_edge"}:
+            resize, resize_size = "shortest_edge", (size["shortest_edge"],)
+        elif {"height", "width"} <= set(size) and not set(size) & {"shortest_edge", "longest_edge"}:
+            resize, resize_size = "exact", (size["height"], size["width"])
+        else:
+            raise ConfigError(f"{source}: resize rule {size} is not supported by spft; {hint}")
+    crop = None
+    if getattr(proc, "do_center_crop", False):
+        fields = size_fields(getattr(proc, "crop_size", None), True)
+        if not {"height", "width"} <= set(fields):
+            raise ConfigError(f"{source}: crop_size {fields} has no height and width; {hint}")
+        crop = (fields["height"], fields["width"])
+    out = crop or (resize_size if resize == "exact" else None)
+    if out is None or out[0] != out[1]:
+        what = "a variable size" if out is None else f"{out[0]}x{out[1]} images"
+        raise ConfigError(f"{source}: the processor gives {what}, spft needs a fixed square input; {hint}")
+    return Preprocessing(int(out[0]), source=source, resize=resize, resize_size=resize_size, crop=crop, **common)
+
+
+def size_fields(value, default_to_square: bool = True) -> dict[str, int]:
+    """The set entries of a processor size (``SizeDict``, dict, int, ``(height, width)``) as a plain dict.
+
+    An int means ``height = width = n`` when ``default_to_square`` (transformers' rule), else ``shortest_edge = n``.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, bool):
+        raise ConfigError(f"image processor size: expected a size, got {value!r}")
+    if isinstance(value, (int, float)):
+        n = int(value)
+        return {"height": n, "width": n} if default_to_square else {"shortest_edge": n}
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            return size_fields(value[0], default_to_square)
+        if len(value) == 2:
+            return {"height": int(value[0]), "width": int(value[1])}
+        raise ConfigError(f"image processor size: expected 1 or 2 numbers, got {value!r}")
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif dataclasses.is_dataclass(value):  # transformers 5's SizeDict
+        items = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+    else:
+        keys = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
+        items = ((k, getattr(value, k, None)) for k in keys)
+    return {str(k): int(v) for k, v in items if v is not None}
+
+
+def _resample_code(value) -> int:
+    """PIL resample code of a processor's ``resample`` (PILImageResampling, int, or torchvision InterpolationMode);
+    ``None`` is transformers' default for its PIL resize, bilinear."""
+    if value is None:
+        return 2
+    if isinstance(value, int):
+        return int(value)
+    name = str(getattr(value, "value", value)).lower().rsplit(".", 1)[-1]
+    codes = {v: k for k, v in INTERPOLATIONS.items()}
+    if name not in codes:
+        raise ConfigError(f"image processor resample: unknown interpolation {value!r}")
+    return codes[name]
 
 
 def _three(values) -> list[float]:

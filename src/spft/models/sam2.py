@@ -9,6 +9,7 @@ specs/engines.md C5).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -17,7 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from spft.errors import ConfigError, MissingFileError
-from spft.models.encoders import Preprocessing, attention_kwargs, build_with_attention
+from spft.models.encoders import (
+    Preprocessing,
+    attention_kwargs,
+    build_with_attention,
+    load_image_processor,
+    preprocessing_from_processor,
+)
 from spft.recipe import LayerGroups
 
 log = logging.getLogger(__name__)
@@ -73,16 +80,32 @@ class SpftSam2(nn.Module):
 
 
 def _preprocessing(name: str | None, size: int) -> Preprocessing:
-    if name is not None:
-        try:
-            from transformers import AutoImageProcessor
+    """The square resize to the model's ``size`` with the statistics, filter and rescale of the folder's or hub
+    model's ``Sam2ImageProcessor`` (its ``size {height, width}``, ``resample``, ``image_mean``/``image_std``, read
+    as :func:`~spft.models.encoders.preprocessing_from_processor` reads any processor), else its class defaults
+    (1024-px models: bilinear, 1/255, ImageNet statistics). The resize itself is PIL's (``spft.data.masks``):
+    transformers' Sam2ImageProcessor resizes with torchvision, whose antialiased bilinear differs by a grey level.
 
-            proc = AutoImageProcessor.from_pretrained(name)
-            mean, std = tuple(proc.image_mean), tuple(proc.image_std)
-            return Preprocessing(size, mean, std, f"image_processor:{name} (square resize to {size})")
-        except (OSError, ValueError, ImportError) as exc:
-            log.warning("no image processor for %s (%s): using Sam2ImageProcessor's defaults", name, exc)
-    return Preprocessing(size, SAM2_MEAN, SAM2_STD, "Sam2ImageProcessor defaults (square resize, ImageNet stats)")
+    The model decides the size (its prompt encoder's ``image_size``: boxes are in those pixels); a processor whose
+    size differs is reported and only its other values are used.
+    """
+    default = Preprocessing(size, SAM2_MEAN, SAM2_STD, "Sam2ImageProcessor defaults (square resize, ImageNet stats)",
+                            resize="exact", crop=None, interpolation=2)
+    if name is None:
+        return default
+    proc = load_image_processor(name, backend=None)  # Sam2ImageProcessor has no PIL backend
+    if proc is None:
+        return default
+    source = f"image_processor:{name}"
+    if getattr(proc, "do_center_crop", False):
+        log.warning("%s: the image processor's centre crop is not used for SAM2 (square resize only)", source)
+        proc.do_center_crop = False
+    prep = preprocessing_from_processor(proc, source)
+    if prep.resize != "exact" or prep.resize_size != (size, size):
+        log.warning("%s resizes to %s, the model takes %d x %d images: resizing to %d x %d", source, prep.record()[
+            "resize"], size, size, size, size)
+    return dataclasses.replace(prep, size=size, resize="exact", resize_size=(size, size), crop=None,
+                               source=f"{source} (square resize to {size})")
 
 
 def build_sam2(model_cfg) -> tuple[SpftSam2, Preprocessing]:
@@ -109,6 +132,7 @@ def build_sam2(model_cfg) -> tuple[SpftSam2, Preprocessing]:
             except OSError as exc:
                 where = "local directory" if Path(name).exists() else "hub id"
                 raise MissingFileError(f"model.name: could not load {where} '{name}': {exc}\nWithout network, "
-                                       "download it once (hf download) and set model.name to that folder.") from exc
+                                       f"download it once (hf download {name} --local-dir DIR) and set "
+                                       "model.name=DIR.") from exc
     model = SpftSam2(build_with_attention(make, attn))  # model.attn_implementation, fallback logged
     return model, _preprocessing(name, model.size)

@@ -370,6 +370,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = F
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
         reload_dataloaders_every_n_epochs=1 if reload_dataloaders else 0,
         deterministic=cfg.trainer.deterministic,
+        limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
     )
 
 
@@ -436,6 +437,10 @@ def split_counts(table) -> dict:
 
 
 def preprocessing_record(prep) -> dict:
+    """``data.json``'s ``preprocessing``: size (model input side), resize rule and size, crop, interpolation,
+    rescale, mean, std, source (``Preprocessing.record``)."""
+    if hasattr(prep, "record"):
+        return prep.record()
     return {"size": prep.size, "mean": prep.mean, "std": prep.std, "source": prep.source}
 
 

@@ -149,6 +149,7 @@ class FeatureCache:
         meta = {"version": FEATURE_CACHE_VERSION, "encoder": self._weights, "pooling": self.model.pooling,
                 "prefix_tokens": self.model.n_prefix, "size": t.size, "mean": t.mean.flatten().tolist(),
                 "std": t.std.flatten().tolist(), "color": self.color, "precision": precision,
+                "preprocessing": t.describe() if hasattr(t, "describe") else None,  # resize, crop, filter, rescale
                 "images": files_digest([dataset.table.paths[int(r)] for r in dataset.index])}
         return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
 

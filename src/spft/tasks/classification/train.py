@@ -57,12 +57,12 @@ def build_run(cfg: SpftConfig, run_dir: Path | None, table=None):
                     name)
     module = ClassificationModule(cfg, model, table.classes, weights, run_dir)
     module.apply_speed_options()
-    transform = ImageTransform(prep.size, prep.mean, prep.std)
+    transform = ImageTransform(prep)  # the model's full preprocessing (resize, crop, filter, statistics)
     reading = table
     if cfg.data.image_cache:  # pre-resized copies from `spft prepare cache`: same pixels, much smaller files
         from spft.data.cache import image_cache_for
 
-        reading = image_cache_for(cfg, prep.size).redirect(table)
+        reading = image_cache_for(cfg, prep).redirect(table)
     module.feature_cache_blocker = cache_blocker(cfg, model)
     if module.feature_cache_blocker is None and stage_plan(cfg.recipe).stage1_epochs > 0 and run_dir is not None:
         log.info("stage 1 trains the head on cached encoder features (computed once; trainer.feature_cache)")

@@ -23,6 +23,10 @@ def check_detection_config(cfg: SpftConfig) -> None:
     for key, ok, expected in checks:
         if not ok:
             raise ConfigError(f"'{key}': expected {expected}, got {eval_key(cfg, key)!r}")
+    for key in ("trainer.limit_train_batches", "trainer.limit_val_batches"):
+        if eval_key(cfg, key) is not None:
+            raise ConfigError(f"'{key}': not available for detection (Ultralytics trains and validates on every "
+                              "batch); leave it null and use a smaller dataset for a quick run")
 
 
 def eval_key(cfg: SpftConfig, dotted: str):
