@@ -10,6 +10,7 @@
     spft repeat CONFIG [KEY=VALUE ...] [--seeds 0,1,2] [--out DIR]     one run per seed; last line = sweep directory
     spft ablate CONFIG [KEY=VALUE ...] [--study ladder|depth|probe|FILE] [--seeds ...] [--out DIR]
     spft report SWEEP_DIR [--out DIR] [--bootstrap 1000]             tables, figures, report.html
+    spft cache list | clean [--max-gb N] [--all]                     the stage-1 feature cache on disk
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from spft.errors import ConfigError, MissingFileError, SpftError
+from spft.errors import ConfigError, SpftError
 
 log = logging.getLogger("spft")
 
@@ -39,17 +40,11 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 
 
-def _repo_configs() -> Path:
-    return Path(__file__).resolve().parents[2] / "configs"
-
-
 def find_demo_config() -> Path:
-    """``configs/phantom_cxr.yaml`` from the current directory or the source checkout."""
-    for candidate in (Path("configs/phantom_cxr.yaml"), _repo_configs() / "phantom_cxr.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise MissingFileError("configs/phantom_cxr.yaml not found: run `spft demo` from the spft checkout, or "
-                            "`spft train path/to/phantom_cxr.yaml`")
+    """``configs/phantom_cxr.yaml`` as shipped inside the package (works from a checkout and an installed wheel)."""
+    from spft.config.loader import resolve_config_path
+
+    return resolve_config_path("phantom_cxr.yaml")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -178,6 +173,20 @@ def cmd_prepare_detection(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from spft.tasks.classification import feature_store as store
+
+    if args.cache_command == "list":
+        print(store.format_entries(store.entries()))
+        print(store.store_root())
+        return 0
+    limit = 0 if args.all else (int(args.max_gb * 1e9) if args.max_gb is not None else store.max_bytes())
+    removed = store.evict(limit)
+    print(f"removed {len(removed)} feature-cache entr{'y' if len(removed) == 1 else 'ies'} "
+          f"({sum(e.bytes for e in removed) / 1e9:.2f} GB) from {store.store_root()}")
+    return 0
+
+
 def _run_sweep(args: argparse.Namespace, study) -> int:
     from spft.experiments.sweep import parse_seeds, plan_sweep, run_sweep, summary_rows
 
@@ -221,8 +230,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from spft import __version__
+
     parser = argparse.ArgumentParser(prog="spft", description="Stabilized Progressive Fine-Tuning (SPFT)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"spft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train with the SPFT recipe (or --resume a killed run)")
@@ -241,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="name of the files: metrics_NAME.json, predictions_NAME.csv (default: the data "
                                   "file's name for other data)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, locks_run="run_dir")
 
     p = sub.add_parser("demo", help="the whole SPFT pipeline on synthetic phantoms (CPU, a few minutes)")
     p.add_argument("--out", help="run directory (default runs/demo/<timestamp>)")
@@ -273,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. data.root=/data/x")
         p.set_defaults(func=cmd_prepare_detection)
 
+    p = sub.add_parser("cache", help="the stage-1 feature cache under $SPFT_CACHE/features: list or clean it")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True)
+    p = cache_sub.add_parser("list", help="every entry with its size and when it was last used")
+    p.set_defaults(func=cmd_cache)
+    p = cache_sub.add_parser("clean", help="remove least-recently-used entries down to the cap ($SPFT_CACHE_MAX_GB)")
+    p.add_argument("--max-gb", type=float, default=None, help="keep at most this many GB (default: the cap)")
+    p.add_argument("--all", action="store_true", help="remove every entry")
+    p.set_defaults(func=cmd_cache)
+
     sweep_help = "KEY=VALUE overrides for every run (not seed or run.dir: the sweep sets them)"
     p = sub.add_parser("repeat", help="one run per seed, each in its own process; finished runs are skipped")
     p.add_argument("config", help="experiment YAML (configs/*.yaml)")
@@ -298,19 +319,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    """Every (sub)command parser that runs a command, however deeply nested (``spft data check``)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+            yield from _leaf_parsers(child)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv`` so that options and ``KEY=VALUE`` overrides mix in any order, and ``-v`` works after the
+    subcommand too (``spft repeat CONFIG --seeds 0,1 optim.lr_head=1e-4 -v``)."""
+    for leaf in _leaf_parsers(parser):
+        if "-v" not in leaf._option_string_actions:
+            leaf.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = list(args.overrides or []) + overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from spft.experiments.lock import lock_run, release_run_locks
+
     try:
+        if getattr(args, "locks_run", None):  # commands that write into an existing run hold its lock
+            lock_run(getattr(args, args.locks_run), args.command)
         return args.func(args)
     except SpftError as exc:  # the user's to fix: one line; anything else is a bug and keeps its traceback (exit 1)
         print(f"spft {args.command}: error: {exc}", file=sys.stderr)
         if args.verbose:
             raise
         return exc.exit_code
+    finally:
+        release_run_locks()
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ truncated file behind.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -27,21 +29,95 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_with(path: str | Path, write) -> None:
-    """Call ``write(file)`` on a temp file in ``path``'s folder, fsync, then ``os.replace`` it onto ``path``."""
+FAULT_POINT_ENV = "SPFT_FAULT_POINT"
+_writes = 0  # atomic writes this process has made, counted for the fault-injection hook
+
+
+def fault_point(path: Path) -> None:
+    """Test hook (fault injection): with ``SPFT_FAULT_POINT=N`` the process SIGKILLs itself during its N-th atomic
+    write — after the data went to the temp file, before it is synced and renamed — as a power cut or the OOM
+    killer would. Every file spft writes (checkpoints, stage-1 features, history, JSON records) passes here.
+    Used by tests/test_faults.py and scripts/fault_inject.py; unset, it costs one dictionary lookup."""
+    global _writes
+    target = os.environ.get(FAULT_POINT_ENV)
+    if not target:
+        return
+    _writes += 1
+    if _writes == int(target):
+        import signal
+
+        sys.stderr.write(f"spft: fault injection: SIGKILL during write {_writes} ({path})\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_temp(path: str | Path, write) -> Path:
+    """Call ``write(file)`` on a new temp file beside ``path`` and fsync it; returns the temp file (not yet renamed).
+
+    The temp name is ``.<name>.<random>.tmp`` (:func:`clean_temp_files` removes those a killed process left). A full
+    or read-only disk becomes a :class:`~spft.errors.StorageError` naming ``path``, and the temp file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _storage_error(path, exc) from exc
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared like any file
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            fault_point(path)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _is_storage_failure(exc):
+            raise _storage_error(path, exc) from exc
         raise
+    return Path(tmp)
+
+
+def atomic_write_with(path: str | Path, write) -> None:
+    """Call ``write(file)`` on a temp file in ``path``'s folder, fsync, then ``os.replace`` it onto ``path``."""
+    tmp = write_temp(path, write)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _storage_error(Path(path), exc) from exc
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    """An OSError of a full / read-only disk, or torch.save's RuntimeError for a failed write ("unexpected pos")."""
+    if isinstance(exc, OSError):
+        return exc.errno in _STORAGE_ERRNOS
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("unexpected pos" in text or "file write failed" in text)
+
+
+def _storage_error(path: Path, exc: BaseException):
+    from spft.errors import StorageError
+
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StorageError(f"cannot write {path}: {exc.strerror or exc} (read-only or no permission)")
+    if not isinstance(exc, OSError) or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StorageError(f"no space left writing {path}; the previous version of the file is kept — free space "
+                            "and resume (spft train --resume RUN_DIR)")
+    return StorageError(f"cannot write {path}: {exc}")
+
+
+def clean_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the ``.*.tmp`` files a killed write left in ``folder`` and its subfolders; returns what was removed."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -167,45 +243,107 @@ def create_run_dir(cfg) -> Path:
             shared = str(Path("runs") / (cfg.name or "run") / _job_id())
         if not shared:
             raise ConfigError("this is a secondary DDP rank but no run directory is shared with rank 0: set "
-                             "run.dir=... so every rank writes to the same run")
+                              "run.dir=... so every rank writes to the same run")
         cfg.run.dir = shared
         Path(shared).mkdir(parents=True, exist_ok=True)
         return Path(shared)
     if not cfg.run.dir and _launched_world() > 1:
         if not _job_id():
-            raise ConfigError(f"{_launched_world()} processes were launched but run.dir is not set: set run.dir=... "
-                             "so every rank writes to the same run")
+            raise ConfigError(f"{_launched_world()} processes were launched but run.dir is not set: set "
+                              "run.dir=... so every rank writes to the same run")
         cfg.run.dir = str(Path("runs") / (cfg.name or "run") / _job_id())
     run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg.name or "run")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
-                              f"{run_dir}` or choose another run.dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _storage_error(run_dir, exc) from exc
+    from spft.experiments.lock import LOCK, lock_run
+
+    lock_run(run_dir, "train")  # first: a process still writing there is named as the holder
+    _refuse_used(run_dir, ignore=(LOCK,))
+    if created:
+        _CREATED.add(run_dir.resolve())
     cfg.run.dir = str(run_dir)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     return run_dir
 
 
+_CREATED: set[Path] = set()  # run directories this process created (a failed start removes them again)
+
+
+def _refuse_used(run_dir: Path, ignore: tuple[str, ...] = ()) -> None:
+    if run_dir.is_dir() and any(p.name not in ignore for p in run_dir.iterdir()):
+        raise RunDirError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
+                          f"{run_dir}` or choose another run.dir")
+
+
+def discard_failed_start(run_dir: str | Path) -> bool:
+    """Remove a run directory this process created when the run failed before its first checkpoint.
+
+    A failed start (a bad image found in the first epoch, a model that does not fit in memory ...) must not leave
+    a half-made directory that blocks ``spft train`` with the same ``run.dir``. Directories that hold a checkpoint,
+    or that this process did not create, are kept. Returns whether it was removed.
+    """
+    import shutil
+
+    run_dir = Path(run_dir)
+    key = run_dir.resolve()
+    checkpoints = run_dir / "checkpoints"
+    if key not in _CREATED or any(checkpoints.glob("*.ckpt")) or any(checkpoints.glob("*.pt")):
+        return False
+    from spft.experiments.lock import release_run_locks
+
+    release_run_locks()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    _CREATED.discard(key)
+    return True
+
+
 def load_run_config(run_dir: str | Path, overrides: tuple[str, ...] | list[str] = ()):
     """The validated config recorded in ``run_dir/config.yaml``, with optional ``KEY=VALUE`` overrides."""
-    import yaml
-
     from spft.config import load_config
 
     config_file = Path(run_dir) / "config.yaml"
     if not config_file.is_file():
         raise MissingFileError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = load_config(None, overrides=overrides, base=yaml.safe_load(config_file.read_text()))
+    cfg = load_config(None, overrides=overrides, base=read_run_yaml(config_file))
     cfg.run.dir = str(run_dir)
     return cfg
 
 
+def read_run_yaml(config_file: str | Path) -> dict:
+    """A run's ``config.yaml`` as a mapping; a damaged or non-mapping file is one line naming it."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"{config_file} is damaged{at}: not valid YAML — restore it from a copy or "
+                          "re-create it from the experiment config") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_file} is damaged: expected a mapping of config sections, got "
+                          f"{type(data).__name__}")
+    return data
+
+
 def config_to_resume(run_dir: str | Path):
-    """The config of a run to continue, or ``None`` when it already finished (``DONE`` exists)."""
+    """The config of a run to continue (its lock taken), or ``None`` when it already finished (``DONE`` exists).
+
+    Temp files that killed writes left behind are removed first.
+    """
+    from spft.experiments.lock import lock_run
+
+    if not (Path(run_dir) / "config.yaml").is_file():
+        raise MissingFileError(f"{run_dir} is not a run directory (no config.yaml)")
+    lock_run(run_dir, "resume")
+    if not secondary_rank():
+        for tmp in clean_temp_files(run_dir):
+            logging.getLogger(__name__).info("removed %s (left by a killed write)", tmp)
     cfg = load_run_config(run_dir)
     if is_done(run_dir):
-        import logging
-
         logging.getLogger(__name__).info("%s is already finished (DONE exists); nothing to resume", run_dir)
         return None
     return cfg

@@ -28,8 +28,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from spft.data.dataset import ShardSampler
 from spft.data.registry import cache_root
+from spft.errors import SpftError
 from spft.experiments.rundir import atomic_write_with
 from spft.models.encoders import hidden_size
+from spft.tasks.classification import feature_store
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +165,32 @@ class FeatureCache:
         features = _read(path, len(dataset))
         if _all_ranks_agree(features is not None, world):
             log.info("stage-1 feature cache: %s features read from %s", split, path)
+            feature_store.touch(path.parent)
         else:
             parts = self._extract(split, dataset, device, batch_size, loader_options, rank, world, precision)
             features = torch.zeros(len(dataset), hidden_size(self.model.encoder))
             for index, values in parts:  # outside inference mode: the head will train on these
                 features[index] = values.clone()
-            _atomic_save(path, features.numpy())
-            log.info("stage-1 feature cache: %d %s features written to %s", len(features), split, path)
+            if rank == 0 and self._persist(path, features, dataset):
+                log.info("stage-1 feature cache: %d %s features written to %s", len(features), split, path)
         self._features[split] = features
         return features
+
+    def _persist(self, path: Path, features: torch.Tensor, dataset) -> bool:
+        """Write one split's features, its entry's ``meta.json`` and keep the store under its cap. A cache that
+        cannot be written (read-only, full, not a folder) is a warning: the run trains on from memory."""
+        try:
+            _atomic_save(path, features.numpy())
+            if not (path.parent / "meta.json").is_file():
+                feature_store.write_meta(path.parent, {"describe": f"{type(self.model.encoder).__name__}, "
+                                                       f"{len(dataset)} {path.stem} images, {self.color}",
+                                                       "images": len(dataset), "dim": int(features.shape[1])})
+        except (SpftError, OSError) as exc:
+            log.warning("stage-1 feature cache: cannot write %s (%s); training on without persisting the features "
+                        "(set $SPFT_CACHE to a writable folder to keep them)", path, exc)
+            return False
+        feature_store.evict(feature_store.max_bytes(), keep=(path.parent.name,), root=self.folder)
+        return True
 
     @torch.inference_mode()
     def _extract(self, split, dataset, device, batch_size, loader_options, rank, world, precision) -> list:
@@ -204,7 +223,7 @@ def _read(path: Path, n_rows: int) -> torch.Tensor | None:
     if not path.is_file():
         return None
     try:
-        array = np.load(path)
+        array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         log.warning("feature cache %s is unreadable (%s): computing the features again", path, exc)
         return None
