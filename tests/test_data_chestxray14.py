@@ -132,3 +132,42 @@ def test_spft_train_on_the_miniature_copy(tmp_path):
     assert data["split_policy"].startswith("official test_list.txt = test")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["n"] == data["n_images"]["test"]
+
+
+def _rare_finding(copy: dict, finding: str, patients: set[int]) -> None:
+    """Rewrite the Data_Entry file so that ``finding`` is positive on every image of ``patients`` and nowhere else."""
+    df = pd.read_csv(copy["csv"], dtype=str, keep_default_na=False)
+    labels = [[n for n in text.split("|") if n not in (finding, "No Finding")] for text in df["Finding Labels"]]
+    for i, pid in enumerate(df["Patient ID"].astype(int)):
+        if pid in patients:
+            labels[i].append(finding)
+    df["Finding Labels"] = ["|".join(names) or "No Finding" for names in labels]
+    df.to_csv(copy["csv"], index=False)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_validation_carve_is_stratified_and_grouped(tmp_path, seed):
+    """Hernia on 4 of the ~30 train_val patients reaches both train and validation, whatever the seed."""
+    copy = make_chestxray14(tmp_path / "nih", n_patients=40)
+    rare = {1, 6, 11, 17}  # none a multiple of 4: all in train_val_list.txt
+    _rare_finding(copy, "Hernia", rare)
+    cfg = _cfg(tmp_path / "nih", "data.val_fraction=0.25", f"data.split_seed={seed}").data
+    table = build_table(cfg, seed=0)
+    hernia = table.labels[:, NIH_FINDINGS.index("Hernia")] == 1
+    assert {table.groups[i] for i in np.flatnonzero(hernia)} == {str(p) for p in rare}
+    assert {s for s, h in zip(table.splits, hernia) if h} == {"train", "val"}
+    assert table.leaked_groups() == []  # patients never cross
+    assert {n for n, s in zip(table.ids, table.splits) if s == "test"} == set(copy["test"])  # official test untouched
+    assert "method iterative-stratified-grouped" in table.split_policy
+    assert load_table(cfg, seed=0).splits == table.splits  # same seed, same split
+
+
+def test_only_the_trained_classes_drive_the_stratification(tmp_path):
+    """With data.label_columns the carve is stratified on those classes: Hernia, not trained, is not balanced."""
+    copy = make_chestxray14(tmp_path / "nih", n_patients=40)
+    _rare_finding(copy, "Hernia", {1, 6, 11, 17})
+    full = load_table(_cfg(tmp_path / "nih", "data.val_fraction=0.25").data, seed=0)
+    chosen = load_table(_cfg(tmp_path / "nih", "data.val_fraction=0.25", "data.label_columns=[Effusion, Mass]").data,
+                        seed=0)
+    assert chosen.classes == ["Effusion", "Mass"] and chosen.leaked_groups() == []
+    assert chosen.splits != full.splits

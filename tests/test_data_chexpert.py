@@ -118,3 +118,25 @@ def test_bad_values_and_policies_are_named(tmp_path):
     (copy["valid_csv"]).unlink()
     with pytest.raises(FileNotFoundError, match="valid.csv not found next to train.csv"):
         load_table(_cfg(tmp_path).data, seed=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_validation_carve_is_stratified_and_grouped(tmp_path, seed):
+    """Fracture positive for 4 of the 20 train patients only: it reaches train and validation, whatever the seed."""
+    copy = make_chexpert(tmp_path)
+    df = pd.read_csv(copy["train_csv"], dtype=str, keep_default_na=False)
+    rare = {"patient00002", "patient00007", "patient00013", "patient00018"}
+    patient = df["Path"].str.extract(r"(patient\d+)")[0]
+    df["Fracture"] = np.where(patient.isin(rare), "1.0", "0.0")
+    df.to_csv(copy["train_csv"], index=False)
+    cfg = _cfg(tmp_path, "data.val_fraction=0.25", f"data.split_seed={seed}").data
+    table = build_table(cfg, seed=0)
+    fracture = table.labels[:, CHEXPERT_OBS.index("Fracture")] == 1
+    carved = np.array([s != "test" for s in table.splits])
+    assert {table.groups[i] for i in np.flatnonzero(fracture & carved)} == rare
+    assert {s for s, f, c in zip(table.splits, fracture, carved) if f and c} == {"train", "val"}
+    assert table.leaked_groups() == []
+    test = {i for i, s in zip(table.ids, table.splits) if s == "test"}
+    assert test == {i for i in table.ids if i.startswith("valid/")}  # the official valid.csv stays the test split
+    assert "method iterative-stratified-grouped" in table.split_policy
+    assert load_table(cfg, seed=0).splits == table.splits

@@ -96,3 +96,21 @@ def test_missing_image_is_refused(tmp_path):
     next(tmp_path.glob(f"HAM10000_images_part_*/{gone}.jpg")).unlink()
     with pytest.raises(FileNotFoundError, match=rf"(?s)1 listed image\(s\) not found.*{gone}\.jpg.*spft data check"):
         build_table(_cfg(tmp_path).data, seed=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rare_diagnosis_reaches_every_split(tmp_path, seed):
+    """vasc on 6 lesions (others on 10): train, val and test all get some, lesions never cross, seed-stable."""
+    copy = make_ham10000(tmp_path, lesions_per_class=10)
+    meta = pd.read_csv(copy["metadata"], dtype=str)
+    vasc = sorted(meta.loc[meta["dx"] == "vasc", "lesion_id"].unique())
+    meta = meta[(meta["dx"] != "vasc") | meta["lesion_id"].isin(vasc[:6])]
+    meta.to_csv(copy["metadata"], index=False)
+    cfg = _cfg(tmp_path, f"data.split_seed={seed}").data
+    table = build_table(cfg, seed=0)
+    rare = table.labels[:, HAM_DX.index("vasc")] == 1
+    assert len({g for g, r in zip(table.groups, rare) if r}) == 6
+    assert {s for s, r in zip(table.splits, rare) if r} == {"train", "val", "test"}
+    assert table.leaked_groups() == []
+    assert "method iterative-stratified-grouped" in table.split_policy
+    assert load_table(cfg, seed=0).splits == table.splits

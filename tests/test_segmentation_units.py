@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,92 @@ def test_hd95_on_hand_made_masks():
     assert hd95(a, a) == 0.0
     assert hd95(a, np.roll(a, 4, axis=0)) == pytest.approx(4.0)
     assert hd95(a, np.zeros_like(a)) is None
+
+
+def _mask_csv(tmp_path, n: int = 8):
+    """images/xI.png + masks/xI_heart.png listed in list.csv with a split column (4 train, 2 val, 2 test)."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((16, 16), 80, np.uint8)).save(tmp_path / "images" / f"x{i}.png")
+        heart = np.zeros((16, 16), np.uint8)
+        heart[4:9, 5:12] = 255
+        Image.fromarray(heart).save(tmp_path / "masks" / f"x{i}_heart.png")
+    csv = tmp_path / "list.csv"
+    splits = ["train"] * 4 + ["val"] * 2 + ["test"] * 2
+    csv.write_text("file,mask_heart,split\n" + "".join(f"images/x{i}.png,masks/x{i}_heart.png,{s}\n"
+                                                     for i, s in enumerate(splits)))
+    return load_config("configs/phantom_segment_sam2.yaml", ["data.name=mask_folder", f"data.csv={csv}",
+                                                             "data.image_column=file", "data.split_column=split"]).data
+
+
+def test_missing_files_are_checked_only_for_the_rows_read(tmp_path):
+    """A missing training image or mask blocks training (build_mask_table) but not reading the test rows."""
+    from spft.data.masks import build_mask_table, load_mask_table, pixel_prevalence
+    from spft.errors import MissingFileError
+
+    cfg = _mask_csv(tmp_path)
+    (tmp_path / "images" / "x1.png").unlink()  # a training image
+    (tmp_path / "masks" / "x2_heart.png").unlink()  # a training mask
+    with pytest.raises(MissingFileError, match=r"1 image\(s\) missing, e\.g\. .*x1\.png"):
+        build_mask_table(cfg, ["heart"], seed=0)
+    table = load_mask_table(cfg, ["heart"], seed=0)  # read, not refused
+    table.check(files=False)  # splits and groups are fine
+    test = table.indices("test")
+    table.check_files(test)  # the test rows are all there
+    assert MaskDataset(table, "test", PREP)[0]["valid"].tolist() == [True]
+    assert pixel_prevalence(table)[0] > 0  # the missing training mask is skipped, not a crash
+    with pytest.raises(MissingFileError, match=r"1 image\(s\) missing, e\.g\. .*x1\.png"):
+        table.check_files(table.indices("train"))
+    (tmp_path / "images" / "x1.png").write_bytes((tmp_path / "images" / "x0.png").read_bytes())
+    with pytest.raises(MissingFileError, match=r"1 mask file\(s\) missing, e\.g\. .*x2_heart\.png"):
+        build_mask_table(cfg, ["heart"], seed=0)
+    (tmp_path / "images" / "x7.png").unlink()  # a test image
+    with pytest.raises(MissingFileError, match=r"x7\.png"):
+        table.check_files(test)
+
+
+@pytest.mark.slow
+def test_evaluate_test_split_is_not_blocked_by_a_missing_training_image(spft_cache, tmp_path):
+    """`spft evaluate RUN --split test` of a SAM2 run scores the test rows after a training image is gone; a missing
+    test image is one line naming it."""
+    import json
+
+    import pandas as pd
+    from conftest import run_cli
+
+    from spft.data.registry import ensure_phantoms
+
+    phantom = load_config("configs/phantom_segment_sam2.yaml", ["data.phantom.n_images=24",
+                                                                "data.phantom.image_size=64"]).data.phantom
+    folder = ensure_phantoms(phantom)
+    rows = pd.read_csv(folder / "labels.csv", dtype=str)
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    listing = []
+    for image, split, patient in zip(rows["image"], rows["split"], rows["patient_id"]):
+        stem = Path(image).stem
+        (data / "images" / f"{stem}.png").write_bytes((folder / image).read_bytes())
+        (data / "masks" / f"{stem}_heart.png").write_bytes((folder / "masks" / f"{stem}_heart.png").read_bytes())
+        listing.append({"file": f"images/{stem}.png", "mask_heart": f"masks/{stem}_heart.png", "split": split,
+                        "patient": patient})
+    pd.DataFrame(listing).to_csv(data / "list.csv", index=False)
+    run_dir = tmp_path / "run"
+    run_cli("train", "configs/phantom_segment_sam2.yaml", TINY_SAM2, "data.name=mask_folder",
+            f"data.csv={data / 'list.csv'}", "data.image_column=file", "data.split_column=split",
+            "data.patient_column=patient", "segmentation.structures=[heart]", "data.num_workers=0",
+            "trainer.max_epochs=1", "trainer.batch_size=8", "trainer.progress_bar=false", "recipe.stage1_epochs=1",
+            "segmentation.n_overlays=0", f"run.dir={run_dir}")
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    train_row = next(r for r in listing if r["split"] == "train")
+    (data / train_row["file"]).unlink()
+    (data / train_row["mask_heart"]).unlink()
+    run_cli("evaluate", str(run_dir), "--split", "test", "--name", "again")
+    again = json.loads(next(run_dir.glob("metrics_*again*.json")).read_text())
+    assert again["n"] == trained["n"] and again["mean_dice"] == pytest.approx(trained["mean_dice"])
+    test_row = next(r for r in listing if r["split"] == "test")
+    (data / test_row["file"]).unlink()
+    proc = run_cli("evaluate", str(run_dir), "--split", "test", "--name", "gone", check=False)
+    assert proc.returncode != 0 and Path(test_row["file"]).name in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,10 +1,16 @@
 """NIH ChestX-ray14 (``data.name: chestxray14``): 14 findings from ``Data_Entry_2017[_v2020].csv``.
 
 Split policy: the official ``test_list.txt`` is the test split; validation is carved out of ``train_val_list.txt``
-grouped by ``Patient ID`` (``data.val_fraction``, seeded by ``data.split_seed`` or the run's seed), so no patient is in
-two splits. Label policy: ``Finding Labels`` split on ``|`` and matched exactly to the 14 names; ``No Finding`` = all
-14 negative; there are no unknown labels. Images are found by file name anywhere below ``data.root`` (NIH Box
-``images/`` or Kaggle ``images_0XX/images/``); RGBA PNGs are read as grey (``spft.data.io``).
+grouped by ``Patient ID`` and stratified on the findings (:func:`spft.data.splits.multilabel_grouped_split` on the
+trained classes; ``data.val_fraction``, seeded by ``data.split_seed`` or the run's seed), so no patient is in two
+splits and a rare finding such as Hernia reaches validation; ``split_method`` in data.json records the method. Label
+policy: ``Finding Labels`` split on ``|`` and matched exactly to the 14 names; ``No Finding`` = all 14 negative; there
+are no unknown labels.
+
+Images are found by file name anywhere below ``data.root`` (NIH Box ``images/`` or Kaggle ``images_0XX/images/``).
+One lookup rule (:func:`image_path`): the name in ``Image Index`` (``00000001_000.png``) if a file of that name exists,
+else ``<stem>.dcm``, else ``<stem>.dicom`` (a copy of the dataset stored as DICOM), all read through
+:func:`spft.data.io.load_image` (RGBA PNGs as grey; DICOM through :func:`spft.data.dicom.read_dicom`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from spft.data.files import (
     read_metadata,
     split_seed,
 )
-from spft.data.splits import grouped_split
+from spft.data.io import DICOM_SUFFIXES
+from spft.data.registry import stratification_labels
+from spft.data.splits import multilabel_grouped_split
 from spft.errors import DataError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -37,7 +45,7 @@ METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 PUBLISHED = {"images": 112_120, "train_val_list.txt": 86_524, "test_list.txt": 25_596}
 
 SPLIT_POLICY = ("official test_list.txt = test; validation carved from train_val_list.txt grouped by Patient ID "
-                "(data.val_fraction = {val}, seed {seed}); no patient in two splits")
+                "(data.val_fraction = {val}, seed {seed}, method {method}); no patient in two splits")
 LABEL_POLICY = ("14 findings from 'Finding Labels' split on '|' (exact names); 'No Finding' = all negative; "
                 "no unknown labels")
 
@@ -86,6 +94,13 @@ def _official_splits(names: list[str], index: FileIndex, warnings: list[str]) ->
     return [membership.get(n) for n in names]
 
 
+def image_path(index: FileIndex, name: str) -> str | None:
+    """The file of ``Image Index`` ``name`` below the root: ``name`` itself, else the same stem with a DICOM suffix
+    (``.dcm``, then ``.dicom``); ``None`` when none exists."""
+    stem = Path(name).stem
+    return index.find(name, *(stem + suffix for suffix in DICOM_SUFFIXES))
+
+
 def read_chestxray14(data_cfg, seed: int) -> LabelTable:
     """The ChestX-ray14 LabelTable (unchecked: missing files and leakage are reported by the caller).
 
@@ -116,15 +131,15 @@ def read_chestxray14(data_cfg, seed: int) -> LabelTable:
     groups = [str(int(p)) if p.strip().isdigit() else p.strip() for p in df[patient_col]]
     seed = split_seed(data_cfg, seed)
     trainval = [i for i, s in enumerate(official) if s == "trainval"]
-    carved = grouped_split([groups[i] for i in trainval], [1.0 - data_cfg.val_fraction, data_cfg.val_fraction, 0.0],
-                           seed)
+    carved, method = multilabel_grouped_split([groups[i] for i in trainval],
+                                              stratification_labels(labels[trainval], FINDINGS, data_cfg),
+                                              [1.0 - data_cfg.val_fraction, data_cfg.val_fraction, 0.0], seed)
     splits = ["test"] * len(names)
     for i, split in zip(trainval, carved):
         splits[i] = split
-    images = index.by_name
     # a name not found gets the path "<root>/**/<name>": searched for anywhere below the root, reported as missing
-    paths = [images.get(n) or str(index.root / "**" / n) for n in names]
+    paths = [image_path(index, n) or str(index.root / "**" / n) for n in names]
     return LabelTable(classes=list(FINDINGS), paths=paths, ids=names, groups=groups, splits=splits, labels=labels,
-                      split_policy=SPLIT_POLICY.format(val=data_cfg.val_fraction, seed=seed),
+                      split_policy=SPLIT_POLICY.format(val=data_cfg.val_fraction, seed=seed, method=method),
                       label_policy=LABEL_POLICY, group_kind="patient", warnings=warnings,
                       source=f"chestxray14 at {index.root} ({Path(metadata).name}; images found by name below it)")

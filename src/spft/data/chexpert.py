@@ -2,7 +2,10 @@
 
 Split policy: the official ``valid.csv`` (234 radiologist-labelled images) is the test split; validation is carved out
 of ``train.csv`` grouped by patient (``patientNNNNN`` from ``Path``; ``data.val_fraction``, seeded), so no patient is
-in two splits. ``data.views`` keeps frontal, lateral or both images, decided by the ``Frontal/Lateral`` column.
+in two splits, and stratified on the labels after the uncertainty/blank policies (positives of the trained classes,
+:func:`spft.data.splits.multilabel_grouped_split`), so a rare observation reaches validation; ``split_method`` in
+data.json records the method. ``data.views`` keeps frontal, lateral or both images, decided by the
+``Frontal/Lateral`` column.
 Label policy: 1 positive, 0 negative; uncertain (-1) per ``data.uncertain`` — ``ignore`` (U-Ignore: masked, the
 image is kept), ``zeros`` or ``ones``, globally or per class; blank (not mentioned) per ``data.blank`` — ``zero``
 (negative, the default) or ``ignore`` (masked).
@@ -20,7 +23,8 @@ import pandas as pd
 
 from spft.data.contract import LabelTable
 from spft.data.files import add_warning, count_warning, find_column, read_metadata, split_seed
-from spft.data.splits import grouped_split
+from spft.data.registry import stratification_labels
+from spft.data.splits import multilabel_grouped_split
 from spft.errors import DataError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -156,19 +160,22 @@ def read_chexpert(data_cfg, seed: int) -> LabelTable:
         if not match:
             log.debug("chexpert: no patientNNNNN in Path %r (row %d): grouped by image", p, i)
     raw_labels = np.concatenate(raw) if raw else np.zeros((0, len(OBSERVATIONS)), np.float32)
+    labels = apply_policies(raw_labels, policies, data_cfg.blank)
     seed = split_seed(data_cfg, seed)
     train_rows = [i for i, s in enumerate(official) if s == "train"]
-    carved = grouped_split([groups[i] for i in train_rows], [1.0 - data_cfg.val_fraction, data_cfg.val_fraction, 0.0],
-                           seed)
+    carved, method = multilabel_grouped_split([groups[i] for i in train_rows],
+                                              stratification_labels(labels[train_rows], OBSERVATIONS, data_cfg),
+                                              [1.0 - data_cfg.val_fraction, data_cfg.val_fraction, 0.0], seed)
     for i, split in zip(train_rows, carved):
         official[i] = split
     resolve = _path_resolver(rel, train_csv.parent, root)
     policy_text = describe_policies(policies)
     return LabelTable(
         classes=list(OBSERVATIONS), paths=[resolve(p) for p in rel], ids=[RELEASE_PREFIX.sub("", p) for p in rel],
-        groups=groups, splits=official, labels=apply_policies(raw_labels, policies, data_cfg.blank),
+        groups=groups, splits=official, labels=labels,
         uncertain=raw_labels == -1.0, group_kind="patient", warnings=warnings, source=f"chexpert at {train_csv.parent}",
         split_policy=(f"official valid.csv = test; validation carved from train.csv grouped by patient "
-                      f"(data.val_fraction = {data_cfg.val_fraction}, seed {seed}); views: {data_cfg.views}"),
+                      f"(data.val_fraction = {data_cfg.val_fraction}, seed {seed}, method {method}); "
+                      f"views: {data_cfg.views}"),
         label_policy=(f"1 positive, 0 negative; uncertain (-1) -> {policy_text} (ignore = masked, image kept); "
                       f"blank -> {'0 (negative)' if data_cfg.blank == 'zero' else 'unknown (masked)'}"))

@@ -1,6 +1,8 @@
 """HAM10000 (``data.name: ham10000``): 7 dermoscopic diagnoses, RGB, from ``HAM10000_metadata`` (CSV or Dataverse TSV).
 
-Split policy: stratified on ``dx`` and grouped by ``lesion_id`` (several images of one lesion never straddle splits).
+Split policy: stratified on ``dx`` and grouped by ``lesion_id`` (several images of one lesion never straddle splits):
+:func:`spft.data.splits.multilabel_grouped_split` on the one-hot diagnoses (the rarest diagnosis is placed first, so a
+rare diagnosis reaches every split whenever it has enough lesions; ``split_method`` in data.json records the method).
 When ``ISIC2018_Task3_Test_GroundTruth.csv`` is present (one-hot ISIC format or HAM metadata format) and
 ``data.official_test`` is true, its images found below ``data.root`` are the test split and HAM10000 is split into
 train/val by ``data.val_fraction``; otherwise HAM10000 is split train/val/test by ``data.split_fractions``. Seeded by
@@ -26,7 +28,8 @@ from spft.data.files import (
     read_metadata,
     split_seed,
 )
-from spft.data.splits import stratified_grouped_split
+from spft.data.registry import stratification_labels
+from spft.data.splits import multilabel_grouped_split
 from spft.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -115,16 +118,17 @@ def read_ham10000(data_cfg, seed: int) -> LabelTable:
     add_warning(warnings, count_warning("ham10000: metadata rows", len(ids), PUBLISHED["images"]))
     add_warning(warnings, count_warning("ham10000: lesions", len(set(groups)), PUBLISHED["lesions"]))
     seed = split_seed(data_cfg, seed)
-    dx = [CLASSES[j] for j in labels.argmax(1)]
+    strata = stratification_labels(labels, CLASSES, data_cfg)
     test = _read_test(index, images, warnings) if data_cfg.official_test else None
     if test is None:
         log.info("ham10000: no ISIC 2018 test set used (data.official_test=%s): test carved from HAM10000 by "
                  "data.split_fractions", data_cfg.official_test)
-        splits = stratified_grouped_split(groups, dx, list(data_cfg.split_fractions), seed)
+        splits, method = multilabel_grouped_split(groups, strata, list(data_cfg.split_fractions), seed)
         policy = f"data.split_fractions {list(data_cfg.split_fractions)}"
     else:
         fractions = [1.0 - data_cfg.val_fraction, data_cfg.val_fraction, 0.0]
-        splits = stratified_grouped_split(groups, dx, fractions, seed) + ["test"] * len(test[0])
+        splits, method = multilabel_grouped_split(groups, strata, fractions, seed)
+        splits += ["test"] * len(test[0])
         ids, groups, labels = ids + test[0], groups + test[1], np.concatenate([labels, test[2]])
         policy = f"ISIC 2018 Task 3 test set = test; train/val by data.val_fraction = {data_cfg.val_fraction}"
     duplicated = pd.Series(ids)[pd.Series(ids).duplicated()]
@@ -134,6 +138,6 @@ def read_ham10000(data_cfg, seed: int) -> LabelTable:
     # an image not found gets the path "<root>/**/<id>.jpg": searched for anywhere below the root, reported missing
     paths = [images.get(i) or str(index.root / "**" / f"{i}.jpg") for i in ids]
     return LabelTable(classes=list(CLASSES), paths=paths, ids=ids, groups=groups, splits=splits, labels=labels,
-                      split_policy=f"stratified on dx, grouped by lesion_id (seed {seed}); {policy}",
+                      split_policy=f"stratified on dx, grouped by lesion_id (seed {seed}, method {method}); {policy}",
                       label_policy=LABEL_POLICY, group_kind="lesion", warnings=warnings,
                       source=f"ham10000 at {index.root} ({Path(metadata).name}; images found by name below it)")

@@ -72,8 +72,9 @@ class MaskTable:
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.splits) == split)
 
-    def check(self) -> None:
-        """Refuse empty splits, leaked groups and missing image files (the error names the first offender)."""
+    def check(self, files: bool = True) -> None:
+        """Refuse empty splits, leaked groups and (``files``) missing image or mask files of any row (the error
+        names the first offender). What training needs; evaluation checks only its rows (:meth:`check_files`)."""
         for split in SPLITS:
             if not len(self.indices(split)):
                 raise DataError(f"{self.source}: the {split} split is empty")
@@ -81,9 +82,20 @@ class MaskTable:
         for group, split in zip(self.groups, self.splits):
             if seen.setdefault(group, split) != split:
                 raise DataError(f"{self.source}: group {group!r} is in both {seen[group]} and {split}")
-        missing = [p for p in self.paths if not Path(p).is_file()]
+        if files:
+            self.check_files()
+
+    def check_files(self, rows=None) -> None:
+        """Refuse missing image files, and missing mask PNGs, of ``rows`` (positions; every row when ``None``):
+        one line naming how many and the first. Only the rows that are read are checked, so a missing training image
+        does not block ``spft evaluate RUN --split test``."""
+        rows = range(len(self.paths)) if rows is None else [int(r) for r in rows]
+        missing = [self.paths[r] for r in rows if not Path(self.paths[r]).is_file()]
         if missing:
             raise MissingFileError(f"{self.source}: {len(missing)} image(s) missing, e.g. {missing[0]}")
+        masks = [e for r in rows for e in self.masks[r] if isinstance(e, str) and not Path(e).is_file()]
+        if masks:
+            raise MissingFileError(f"{self.source}: {len(masks)} mask file(s) missing, e.g. {masks[0]}")
 
 
 def load_mask(entry, shape: tuple[int, int]) -> np.ndarray:
@@ -176,8 +188,8 @@ def pixel_prevalence(table: MaskTable, size: int = 64, max_images: int = 1000) -
     total = 0
     for row in rows:
         for j, entry in enumerate(table.masks[row]):
-            if entry is None:
-                continue
+            if entry is None or (isinstance(entry, str) and not Path(entry).is_file()):
+                continue  # a missing file is refused before training; evaluation needs no prevalence
             pos[j] += entry.fraction() if isinstance(entry, RleMask) else load_mask(entry, (size, size)).mean()
         total += 1
     return pos / max(total, 1)
@@ -253,8 +265,9 @@ def read_phantom_masks(data_cfg, structures: list[str], seed: int) -> MaskTable:
                      df["split"].tolist(), masks, source=str(folder / "labels.csv"), split_policy="column split")
 
 
-def build_mask_table(data_cfg, structures: list[str], seed: int) -> MaskTable:
-    """The MaskTable for ``data.name`` (phantom_segment | mask_folder | chexmask), checked."""
+def load_mask_table(data_cfg, structures: list[str], seed: int) -> MaskTable:
+    """The MaskTable for ``data.name`` (phantom_segment | mask_folder | chexmask), *unchecked*: evaluation checks the
+    rows it scores (:meth:`MaskTable.check_files`), training everything (:func:`build_mask_table`)."""
     name = data_cfg.name
     if name == "phantom_segment":
         table = read_phantom_masks(data_cfg, structures, seed)
@@ -266,7 +279,14 @@ def build_mask_table(data_cfg, structures: list[str], seed: int) -> MaskTable:
         table = read_chexmask(data_cfg, structures, seed)
     else:
         raise DataError(f"data.name: {name!r} is not a segmentation dataset (phantom_segment, mask_folder, chexmask)")
-    table.check()
     for warning in table.warnings:
         log.warning("%s", warning)
+    return table
+
+
+def build_mask_table(data_cfg, structures: list[str], seed: int) -> MaskTable:
+    """The MaskTable for ``data.name``, checked for training: no empty split, no leaked group, every image and mask
+    file of every row present."""
+    table = load_mask_table(data_cfg, structures, seed)
+    table.check()
     return table

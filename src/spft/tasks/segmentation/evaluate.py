@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from spft.errors import DataError
 from spft.experiments.rundir import write_split_record
 from spft.metrics import dice_score, hd95, mean_dice
 
@@ -137,7 +138,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     record and earlier evaluations of other data are never overwritten."""
     import dataclasses
 
-    from spft.data.masks import MaskDataset
+    from spft.data.masks import MaskDataset, load_mask_table
     from spft.experiments.rundir import atomic_write_csv, atomic_write_json, checked_split, load_run_config
     from spft.tasks.classification.evaluate import data_file_of, is_other_data, output_paths
     from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
@@ -149,9 +150,13 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
         split = checked_split(split)
     cfg = load_run_config(run_dir, overrides)
     other = is_other_data(load_run_config(run_dir), cfg)
-    _, prep, module, dm = build_run(cfg, None)
-    table = dm.table
+    table = load_mask_table(cfg.data, list(cfg.segmentation.structures), cfg.seed)  # only the scored rows must exist
     data_file = data_file_of(cfg, table.source)
+    rows = np.arange(len(table.paths)) if other and not split_given else table.indices(split or "test")
+    if len(rows) == 0:
+        raise DataError(f"{data_file}: the {split or 'test'} split is empty: nothing to evaluate")
+    table.check_files(rows)
+    _, prep, module, dm = build_run(cfg, None, table=table)
     if other and not split_given:
         split = "all"
         dataset = MaskDataset(dataclasses.replace(table, splits=["test"] * len(table.paths)), "test", prep,

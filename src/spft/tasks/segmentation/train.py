@@ -53,10 +53,13 @@ def structure_weights(cfg: SpftConfig, table) -> ClassWeights:
     return weights
 
 
-def build_run(cfg: SpftConfig, run_dir: Path | None):
-    """Mask table, preprocessing, module and datamodule for ``cfg`` (shared by train, resume and evaluate)."""
+def build_run(cfg: SpftConfig, run_dir: Path | None, table=None):
+    """Mask table, preprocessing, module and datamodule for ``cfg`` (shared by train, resume and evaluate).
+
+    ``table``: an already read MaskTable (evaluation passes its own, whose evaluated rows it has checked); by default
+    the table is read and checked in full (:func:`spft.data.masks.build_mask_table`)."""
     structures = list(cfg.segmentation.structures)
-    table = build_mask_table(cfg.data, structures, cfg.seed)
+    table = build_mask_table(cfg.data, structures, cfg.seed) if table is None else table
     model, prep = build_sam2(cfg.model)
     module = SegmentationModule(cfg, model, structures, structure_weights(cfg, table), run_dir)
     module.apply_speed_options()
