@@ -19,8 +19,8 @@ with respect to activations and to weights; the frozen blocks below get no backw
 
 from __future__ import annotations
 
-# microsoft/rad-dino config.json (Dinov2Model): ViT-B/14 at 518 px, no register tokens (SPEC.md §1,
-# specs/engines.md C2). Dinov2Config kwargs; bench.py adds model_type: dinov2.
+# microsoft/rad-dino config.json (Dinov2Model): ViT-B/14 at 518 px, no register tokens (docs/decisions.md#rad-dino).
+# Dinov2Config kwargs; bench.py adds model_type: dinov2.
 RADDINO = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, patch_size=14,
                image_size=518, num_channels=3, layerscale_value=1.0, drop_path_rate=0.0, layer_norm_eps=1e-6,
                qkv_bias=True, use_swiglu_ffn=False, hidden_act="gelu", hidden_dropout_prob=0.0,

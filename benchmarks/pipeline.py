@@ -1,6 +1,6 @@
 """Input-pipeline throughput: img/s out of a real DataLoader for each way of reading images, per worker count.
 
-This module owns the input-pipeline benchmark (issue 7: "the GPU never waits"). It writes synthetic grey PNGs at
+This module owns the input-pipeline benchmark ("the GPU never waits"). It writes synthetic grey PNGs at
 ``source_px`` (X-ray-like: smooth anatomy plus noise, 8 bit) to a temporary folder and times a real
 ``torch.utils.data.DataLoader`` over the real :class:`spft.data.dataset.ImageDataset` + :class:`ImageTransform`
 (decode, resize to ``size``, normalise, collate) for:

@@ -1,4 +1,4 @@
-"""Bad images and files (issue 12): found before training, or one line naming the file — never a worker traceback."""
+"""Bad images and files: found before training, or one line naming the file — never a worker traceback."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Two-process DDP on CPU (gloo): gathered evaluation equals one process; ranks hold identical weights after
-blocks open mid-run (ARCHITECTURE rules 3 and 4)."""
+blocks open mid-run (docs/decisions.md, rules 3 and 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""spft.recipe must import only torch and the standard library (ARCHITECTURE, "the one rule")."""
+"""spft.recipe must import only torch and the standard library (docs/decisions.md, "the one rule")."""
 
 import ast
 import json

@@ -1,4 +1,5 @@
-"""Stage plan: which blocks train at which epoch (SPEC §1 defaults: 12 blocks, top 10, 2 per epoch, 2 head epochs)."""
+"""Stage plan: which blocks train at which epoch (defaults, docs/design.md#stages-and-unfreezing:
+12 blocks, top 10, 2 per epoch, 2 head epochs)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Speed options (issue 7): attention implementation, gradient checkpointing, torch.compile, channels-last, env.json.
+"""Speed options: attention implementation, gradient checkpointing, torch.compile, channels-last, env.json.
 
 All on the CPU with tiny models. torch.compile is exercised with the ``eager`` dynamo backend: tracing, in-place
 compilation and state_dict keys are the same as with inductor, which needs ~50 s of C++ compilation even for a tiny

@@ -1,1 +1,2 @@
-"""Data: sample contract, image IO, datasets, splits and the phantom generator."""
+"""Data: sample contract, image IO (PNG, JPEG, DICOM), dataset adapters, splits, caches, masks, detection layouts
+and the phantom generator."""

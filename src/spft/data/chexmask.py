@@ -1,6 +1,6 @@
 """CheXmask adapter (``data.name: chexmask``): heart and lung masks of VinDr-CXR, ChestX-ray14 and CheXpert.
 
-Owns the CheXmask conventions (specs/datasets.md §6): RLE with 1-indexed starts into the row-major
+Owns the CheXmask conventions (docs/decisions.md#chexmask): RLE with 1-indexed starts into the row-major
 ``Height x Width`` array; columns selected by name (their order differs between files); the official quality
 filter ``Dice RCA (Mean) >= 0.7`` with swapped Mean/Max columns detected; ``Left Lung`` is the patient's left,
 i.e. on the image's right. Rows are joined to images below ``data.images_root`` and split by patient.

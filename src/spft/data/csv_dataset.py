@@ -1,6 +1,6 @@
 """The generic CSV dataset (``data.name: csv``): a folder of images and a CSV with one row per image.
 
-Columns are selected by name, never by position (ARCHITECTURE rule 7). Labels are 0/1 with blank = unknown
+Columns are selected by name, never by position (docs/decisions.md, rule 7). Labels are 0/1 with blank = unknown
 (NaN, masked in loss and metrics). The split comes from ``data.split_column`` (train/val/test) or, when unset,
 from a seeded split grouped by ``data.patient_column`` so that no patient is in two splits and, with more than one
 label column, stratified on the labels (:func:`spft.data.splits.multilabel_grouped_split`) so that rare findings

@@ -2,7 +2,7 @@
 VinDr-CXR preparation, the CSV dataset, the image cache and ``spft data check`` all decode through here
 (:func:`spft.data.io.load_image` dispatches ``.dcm``/``.dicom`` files to :func:`read_dicom`).
 
-Order (specs/datasets.md §4.5): modality LUT (rescale slope/intercept), then VOI LUT or window centre/width,
+Order (docs/decisions.md#dicom): modality LUT (rescale slope/intercept), then VOI LUT or window centre/width,
 then MONOCHROME1 inversion (low values display white there), then min-max scaling to 0..255. pydicom does the
 LUT work (``apply_modality_lut``, ``apply_voi_lut``); this module only fixes the order and the output type.
 """

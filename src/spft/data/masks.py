@@ -101,7 +101,7 @@ class MaskTable:
 def load_mask(entry, shape: tuple[int, int]) -> np.ndarray:
     """Boolean ``(H, W)`` mask of one entry at the image's ``shape``; None = structure absent (all False).
 
-    A decoded mask of transposed shape is transposed (a known CheXmask header swap, specs/datasets.md §6.2); any
+    A decoded mask of transposed shape is transposed (a known CheXmask header swap, docs/decisions.md#chexmask); any
     other size is resized (nearest) with the image.
     """
     if entry is None:

@@ -23,7 +23,7 @@ from spft.errors import DataError, MissingFileError, MissingKeyError
 
 log = logging.getLogger(__name__)
 
-# The 14 box classes of the Kaggle release, in its class_id order (specs/datasets.md §4.3).
+# The 14 box classes of the Kaggle release, in its class_id order (docs/decisions.md#vindr-cxr).
 CLASSES: tuple[str, ...] = (
     "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD", "Infiltration",
     "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",

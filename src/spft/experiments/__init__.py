@@ -1,1 +1,2 @@
-"""Experiments: the self-describing run directory (and, later, multi-seed and ablation sweeps)."""
+"""Experiments: the self-describing run directory (files, verified checkpoints, one-writer lock) and the
+multi-seed and ablation sweeps built on it."""

@@ -1,6 +1,6 @@
 """The run directory: the single record of a run that evaluation, resume and reporting read.
 
-Layout (ARCHITECTURE rule 9): ``config.yaml`` (resolved), ``env.json``, ``history.csv``, ``class_weights.json``,
+Layout (docs/decisions.md, rule 9): ``config.yaml`` (resolved), ``env.json``, ``history.csv``, ``class_weights.json``,
 ``metrics.json``, ``predictions_test.csv``, ``checkpoints/{last,best}.ckpt``, ``logs/`` and ``DONE``.
 Every file is written atomically (temp file in the same folder + ``os.replace``) so a crash never leaves a
 truncated file behind.

@@ -1,4 +1,5 @@
-"""Dice (and HD95) for segmentation: per image and structure, then averaged over images (SPEC §3).
+"""Dice (and HD95) for segmentation: per image and structure, then averaged over images
+(docs/design.md#segmentation).
 
 A structure absent from an image's ground truth is excluded from that structure's average (it has no Dice to
 speak of); a structure absent from every image has a Dice of None, listed rather than scored 0 or 1.

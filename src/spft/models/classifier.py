@@ -1,4 +1,7 @@
-"""The SPFT classifier: encoder → pooled patch tokens → MLP head (SPEC.md §1), and its recipe layer groups."""
+"""The SPFT classifier: encoder → pooled patch tokens → MLP head, and its recipe layer groups.
+
+Pooling and head as in docs/design.md#pooling-and-head.
+"""
 
 from __future__ import annotations
 

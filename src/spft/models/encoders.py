@@ -484,7 +484,8 @@ def _three(values) -> list[float]:
 def pool_features(hidden: torch.Tensor, n_prefix: int, pooling: str) -> torch.Tensor:
     """Pool encoder output to one vector per image.
 
-    ``mean``: mean of the patch tokens, CLS and register tokens excluded (SPEC.md §1: z = mean(H[n_prefix:])).
+    ``mean``: mean of the patch tokens, CLS and register tokens excluded (z = mean(H[n_prefix:]),
+    docs/design.md#pooling-and-head).
     ``cls``: the CLS token. A 4-D CNN feature map [B, C, H, W] is averaged over space.
     """
     if hidden.ndim == 4:

@@ -3,8 +3,8 @@
 Loads by hub id (``facebook/sam2.1-hiera-tiny``) or local directory, or builds from ``model.config`` with random
 weights (offline), with ``model.attn_implementation`` (fallback logged). The recipe sees it as: blocks = the Hiera
 blocks of the image encoder (bottom -> top), final norm = the FPN neck (opens with the top block), embeddings = patch
-embedding + position embeddings, head = the mask decoder. The prompt encoder stays frozen throughout (SPEC §3,
-specs/engines.md C5).
+embedding + position embeddings, head = the mask decoder. The prompt encoder stays frozen throughout
+(docs/design.md#segmentation, docs/decisions.md#sam2).
 """
 
 from __future__ import annotations

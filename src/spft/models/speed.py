@@ -1,4 +1,4 @@
-"""Speed options of a built model (issue 7): attention, gradient checkpointing, channels-last, torch.compile.
+"""Speed options of a built model: attention, gradient checkpointing, channels-last, torch.compile.
 
 Owns applying ``model.attn_implementation``, ``model.gradient_checkpointing``, ``model.channels_last`` and
 ``trainer.compile`` to an :class:`~spft.models.classifier.SpftClassifier` or :class:`~spft.models.sam2.SpftSam2`,

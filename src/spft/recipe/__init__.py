@@ -1,7 +1,7 @@
 """The task-agnostic SPFT recipe: stages, freezing, optimizer groups, schedule, EMA, class weights, losses.
 
 Imports only torch and the standard library, so every engine (Lightning for classification and segmentation,
-Ultralytics for detection) calls the same math instead of re-implementing it (ARCHITECTURE, "the one rule").
+Ultralytics for detection) calls the same math instead of re-implementing it (docs/decisions.md, "the one rule").
 An engine describes its model as a :class:`LayerGroups` (embeddings + blocks bottom -> top + final norm + head)
 and drives everything else from the epoch and the optimizer step.
 """

@@ -1,8 +1,9 @@
 """Class-aware weights for SPFT: inverse-prevalence init, heuristic multipliers, AUC-driven refinement.
 
 w0_c = N_neg,c / N_pos,c on the training split (unknown labels not counted), normalised to mean 1, multiplied by
-optional per-class heuristics, then refined after each stage-2 validation from per-class AUC (SPEC §1). Detection
-uses instance counts instead (SPEC §3). Torch and the standard library only, so every engine can share it.
+optional per-class heuristics, then refined after each stage-2 validation from per-class AUC
+(docs/design.md#class-weights). Detection uses instance counts instead (docs/design.md#detection). Torch and the
+standard library only, so every engine can share it.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def initial_weights(labels: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
 
 
 def detection_initial_weights(instance_counts: Sequence[int]) -> torch.Tensor:
-    """Detection class weights ``w0_c = (N_total - n_c) / n_c``, normalised to mean 1 (SPEC §3).
+    """Detection class weights ``w0_c = (N_total - n_c) / n_c``, normalised to mean 1 (docs/design.md#detection).
 
     Classes with no instances (or holding every instance) get the mean of the defined weights.
 

@@ -1,6 +1,6 @@
 """EMA of the model weights for evaluation, with the usual decay warm-up, on top of torch's ``AveragedModel``.
 
-We keep torch's ``AveragedModel`` (its ``module`` copy, ``n_averaged`` buffer and state-dict layout, ARCHITECTURE
+We keep torch's ``AveragedModel`` (its ``module`` copy, ``n_averaged`` buffer and state-dict layout, docs/decisions.md
 rule 10) but replace its update: torch's ``get_ema_multi_avg_fn`` has a fixed decay and no warm-up, and a per-tensor
 ``avg_fn`` costs a Python call and two temporaries per tensor. :class:`EmaModel` ramps the decay as
 ``min(decay, (1 + n) / (10 + n))`` (``n`` = updates already averaged; the first update copies) and applies it with one

@@ -1,6 +1,6 @@
 """Applies a :class:`TrainableState` to a model by flipping ``requires_grad``, nothing else.
 
-Freezing never touches the optimizer (its groups exist from the start, ARCHITECTURE rule 1) and never touches
+Freezing never touches the optimizer (its groups exist from the start, docs/decisions.md rule 1) and never touches
 train/eval mode: whether frozen parts run with dropout or frozen batch-norm statistics is an engine decision, so
 it stays in the engine. Applying the same state twice changes nothing, which makes resume correct by construction.
 """

@@ -1,9 +1,9 @@
 """Class-weighted losses for SPFT with unknown (NaN) labels masked out.
 
-The weight multiplies both terms of the BCE (a class weight, not ``pos_weight``, SPEC §1). Reduction: sum over
-classes, mean over samples, i.e. the sum of the known terms divided by the batch size N. Dividing by N rather than
-by the number of known labels keeps each class's share of the gradient proportional to its weight, whatever the
-number of unknowns in a batch.
+The weight multiplies both terms of the BCE (a class weight, not ``pos_weight``, docs/design.md#loss). Reduction:
+sum over classes, mean over samples, i.e. the sum of the known terms divided by the batch size N. Dividing by N
+rather than by the number of known labels keeps each class's share of the gradient proportional to its weight,
+whatever the number of unknowns in a batch.
 """
 
 from __future__ import annotations

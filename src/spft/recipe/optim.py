@@ -2,7 +2,8 @@
 
 Frozen parts get their groups up front and simply receive no gradient until they open. Unfreezing therefore never
 calls ``add_param_group``, which would break optimizer/scheduler state on resume (Lightning #6891, #8720, #21901;
-ARCHITECTURE rule 1). Encoder parts get the encoder LR, the head the head LR (differential LRs, SPEC §1).
+docs/decisions.md, rule 1). Encoder parts get the encoder LR, the head the head LR (differential LRs,
+docs/design.md#optimizer-groups-and-learning-rates).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
-    """AdamW over :func:`build_param_groups` (SPEC §1 defaults: encoder 3e-6, head 5e-5, weight decay 0.05)."""
+    """AdamW over :func:`build_param_groups` (defaults: encoder 3e-6, head 5e-5, weight decay 0.05, as in
+    docs/design.md#defaults)."""
     param_groups = build_param_groups(groups, lr_encoder, lr_head, weight_decay)
     return torch.optim.AdamW(param_groups, lr=lr_head, betas=betas, eps=eps, weight_decay=weight_decay)

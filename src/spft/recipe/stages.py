@@ -2,7 +2,7 @@
 
 Stage 1 trains the head only; stage 2 opens the top blocks progressively (``blocks_per_epoch`` per epoch, up to
 ``top_k``), the final norm with the top block, and optionally the embeddings once every block is open. Because the
-trainable state depends on nothing but the epoch, resuming a run recomputes it exactly (ARCHITECTURE rule 2).
+trainable state depends on nothing but the epoch, resuming a run recomputes it exactly (docs/decisions.md, rule 2).
 """
 
 from __future__ import annotations

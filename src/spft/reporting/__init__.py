@@ -1,1 +1,2 @@
-"""Reporting: figures and tables built from run directories only (the per-class AUC chart for now)."""
+"""Reporting: tables (Markdown/CSV/LaTeX), figures, bootstrap intervals and the HTML report for classification,
+detection and segmentation, built from run directories only."""

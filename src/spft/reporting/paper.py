@@ -1,4 +1,4 @@
-"""The SPFT paper's published numbers (SPEC.md §2 and the paper's Tables I, II, IV, V, VI, VIII and X).
+"""The SPFT paper's published numbers (its Tables I, II, IV, V, VI, VIII and X; docs/design.md#paper-results).
 
 Shown beside our numbers, always marked "paper", when a run's ``data.name`` is one of the paper's datasets; they
 are reference values typed from the paper, never used in any computation of ours. Only values that read

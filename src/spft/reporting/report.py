@@ -179,8 +179,8 @@ def _note(data: SweepData) -> str:
             "predictions exist); std is the sample standard deviation (ddof=1). ")
     if dataset:
         return text + (f"Columns marked 'paper' are the numbers published in the SPFT paper for "
-                       f"{paper.PAPER[dataset]['title']} (SPEC.md §2), shown for reference: they were not produced "
-                       "by these runs.")
+                       f"{paper.PAPER[dataset]['title']} (typed from the paper's tables into spft.reporting.paper), "
+                       "shown for reference: they were not produced by these runs.")
     return text + f"data.name is '{data.data_name}': the paper publishes no numbers for it, so none are shown."
 
 

@@ -29,7 +29,7 @@ class DetectionClassWeights(ClassWeights):
     """:class:`~spft.recipe.ClassWeights` whose initial weights are ``(N_total - n_c) / n_c`` over box counts.
 
     Refinement, heuristics, clipping, ``as_dict`` and ``state_dict`` are the recipe's; only the initial weights
-    differ (SPEC §3). Refinement takes per-class validation AP@50 where classification takes AUC.
+    differ (docs/design.md#detection). Refinement takes per-class validation AP@50 where classification takes AUC.
     """
 
     def __init__(self, classes, instance_counts, heuristic=None, enabled=True, eta=1.0, w_min=0.1,

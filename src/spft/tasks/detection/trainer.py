@@ -2,8 +2,8 @@
 :mod:`spft.recipe` (stage plan, optimizer groups, cosine, EMA decay, class weights) instead of Ultralytics' own.
 
 Ultralytics resets ``requires_grad`` in ``_setup_train`` and builds its own optimizer, scheduler and EMA
-(specs/engines.md C3), so the hooks sit in overridden methods: ``build_optimizer`` (recipe groups, created once),
-``_setup_scheduler`` (recipe cosine per group), ``_model_train`` (the epoch's trainable state, applied after
+(docs/decisions.md#ultralytics), so the hooks sit in overridden methods: ``build_optimizer`` (recipe groups, created
+once), ``_setup_scheduler`` (recipe cosine per group), ``_model_train`` (the epoch's trainable state, applied after
 setup and at every epoch start), ``set_class_weights`` / ``validate`` (instance-count weights refined from AP@50).
 """
 
@@ -139,8 +139,8 @@ class SpftTrainerMixin:
 
     # ---- class weights --------------------------------------------------------------------------------------------
     def set_class_weights(self):
-        """Instance-count weights (SPEC §3) on the model, where the YOLO loss reads them; RT-DETR gets a loss that
-        uses them. Runs before Ultralytics copies the model into its EMA."""
+        """Instance-count weights (docs/design.md#detection) on the model, where the YOLO loss reads them; RT-DETR
+        gets a loss that uses them. Runs before Ultralytics copies the model into its EMA."""
         cwc = self.spft_cfg.recipe.class_weights
         counts = [int(c) for c in self.get_class_counts()]
         names = [self.data["names"][i] for i in range(self.data["nc"])]

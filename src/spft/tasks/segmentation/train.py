@@ -36,7 +36,8 @@ MONITOR = "val/dice"
 
 
 def structure_weights(cfg: SpftConfig, table) -> ClassWeights:
-    """Per-structure weights from pixel prevalence: w0 = N_neg / N_pos over training pixels, mean 1 (SPEC §3).
+    """Per-structure weights from pixel prevalence: w0 = N_neg / N_pos over training pixels, mean 1
+    (docs/design.md#segmentation).
 
     The recipe's ``ClassWeights`` counts soft labels fractionally, so one row holding each structure's foreground
     fraction f gives exactly w0 = (1 - f) / f.
