@@ -207,6 +207,25 @@ class SegmentationConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Operating points and calibration of a classification run, fitted on the validation split at the end of
+    training (spft.metrics.operating_points, spft.metrics.calibration); ``spft evaluate`` reuses what the run fitted."""
+
+    threshold: Literal["youden", "sensitivity", "specificity", "f1"] = "youden"  # per-class threshold rule
+    target: Optional[float] = None  # sensitivity / specificity to reach, in (0, 1); required by those two rules
+    calibration: Literal["none", "temperature"] = "none"  # temperature: one scalar T fitted on validation logits
+
+    def __post_init__(self) -> None:  # raised as one line naming the key by spft.config.loader
+        from spft.errors import ConfigError
+
+        if self.threshold in ("sensitivity", "specificity") and self.target is None:
+            raise ConfigError(f"'evaluation.target': evaluation.threshold={self.threshold} needs a target "
+                              f"{self.threshold} in (0, 1), e.g. evaluation.target=0.9")
+        if self.target is not None and not 0.0 < self.target < 1.0:
+            raise ConfigError(f"'evaluation.target': expected a value in (0, 1), got {self.target}")
+
+
+@dataclass
 class SpftConfig:
     name: Optional[str] = None  # experiment name; default: the config file's stem
     task: Literal["classification", "detection", "segmentation"] = "classification"
@@ -220,3 +239,4 @@ class SpftConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
