@@ -54,6 +54,10 @@ class EpochSeededSampler(Sampler[int]):
 
     Lightning calls ``set_epoch`` before every training epoch, so the order of epoch e is the same whether the run
     went straight through or was resumed at e — one of the pieces that make resume equal an uninterrupted run.
+    Lightning may create the loader's iterator *before* that call (on resume it does so while estimating the number
+    of steps, before the checkpoint's epoch is restored), and DataLoader workers fetch ahead from the order drawn
+    then; ``iterated_epoch`` (the epoch the last order was drawn for) lets
+    :class:`spft.tasks.lightning_data.FreshEpochOrder` find and restart such a stale iterator.
     With ``world > 1`` the permutation is padded (by repeating its start) to a multiple of ``world`` so every rank
     runs the same number of steps — DDP's gradient all-reduce needs that; evaluation never pads (ShardSampler).
     """
@@ -67,6 +71,7 @@ class EpochSeededSampler(Sampler[int]):
         self.rank = rank
         self.world = world
         self.epoch = 0
+        self.iterated_epoch: int | None = None  # the epoch of the order last drawn (None: never iterated)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -75,6 +80,7 @@ class EpochSeededSampler(Sampler[int]):
         return -(-self.n // self.world)
 
     def __iter__(self):
+        self.iterated_epoch = self.epoch
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=gen).tolist()
         if self.world > 1:

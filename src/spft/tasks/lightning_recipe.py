@@ -6,15 +6,20 @@ optimizer step, the AdamW groups and cosine schedule from :mod:`spft.recipe`, th
 history in every checkpoint, and the per-epoch history row. Tasks add their forward, loss and validation metric.
 EMA is torch's ``AveragedModel`` held as a submodule rather than Lightning's ``EMAWeightAveraging``: we need raw
 and EMA metrics each epoch, a warm-up, and both weight sets in every checkpoint regardless of
-``save_weights_only`` (specs/engines.md C1).
+``save_weights_only`` (docs/decisions.md#lightning).
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import logging
 import math
 import os
 import random
+import signal
+import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -23,9 +28,12 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from spft.errors import ConfigError, MissingFileError
-from spft.experiments.rundir import atomic_write_csv, atomic_write_json, atomic_write_with
+from spft.errors import DataError, MissingFileError
+from spft.experiments.checkpoints import copy_checkpoint, load_checkpoint, newest_intact, save_checkpoint
+from spft.experiments.rundir import atomic_write_csv, atomic_write_json
 from spft.recipe import (
     ClassWeights,
     StagePlan,
@@ -36,6 +44,7 @@ from spft.recipe import (
     describe,
     trainable_at,
 )
+from spft.tasks.lightning_data import FreshEpochOrder
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +148,11 @@ class RecipeModule(L.LightningModule):
         self._n_trainable = 0
         self._epoch_lrs: dict[str, float] = {}
         self._train_loss = (0.0, 0)
+        self._step_ids: list | None = None  # the image ids of the batch being trained, for a divergence message
+        self._step_loss: torch.Tensor | None = None
+        self._pending_check = None  # (values [loss, grad norm], epoch, step, ids) of the last step, read lazily
+        self._check_host: torch.Tensor | None = None
+        self._check_ready = None
         apply_trainable(self.groups, trainable_at(self.plan, 0, self.n_blocks))
 
     def apply_speed_options(self) -> dict:
@@ -167,6 +181,8 @@ class RecipeModule(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Reseed at the first batch, not at epoch start: on resume Lightning creates the DataLoader iterator (which
         # draws from the global RNG) at a different moment than in an uninterrupted run.
+        self._step_ids = batch.get("id") if isinstance(batch, dict) else None
+        self._step_loss = None
         if batch_idx == 0:
             seed_everything_for_epoch(self.cfg.seed, self.current_epoch)
             # the learning rates of the epoch's first step, one per recipe part, for history.csv
@@ -191,8 +207,8 @@ class RecipeModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         # DDP registers for gradient all-reduce only the parameters that train when it wraps the model (before
-        # this hook); blocks opened later would silently diverge across ranks (Lightning #20340, ARCHITECTURE
-        # rule 3). Remember the registered set; on_after_backward averages the others' gradients itself.
+        # this hook); blocks opened later would silently diverge across ranks (Lightning #20340,
+        # docs/decisions.md rule 3). Remember the registered set; on_after_backward averages the others' gradients itself.
         self._ddp_registered = {id(p) for p in self.parameters() if p.requires_grad}
 
     def on_after_backward(self) -> None:
@@ -208,7 +224,65 @@ class RecipeModule(L.LightningModule):
             for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
                 g.copy_(synced)
 
+    # ---- divergence: a non-finite loss or gradient norm stops the run at its step ---------------------------------
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self._step_loss = loss.detach()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Record this step's loss and gradient norm; the previous step's are checked now. Reading them one step
+        late costs no GPU synchronisation per step (a non-blocking copy and an event); the weights a bad step
+        produced are never saved: the check runs again before every validation (hence every checkpoint)."""
+        self.check_finite()
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # 16-bit mixed precision: the grad scaler itself skips steps with overflowing (inf) gradients
+        if grads and not str(self.trainer.precision).startswith("16"):
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        else:
+            norm = torch.zeros((), device=self.device)
+        loss = self._step_loss if self._step_loss is not None else torch.zeros((), device=norm.device)
+        values = torch.stack([loss.float().reshape(()), norm.float().reshape(()).to(loss.device)])
+        if values.is_cuda:
+            if self._check_host is None:
+                self._check_host = torch.empty(2, pin_memory=True)
+            self._check_host.copy_(values, non_blocking=True)
+            self._check_ready = torch.cuda.Event()
+            self._check_ready.record()
+            values = self._check_host
+        self._pending_check = (values, self.current_epoch, self.global_step, self._step_ids)
+
+    def check_finite(self) -> None:
+        """Raise :class:`~spft.errors.TrainingDiverged` if the last recorded step had a non-finite loss or gradient
+        norm: epoch, step and the batch's image ids in one line; no checkpoint of the diverged state is written."""
+        if self._pending_check is None:
+            return
+        values, epoch, step, ids = self._pending_check
+        self._pending_check = None
+        if self._check_ready is not None:
+            self._check_ready.synchronize()
+            self._check_ready = None
+        loss, norm = (float(v) for v in values.tolist())
+        if math.isfinite(loss) and math.isfinite(norm):
+            return
+        from spft.errors import TrainingDiverged
+
+        raise TrainingDiverged(divergence_message(epoch, step, loss, norm, ids, self.run_dir))
+
+    def on_validation_start(self) -> None:
+        self.check_finite()  # before any validation metric, history row or checkpoint of this epoch
+
+    def on_train_start(self) -> None:
+        # a resumed run: the CSV log keeps the rows of the epochs before this one and drops those of the epoch
+        # the interruption cut short (they are logged again)
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                if isinstance(logger, ResumableCSVLogger):
+                    logger.keep_epochs_before(self.current_epoch)
+
+    def on_train_end(self) -> None:
+        self.check_finite()
+
     def on_train_epoch_end(self) -> None:
+        self.check_finite()
         if self.trainer.world_size > 1:
             check_ranks_agree(self.model, self.current_epoch)
 
@@ -239,7 +313,8 @@ class RecipeModule(L.LightningModule):
         row.update({f"w_{c}": float(w) for c, w in zip(self.classes, self.cw.current)})
         self.history.append(row)
         # straight to the loggers, one call: these are records, not monitored values, and self.log costs ~1 ms each
-        scalars = {"stage": float(state.stage), "trainable_params": float(self._n_trainable)}
+        scalars = {"stage": float(state.stage), "trainable_params": float(self._n_trainable),
+                   "epoch": float(self.current_epoch)}  # the epoch: a resumed CSV log is trimmed by it
         scalars.update({f"{weight_log}/{c}": float(w) for c, w in zip(self.classes, self.cw.current)})
         if self.trainer.is_global_zero:
             for logger in self.loggers:
@@ -257,11 +332,29 @@ class RecipeModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.cfg.optim
         optimizer = build_optimizer(self.groups, o.lr_encoder, self.head_lr(), o.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self._estimated_steps()
         steps_per_epoch = max(1, math.ceil(total / max(1, self.trainer.max_epochs)))
         scheduler = build_scheduler(optimizer, self.plan, self.n_blocks, steps_per_epoch, total,
                                     warmup_steps=o.warmup_steps, min_factor=o.min_lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _estimated_steps(self) -> int:
+        """Lightning's ``estimated_stepping_batches``. It builds the train loader before a resumed run's loop state
+        is restored, i.e. as if at epoch 0: for a run resumed in stage 2 that would extract stage-1 features with the
+        stage-2 encoder (a pass over every image, for nothing). Features and images give the same number of
+        batches, so the estimate is made with the feature cache set aside when the resumed epoch does not use it."""
+        dm = self.trainer.datamodule
+        cache = getattr(dm, "feature_cache", None)
+        resumed = getattr(self, "_resumed_epoch", None)
+        aside = (cache is not None and resumed is not None and hasattr(self, "uses_feature_cache")
+                 and not self.uses_feature_cache(resumed))
+        if aside:
+            dm.feature_cache = None
+        try:
+            return int(self.trainer.estimated_stepping_batches)
+        finally:
+            if aside:
+                dm.feature_cache = cache
 
     # ---- checkpoint extras --------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -269,6 +362,8 @@ class RecipeModule(L.LightningModule):
                               "classes": self.classes, "rng": rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("epoch") is not None:  # spft saves at the end of an epoch: training goes on at the next
+            self._resumed_epoch = int(checkpoint["epoch"]) + 1
         extra = checkpoint.get("spft", {})
         if "class_weights" in extra:
             self.cw.load_state_dict(extra["class_weights"])
@@ -278,8 +373,8 @@ class RecipeModule(L.LightningModule):
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` after every epoch — Lightning's ``save_last`` only writes it when a monitored checkpoint was
     saved, so a crash after a non-improving epoch would lose every epoch since the best. When ``best.ckpt`` was
-    written at this very step, last.ckpt becomes a hard link to it (atomic: link to a temp name, ``os.replace``)
-    instead of a second serialisation; a later atomic replace of either name leaves the other intact."""
+    written at this very step, last.ckpt is a byte copy of it (no second serialisation) — a copy, not a hard link,
+    so that one damaged file never takes the other with it and ``--resume`` can fall back to the intact one."""
 
     def __init__(self, best: ModelCheckpoint, dirpath):
         super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
@@ -290,7 +385,7 @@ class LastCheckpoint(ModelCheckpoint):
         best = self._best
         if best._last_global_step_saved == trainer.global_step and best._last_checkpoint_saved:
             if trainer.is_global_zero:
-                _link_or_copy(best._last_checkpoint_saved, filepath)
+                copy_checkpoint(best._last_checkpoint_saved, filepath)
             trainer.strategy.barrier()
             self._last_global_step_saved = trainer.global_step
             self._last_checkpoint_saved = filepath
@@ -298,26 +393,15 @@ class LastCheckpoint(ModelCheckpoint):
             super()._save_checkpoint(trainer, filepath)
 
 
-def _link_or_copy(source: str, target: str) -> None:
-    import shutil
-
-    tmp = f"{target}.tmp{os.getpid()}"
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:  # file systems without hard links
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Serialise to a temp file beside the target, fsync, ``os.replace``: never a truncated .ckpt."""
+    """Checkpoints through :mod:`spft.experiments.checkpoints`: atomic writes with a recorded digest, and loads that
+    verify the digest and never unpickle code (``weights_only=True``) — Lightning's resume reads through here too."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        atomic_write_with(path, lambda fh: torch.save(checkpoint, fh))
+        save_checkpoint(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load_checkpoint(path, map_location="cpu" if map_location is None else map_location)
 
 
 class CrashAfterEpoch(L.Callback):
@@ -334,6 +418,197 @@ class CrashAfterEpoch(L.Callback):
             os._exit(17)
 
 
+def injected_callbacks() -> list[L.Callback]:
+    """Test hook: ``SPFT_TEST_CALLBACK=module:Name`` adds ``Name()`` from an importable module to the trainer (the
+    test suite's fault injection lives in the tests, not here)."""
+    spec = os.environ.get("SPFT_TEST_CALLBACK")
+    if not spec:
+        return []
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return [getattr(importlib.import_module(module), name)()]
+
+
+def divergence_message(epoch: int, step: int, loss: float, norm: float, ids, run_dir: Path | None) -> str:
+    """One line: where training diverged, on which images, and what was kept."""
+    what = "loss" if not math.isfinite(loss) else "gradient norm"
+    ids = [str(i) for i in (ids or [])]
+    shown = ", ".join(ids[:64]) + (f" ... ({len(ids)} in all)" if len(ids) > 64 else "")
+    kept = "no checkpoint was written yet"
+    if run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        kept = f"{run_dir / 'checkpoints' / 'last.ckpt'} keeps the last good epoch"
+    return (f"training diverged at epoch {epoch}, step {step}: non-finite {what} (loss {loss:g}, gradient norm "
+            f"{norm:g}) on the batch of image ids [{shown}]; {kept} — lower optim.lr_head / optim.lr_encoder "
+            "(or check these images) and start a new run")
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer without its delete-on-start: a resumed run appends to the earlier epochs' rows."""
+
+    def __init__(self, log_dir: str):
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+                self.metrics_keys = list(csv.DictReader(fh).fieldnames or [])
+
+    def _check_log_dir_exists(self) -> None:  # Lightning warns and deletes metrics.csv here
+        pass
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        """Drop the rows of epochs >= ``epoch`` (an epoch an interruption cut short is trained and logged again)."""
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+            reader = csv.DictReader(fh)
+            names, rows = list(reader.fieldnames or []), list(reader)
+
+        def before(row: dict) -> bool:
+            cell = row.get("epoch") or ""
+            return not cell or float(cell) < epoch
+
+        kept = [r for r in rows if before(r)]
+        if len(kept) != len(rows):
+            atomic_write_csv(self.metrics_file_path, kept, fieldnames=names)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``logs/metrics.csv`` that survives ``--resume``: Lightning's CSVLogger deletes the file when a run starts in
+    an existing log folder; this one keeps the rows of the epochs the checkpoint holds and appends the rest (see
+    :meth:`RecipeModule.on_train_start`). Rows are flushed before each epoch's checkpoint (:class:`FlushCSVLog`)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _KeepingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        self.experiment.keep_epochs_before(epoch)
+
+
+class FlushCSVLog(L.Callback):
+    """Write the CSV log's buffered rows at each validation end, before the epoch's checkpoints (Lightning runs
+    checkpoint callbacks last): a run killed later keeps in metrics.csv every epoch its checkpoint holds."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                logger.save()
+
+
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bars on stderr (Lightning writes them to stdout, which holds spft's results and, as its
+    last line, the run directory)."""
+
+    @staticmethod
+    def _to_stderr(make):
+        with contextlib.redirect_stdout(sys.stderr):  # Lightning passes file=sys.stdout, read at call time
+            return make()
+
+    def init_sanity_tqdm(self):
+        return self._to_stderr(super().init_sanity_tqdm)
+
+    def init_train_tqdm(self):
+        return self._to_stderr(super().init_train_tqdm)
+
+    def init_validation_tqdm(self):
+        return self._to_stderr(super().init_validation_tqdm)
+
+    def init_test_tqdm(self):
+        return self._to_stderr(super().init_test_tqdm)
+
+    def init_predict_tqdm(self):
+        return self._to_stderr(super().init_predict_tqdm)
+
+
+# Lightning warnings a user of spft cannot act on (spft chose the setting, or it is Lightning's own business).
+_UNACTIONABLE_WARNINGS = (
+    r".*does not have many workers",  # data.num_workers is the user's explicit choice (0 in tests, on laptops)
+    r".*overridden `transfer_batch_to_device` in `LightningModule` but have passed in a `LightningDataModule`",
+    r"Checkpoint directory .* exists and is not empty",  # every --resume
+    r"Experiment logs directory .* exists and is not empty",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning vs torch versions
+    r"Trying to infer the `batch_size` from an ambiguous collection",
+)
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Ignore :data:`_UNACTIONABLE_WARNINGS` inside the block only (never a process-wide filter)."""
+    with warnings.catch_warnings():
+        for pattern in _UNACTIONABLE_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
+class _Stop(BaseException):
+    """Raised by :class:`SignalGuard` outside the training loop (not an Exception: nothing may swallow it)."""
+
+
+class SignalGuard(L.Callback):
+    """SIGTERM (SLURM, Kubernetes) and SIGINT (Ctrl+C) during ``spft train``: stop cleanly, keep the last epoch.
+
+    While the training loop runs, a signal goes through Lightning's own SIGTERM path (SIGINT is turned into it):
+    the current step finishes, no checkpoint of the partial epoch is written, and ``trainer.fit`` stops — so
+    ``last.ckpt`` stays the end of the last complete epoch, from which ``--resume`` equals an uninterrupted run.
+    Before and after the loop (setup, feature extraction, test evaluation) the signal stops the run at once (every
+    file is written atomically). Either way :func:`fit_and_finish` raises :class:`~spft.errors.RunInterrupted`
+    (exit 128 + signal) and ``DONE`` is not written. A second Ctrl+C interrupts immediately.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.in_loop = False
+        self.trainer = None  # the run's trainer once built (the interruption message names its epoch)
+        self._previous: dict = {}
+
+    def __enter__(self) -> SignalGuard:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+            log.info("%s received: stopping (checkpoints/last.ckpt keeps the last complete epoch)",
+                     signal.Signals(signum).name)
+        if not self.in_loop:
+            raise _Stop()
+        if signum == signal.SIGINT:
+            if not first:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler (which also calls this one) stops the loop
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.in_loop = True  # Lightning's SIGTERM handler is installed from here on
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.in_loop = False
+
+    def interrupted(self, run_dir: Path, epoch: int, fresh: bool):
+        from spft.errors import RunInterrupted
+
+        signum = self.signum or signal.SIGTERM
+        if fresh and not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            return RunInterrupted(f"interrupted at epoch {epoch} before the first checkpoint; nothing to resume — "
+                                  "start the run again", signum)
+        return RunInterrupted(f"interrupted at epoch {epoch}; resume with spft train --resume {run_dir}", signum)
+
+
 def resolve_precision(cfg) -> str:
     """``trainer.precision``, else bf16-mixed on a GPU that supports it (16-mixed otherwise), else fp32."""
     if cfg.trainer.precision:
@@ -343,7 +618,8 @@ def resolve_precision(cfg) -> str:
     return "32-true"
 
 
-def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = False) -> L.Trainer:
+def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = False,
+                  extra_callbacks: tuple = ()) -> L.Trainer:
     """The Lightning Trainer every Lightning task uses: best/last checkpoints and early stopping on ``monitor``
     (an EMA metric when EMA is on), progress bar, CSV + TensorBoard logs, atomic checkpoint files.
 
@@ -355,12 +631,17 @@ def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = F
         best,  # before last: last.ckpt must carry the best-tracking state this epoch updated
         LastCheckpoint(best, dirpath=run_dir / "checkpoints"),
         EarlyStopping(monitor=monitor, mode="max", patience=cfg.trainer.patience, check_finite=False),
+        FreshEpochOrder(),  # each epoch its own sample order, whatever the worker count (resume included)
+        FlushCSVLog(),
+        *extra_callbacks,
     ]
     if cfg.trainer.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
+        callbacks.append(StderrProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
     if os.environ.get("SPFT_CRASH_AFTER_EPOCH"):
         callbacks.append(CrashAfterEpoch(int(os.environ["SPFT_CRASH_AFTER_EPOCH"])))
-    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tb")]
+    callbacks += injected_callbacks()
+    loggers = [ResumableCSVLogger(run_dir, name="logs", version=""),
+               TensorBoardLogger(run_dir, name="logs", version="tb")]
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=cfg.trainer.strategy,
@@ -375,21 +656,30 @@ def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = F
 
 
 def load_checkpoint_into(module: RecipeModule, ckpt: Path) -> int | None:
-    """Load raw and EMA weights from ``ckpt`` into ``module``; the labels must be the run's. Returns the epoch."""
-    if not ckpt.is_file():
-        raise MissingFileError(f"{ckpt} not found (has the run finished its first epoch?)")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    """Load raw and EMA weights from ``ckpt`` into ``module``; the labels must be the run's. Returns the epoch.
+
+    The file is verified against its recorded digest and loaded without unpickling code
+    (:func:`spft.experiments.checkpoints.load_checkpoint`). When ``best.ckpt`` / ``last.ckpt`` is missing or damaged,
+    the other one is used with a warning naming the damaged file."""
+    ckpt = Path(ckpt)
+    other = {"best.ckpt": "last.ckpt", "last.ckpt": "best.ckpt"}.get(ckpt.name)
+    if other is not None:
+        found = newest_intact(ckpt.parent, (ckpt.name, other))
+        if found is None:
+            raise MissingFileError(f"{ckpt} not found (has the run finished its first epoch?)")
+        ckpt = found
+    state = load_checkpoint(ckpt)
     saved = state.get("spft", {}).get("classes")
     if saved is not None and list(saved) != list(module.classes):
-        raise ConfigError(f"the data's classes/structures {module.classes} differ from the run's {list(saved)}")
+        raise DataError(f"the data's classes/structures {module.classes} differ from the run's {list(saved)} "
+                        f"({ckpt})")
     module.load_state_dict(state["state_dict"])
     return state.get("epoch")
 
 
 def load_best_weights(module: RecipeModule, run_dir: Path) -> int | None:
-    """Load ``best.ckpt`` (else ``last.ckpt``) into ``module``; returns the saved epoch."""
-    best = run_dir / "checkpoints" / "best.ckpt"
-    return load_checkpoint_into(module, best if best.is_file() else run_dir / "checkpoints" / "last.ckpt")
+    """Load ``best.ckpt`` (else, with a warning, ``last.ckpt``) into ``module``; returns the saved epoch."""
+    return load_checkpoint_into(module, run_dir / "checkpoints" / "best.ckpt")
 
 
 def trains_on_gpu(cfg) -> bool:
@@ -411,17 +701,48 @@ def fit_and_finish(cfg, run_dir: Path, ckpt_path: str | None, *, build_run, desc
     the speed options in effect) and data.json; under DDP only rank 0 writes and tests, the others return after
     fitting. ``DONE`` is written last.
     """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    guard = SignalGuard()
+    try:
+        with guard, quiet_lightning():
+            return _fit_and_finish(cfg, run_dir, ckpt_path, build_run, describe_data, test, monitor, guard)
+    except BaseException as exc:
+        if guard.signum is None:
+            raise
+        if not isinstance(exc, (_Stop, SIGTERMException, SystemExit, KeyboardInterrupt)):
+            # e.g. DataLoader workers the same SIGTERM killed (SLURM signals every process of the job step)
+            log.debug("after %s: %r", signal.Signals(guard.signum).name, exc)
+        raise guard.interrupted(run_dir, _epoch_now(run_dir, guard.trainer), fresh=ckpt_path is None) from None
+
+
+def _epoch_now(run_dir: Path, trainer) -> int:
+    """The epoch an interruption cut short: the trainer's, else the first without a history row."""
+    if trainer is not None:
+        return int(trainer.current_epoch)
+    history = run_dir / "history.csv"
+    return max(0, len(history.read_text().splitlines()) - 1) if history.is_file() else 0
+
+
+def _fit_and_finish(cfg, run_dir, ckpt_path, build_run, describe_data, test, monitor, guard) -> Path:
     from spft.config import dump_yaml
     from spft.experiments.rundir import atomic_write_text, environment, mark_done
 
     table, prep, module, dm = build_run(cfg, run_dir)
-    trainer = build_trainer(cfg, run_dir, monitor, reload_dataloaders=getattr(dm, "feature_cache", None) is not None)
-    if ckpt_path is None and trainer.global_rank == 0:
-        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        atomic_write_json(run_dir / "env.json", environment(str(trainer.strategy.root_device), speed=module.speed))
-        atomic_write_json(run_dir / "data.json", describe_data(table, prep))
+    trainer = build_trainer(cfg, run_dir, monitor, reload_dataloaders=getattr(dm, "feature_cache", None) is not None,
+                            extra_callbacks=(guard,))
+    guard.trainer = trainer
+    if trainer.global_rank == 0:  # a resumed run writes only what a kill at its start left out
+        if ckpt_path is None:
+            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        if ckpt_path is None or not (run_dir / "env.json").is_file():
+            atomic_write_json(run_dir / "env.json", environment(str(trainer.strategy.root_device), speed=module.speed))
+        if ckpt_path is None or not (run_dir / "data.json").is_file():
+            atomic_write_json(run_dir / "data.json", describe_data(table, prep))
     log.info("run directory: %s", run_dir)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if guard.signum is not None:  # a signal the loop saw at its very end, or before Lightning's handler was in
+        raise _Stop()
     if trainer.global_rank != 0:
         return run_dir
     best_epoch = load_best_weights(module, run_dir)
@@ -445,11 +766,18 @@ def preprocessing_record(prep) -> dict:
 
 
 def start_run(cfg, fit_and_finish) -> Path:
-    """A new run: seed, create the run directory, ``fit_and_finish(cfg, run_dir, None)``."""
-    from spft.experiments.rundir import create_run_dir
+    """A new run: seed, create (and lock) the run directory, ``fit_and_finish(cfg, run_dir, None)``. A start that
+    fails before the first checkpoint removes the directory it created, so the same ``run.dir`` can be used again."""
+    from spft.experiments.rundir import create_run_dir, discard_failed_start
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return fit_and_finish(cfg, create_run_dir(cfg), None)
+    run_dir = create_run_dir(cfg)
+    try:
+        return fit_and_finish(cfg, run_dir, None)
+    except BaseException:
+        if discard_failed_start(run_dir):
+            log.info("removed %s: the run failed before its first checkpoint", run_dir)
+        raise
 
 
 def resume_run(run_dir: str | Path, fit_and_finish) -> Path:
@@ -465,9 +793,10 @@ def resume_run(run_dir: str | Path, fit_and_finish) -> Path:
 
 
 def resume_checkpoint(run_dir: Path) -> str | None:
-    """``last.ckpt`` to resume from, or None (with a warning) when the run died before its first epoch ended."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return str(last)
+    """``last.ckpt`` to resume from (``best.ckpt``, with a warning, when last.ckpt is damaged), or None (with a
+    warning) when the run died before its first epoch ended."""
+    ckpt = newest_intact(run_dir / "checkpoints", ("last.ckpt", "best.ckpt"))
+    if ckpt is not None:
+        return str(ckpt)
     log.warning("%s has no last.ckpt (killed before the first epoch ended): starting it again", run_dir)
     return None
