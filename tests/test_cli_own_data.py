@@ -33,7 +33,8 @@ def test_own_csv_with_patient_grouped_split(spft_cache, tmp_path):
     assert "grouped by 'subject'" in data["split_policy"]
     with open(run_dir / "predictions_test.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert set(rows[0]) == {"id", "group", "prob_effusion", "prob_cardio", "label_effusion", "label_cardio"}
+    assert set(rows[0]) == {"id", "group", "prob_effusion", "prob_cardio", "label_effusion", "label_cardio",
+                            "logit_effusion", "logit_cardio"}
     assert any(r["label_cardio"] == "" for r in rows)  # unknown stays unknown in the predictions
     test_subjects = {r["group"] for r in rows}
     test_files = {r["id"] for r in rows}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,15 @@ class Evaluation:
     auc: AucResult
     data_file: str = ""  # set by `spft evaluate`: where the rows came from
     checkpoint: str = ""
+    logits: np.ndarray | None = None  # [N, C] float32 model outputs (probs = sigmoid/softmax of logits / T)
+    extra: dict = field(default_factory=dict)  # operating points, AUPRC, ECE (spft.tasks.classification.operating)
 
     def metrics(self) -> dict:
         out = {"split": self.split, "n": len(self.ids), "macro_auc": self.auc.macro,
                "per_class_auc": self.auc.per_class, "excluded_classes": self.auc.excluded}
         if self.data_file:
             out.update(data_file=self.data_file, checkpoint=self.checkpoint)
+        out.update(self.extra)
         return out
 
 
@@ -56,12 +59,13 @@ def evaluate_module(module, loader, split: str, device: torch.device | str = "cp
 
     model = module.eval_model().to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
-    parts: dict[str, list] = {"probs": [], "labels": [], "index": []}
+    parts: dict[str, list] = {"probs": [], "labels": [], "index": [], "logits": []}
     names: dict[int, tuple[str, str]] = {}
     with autocast:
         for batch in loader:
             logits = model(batch["image"].to(device))
             parts["probs"].append(module.probabilities(logits).cpu())
+            parts["logits"].append(logits.float().cpu())
             parts["labels"].append(batch["labels"])
             parts["index"].append(batch["index"])
             names.update(zip(batch["index"].tolist(), zip(batch["id"], batch["group"])))
@@ -73,7 +77,7 @@ def evaluate_module(module, loader, split: str, device: torch.device | str = "cp
     order = merged["index"].tolist()
     p, y = merged["probs"].numpy(), merged["labels"].numpy()
     return Evaluation(split, [names[i][0] for i in order], [names[i][1] for i in order], p, y,
-                      multilabel_auc(p, y, module.classes))
+                      multilabel_auc(p, y, module.classes), logits=merged["logits"].numpy())
 
 
 class _null:
@@ -91,7 +95,8 @@ def write_evaluation(run_dir: Path, ev: Evaluation, best_epoch: int | None = Non
 
 
 def prediction_rows(ev: Evaluation) -> list[dict]:
-    """The rows of a predictions CSV: id, group, prob_<class>..., label_<class>... (blank = unknown)."""
+    """The rows of a predictions CSV: id, group, prob_<class>..., label_<class>... (blank = unknown), then
+    logit_<class>... when the evaluation kept its logits (prob = sigmoid(logit / T), softmax for ``loss: ce``)."""
     classes = ev.auc.classes
     rows = []
     for i, id_ in enumerate(ev.ids):
@@ -99,6 +104,8 @@ def prediction_rows(ev: Evaluation) -> list[dict]:
         row.update({f"prob_{c}": float(ev.probs[i, j]) for j, c in enumerate(classes)})
         row.update({f"label_{c}": ("" if np.isnan(ev.labels[i, j]) else int(ev.labels[i, j]))
                     for j, c in enumerate(classes)})
+        if ev.logits is not None:
+            row.update({f"logit_{c}": float(ev.logits[i, j]) for j, c in enumerate(classes)})
         rows.append(row)
     return rows
 
@@ -116,7 +123,10 @@ def format_table(ev: Evaluation) -> str:
     lines.append(f"{'macro AUC':<{width}}  {'n/a' if macro is None else f'{macro:.4f}'}  ({ev.split}, n={len(ev.ids)})")
     if ev.auc.excluded:
         lines.append(f"excluded (no positive or no negative): {', '.join(ev.auc.excluded)}")
-    return "\n".join(lines)
+    from spft.tasks.classification.operating import format_operating_points
+
+    points = format_operating_points(ev)  # at the run's validation thresholds (none for older runs)
+    return "\n".join(lines + (["", points] if points else []))
 
 
 # Keys that choose *which* data is read: changing any of them in `spft evaluate RUN KEY=VALUE` evaluates other data.
@@ -219,6 +229,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     from spft.data.io import set_max_pixels
     from spft.data.registry import load_table
     from spft.experiments.rundir import checked_split, load_run_config
+    from spft.tasks.classification.operating import apply_run_records
     from spft.tasks.classification.train import build_run
     from spft.tasks.lightning_data import init_from_launcher
     from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
@@ -249,6 +260,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     device = f"cuda:{torch.cuda.current_device()}" if eval_device(cfg) == "cuda" else "cpu"
     ev = evaluate_module(module, dm.loader("test", rank=rank, world=world), split, device, world)
     ev.data_file, ev.checkpoint = data_file, checkpoint
+    apply_run_records(run_dir, cfg, ev)  # the run's temperature and thresholds, never refitted
     if len(ev.ids) != len(rows):  # data.on_bad_image=skip left some out
         log.warning("%d of %d image(s) were left out as unusable (data.on_bad_image=skip)", len(rows) - len(ev.ids),
                     len(rows))

@@ -85,8 +85,13 @@ def _describe_data(table, prep) -> dict:
 
 
 def _test(module, dm, device, run_dir: Path, best_epoch) -> None:
-    # rank 0 alone, on the whole test split
+    # rank 0 alone, on the whole test split; the validation split too, for the temperature and the thresholds
+    from spft.tasks.classification.operating import fit_and_apply
+
     result = evaluate_module(module, dm.loader("test", rank=0, world=1), split="test", device=device)
+    val = (evaluate_module(module, dm.loader("val", rank=0, world=1), split="val", device=device)
+           if len(dm.datasets["val"]) else None)
+    fit_and_apply(run_dir, module.cfg, val, result)  # thresholds.json, calibration.json; calibrates `result`
     write_evaluation(run_dir, result, best_epoch=best_epoch)
 
 
