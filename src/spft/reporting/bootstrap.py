@@ -169,15 +169,22 @@ def _replicates(probs: np.ndarray, labels: np.ndarray, unit_of: np.ndarray, n_un
         known = np.flatnonzero(~np.isnan(labels[:, c]))
         prepared.append(kind(probs[known, c], labels[known, c] > 0.5, unit_of[known]))
     out = np.full((n_boot, probs.shape[1]), np.nan)
+    for b0, per_unit in unit_draws(n_units, n_boot, rng):
+        for c, k in enumerate(prepared):
+            out[b0:b0 + len(per_unit), c] = fn(k, per_unit)
+    return out
+
+
+def unit_draws(n_units: int, n_boot: int, rng: np.random.Generator):
+    """The replicates as blocks ``(first replicate, [block, n_units] float64: how often each unit is drawn)``;
+    every interval of a run (AUC, AUPRC, operating points) draws through here, so one seed means the same resamples.
+    """
     for b0 in range(0, n_boot, _CHUNK):
         # int64 draws are taken one 64-bit word each, so block after block equals one (B, n_units) call
         block = rng.integers(0, n_units, size=(min(_CHUNK, n_boot - b0), n_units), dtype=np.int64)
         offsets = (np.arange(len(block)) * n_units)[:, None]
         counts = np.bincount((block + offsets).ravel(), minlength=len(block) * n_units)
-        per_unit = counts.reshape(len(block), n_units).astype(np.float64)
-        for c, k in enumerate(prepared):
-            out[b0:b0 + len(block), c] = fn(k, per_unit)
-    return out
+        yield b0, counts.reshape(len(block), n_units).astype(np.float64)
 
 
 def bootstrap_auc(probs: np.ndarray, labels: np.ndarray, classes: list[str], groups=None, n_boot: int = 1000,

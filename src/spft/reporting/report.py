@@ -28,6 +28,7 @@ from spft.reporting import figures, paper
 from spft.reporting.bootstrap import BootstrapResult, bootstrap_ap, bootstrap_auc
 from spft.reporting.collect import RunRecord, SweepData, collect, read_entries
 from spft.reporting.html import Figure, render_html
+from spft.reporting.operating import operating_section
 from spft.reporting.provenance import overrides_table, overrides_text, summary_lines, sweep_task
 from spft.reporting.summaries import (
     MACRO,
@@ -36,6 +37,7 @@ from spft.reporting.summaries import (
     class_order,
     depth_table,
     file_stem,
+    group_noun,
     mean_std_auprc_table,
     mean_std_table,
     per_run_tables,
@@ -253,20 +255,28 @@ def build_report(sweep_dir: str | Path, out: str | Path | None = None, n_boot: i
     boots = _bootstraps(data, n_boot, seed)
     boots_ap = _bootstraps(data, n_boot, seed, "ap")
     summary_tables, run_tables = build_tables(data, boots, boots_ap)
+    best, how = best_run(data)  # operating points per run, reliability diagrams of the best run (thresholds.json)
+    op_tables, op_figs, op_note, op_json = operating_section(data, n_boot, seed, out / "figures", best, how,
+                                                             group_noun(data))
+    run_tables = run_tables + op_tables
     tables = summary_tables + run_tables
     for table in tables:
         table.write(out / "tables")
-    figs = build_figures(data, out / "figures")
+    figs = build_figures(data, out / "figures") + op_figs
+    note = _note(data) + op_note
     provenance_md = [_overrides_table(data).to_markdown(), _runs_table(data).to_markdown()]
-    atomic_write_text(out / "report.md", f"# SPFT report: {md_escape(data.root.name)}\n\n{md_escape(_note(data))}\n\n"
+    atomic_write_text(out / "report.md", f"# SPFT report: {md_escape(data.root.name)}\n\n{md_escape(note)}\n\n"
                       + "\n".join(provenance_md + [t.to_markdown() for t in tables]))
-    atomic_write_json(out / "report.json", _report_json(data, boots, boots_ap))
+    report = _report_json(data, boots, boots_ap)
+    for entry, run in zip(report["runs"], data.runs, strict=True):
+        entry["operating_points"] = op_json.get(str(run.run_dir))
+    atomic_write_json(out / "report.json", report)
     used = [[r.overlay, str(r.seed), _rel(r.run_dir, data.root), "n/a" if r.macro is None else f"{r.macro:.4f}",
              str(r.metrics.get("best_epoch", "")), str(r.metrics.get("n", "")),
              overrides_text(data.prov.of_run(r.run_dir))] for r in data.runs]
     skipped = [[s.overlay, "" if s.seed is None else str(s.seed), _rel(s.run_dir, data.root), s.reason]
                for s in data.skipped]
-    page = render_html(f"SPFT report: {data.root.name}", _summary(data, boots, n_boot, seed), _note(data), used,
+    page = render_html(f"SPFT report: {data.root.name}", _summary(data, boots, n_boot, seed), note, used,
                        skipped, summary_tables, figs, run_tables, header_tables=[_overrides_table(data)])
     atomic_write_text(out / "report.html", page)
     return out
