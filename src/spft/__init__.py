@@ -5,3 +5,12 @@ Ultralytics for detection) adapt it. See README.md for the commands and docs/ fo
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``spft.load`` is imported on first use, so ``import spft`` stays light (no torch, no Lightning)."""
+    if name == "load":
+        from spft.api import load
+
+        return load
+    raise AttributeError(f"module 'spft' has no attribute {name!r}")

@@ -11,6 +11,8 @@
     spft ablate CONFIG [KEY=VALUE ...] [--study ladder|depth|probe|FILE] [--seeds ...] [--out DIR]
     spft report SWEEP_DIR [--out DIR] [--bootstrap 1000]             tables, figures, report.html
     spft cache list | clean [--max-gb N] [--all]                     the stage-1 feature cache on disk
+    spft predict RUN_OR_EXPORT INPUTS... [--out FILE]   images/folders/globs/CSV -> table; last line = the file
+    spft export RUN --out DIR [--format safetensors|onnx|torchscript]  a self-contained model folder
 """
 
 from __future__ import annotations
@@ -187,6 +189,38 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from spft.tasks.registry import predict_api, task_of_model
+
+    source = Path(args.source).expanduser()
+    api = predict_api(task_of_model(source))
+    name = source.resolve().name or "model"
+    out = Path(args.out).expanduser() if args.out else Path(f"predictions_{name}.csv")
+    if out.resolve() in {(source / f).resolve() for f in ("predictions_test.csv", "metrics.json", "config.yaml")}:
+        raise ConfigError(f"--out {out}: that is one of the run's own records; choose another file")
+    result = api.predict(source, args.inputs, batch_size=args.batch_size, device=args.device,
+                         checkpoint=args.checkpoint, image_column=args.image_column, root=args.root,
+                         workers=args.workers, progress=True)
+    table_file, failed_file = result.write(out)
+    log.info("%d image(s) predicted -> %s", len(result.table), table_file)
+    if result.failures:
+        print(f"\n{len(result.failures)} input(s) could not be predicted (listed in {failed_file}):", file=sys.stderr)
+        for f in result.failures[:50]:
+            print(f"  {f.id}: {f.error}", file=sys.stderr)
+        if len(result.failures) > 50:
+            print(f"  ... and {len(result.failures) - 50} more", file=sys.stderr)
+    print(table_file)
+    return 1 if result.failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from spft.tasks.registry import predict_api, task_of_run
+
+    out = predict_api(task_of_run(args.run_dir)).export(args.run_dir, args.out, args.format, args.checkpoint)
+    print(out)
+    return 0
+
+
 def _run_sweep(args: argparse.Namespace, study) -> int:
     from spft.experiments.sweep import parse_seeds, plan_sweep, run_sweep, summary_rows
 
@@ -254,6 +288,29 @@ def build_parser() -> argparse.ArgumentParser:
                                   "file's name for other data)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=cmd_evaluate, locks_run="run_dir")
+
+    p = sub.add_parser("predict", help="predict new images with a run's best (EMA) weights or an export folder")
+    p.add_argument("source", metavar="RUN_OR_EXPORT", help="a run directory or an `spft export` folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUTS",
+                   help="image files (PNG 8/16-bit, JPEG, DICOM ...), folders (recursive), globs, or CSV files")
+    p.add_argument("--out", metavar="FILE", help="the table to write (default ./predictions_<run name>.csv); inputs "
+                                                 "that fail are listed in <FILE stem>.failed.csv")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="run directories: which weights")
+    p.add_argument("--image-column", default=None, help="CSV inputs: the image column (default: the run's "
+                                                         "data.image_column, else path / image / Image Index)")
+    p.add_argument("--root", default=None, help="CSV inputs: relative paths start here (default: the CSV's folder)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a run as a self-contained model folder (safetensors + configs + model card)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to create (new or empty)")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx", "torchscript"],
+                   help="safetensors (default); onnx / torchscript add model.onnx / model.torchscript.pt")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the whole SPFT pipeline on synthetic phantoms (CPU, a few minutes)")
     p.add_argument("--out", help="run directory (default runs/demo/<timestamp>)")
@@ -336,6 +393,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
         if "-v" not in leaf._option_string_actions:
             leaf.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "inputs"):  # spft predict: inputs after an option (a file name may hold "=")
+        args.inputs += [a for a in extra if not a.startswith("-")]
+        extra = [a for a in extra if a.startswith("-")]
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
     unknown = [a for a in extra if a not in overrides]
     if unknown or (overrides and not hasattr(args, "overrides")):

@@ -22,6 +22,45 @@ TASKS: dict[str, tuple[str, str]] = {
 }
 
 
+# task -> module with load(source, checkpoint, device), predict(model_source, inputs, ...) -> Predictions and
+# export(run_dir, out, format, checkpoint); a task without an entry has no predict yet (one line says so)
+PREDICT: dict[str, str] = {
+    "classification": "spft.tasks.classification.predict",
+}
+
+
+def predict_api(task: str) -> SimpleNamespace:
+    """``load``, ``predict`` and ``export`` of ``task`` (``spft predict``, ``spft export``, ``spft.load``)."""
+    if task not in TASKS:
+        raise ConfigError(f"task: unknown task {task!r} (available: {', '.join(TASKS)})")
+    if task not in PREDICT:
+        raise ConfigError(f"predict/export is not yet supported for {task} runs (classification only for now)")
+    mod = importlib.import_module(PREDICT[task])
+    return SimpleNamespace(load=mod.load, predict=mod.predict, export=mod.export)
+
+
+def task_of_model(source: str | Path) -> str:
+    """The task of a run directory (``config.yaml``) or of an ``spft export`` folder (``config.json``'s ``spft``
+    block)."""
+    source = Path(source).expanduser()
+    if not source.is_dir():
+        raise MissingFileError(f"{source}: no such run directory or export folder")
+    if (source / "config.yaml").is_file():
+        return task_of_run(source)
+    config_json = source / "config.json"
+    if config_json.is_file():
+        import json
+
+        try:
+            block = json.loads(config_json.read_text(encoding="utf-8")).get("spft")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            block = None
+        if isinstance(block, dict) and block.get("task"):
+            return str(block["task"])
+    raise MissingFileError(f"{source} is neither a run directory (no config.yaml) nor an spft export folder "
+                           f"(no config.json with an spft block)")
+
+
 def task_api(task: str) -> SimpleNamespace:
     """The four entry points of ``task``; a clear error when the task or its optional dependency is missing."""
     if task not in TASKS:

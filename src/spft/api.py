@@ -1,0 +1,25 @@
+"""``spft.load``: a trained model (run directory or ``spft export`` folder) ready to predict, from Python.
+
+    import spft
+    m = spft.load("runs/phantom_cxr/20250101-120000")   # or an export folder
+    table = m.predict(["a.png", "scans/", array])        # id, prob_<class>, pred_<class>
+    m.classes, m.thresholds, m.preprocessing
+
+The task is read from the folder and its predict module found through :mod:`spft.tasks.registry`; neither this
+module nor ``import spft`` imports torch, transformers or Lightning until ``load`` is called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def load(source: str | Path, checkpoint: str = "best", device: str = "auto"):
+    """The model of ``source`` on ``device`` (``auto``: CUDA when available, else CPU).
+
+    ``checkpoint``: ``best`` (default) or ``last`` for a run directory; the weights are the EMA copy when the run
+    used EMA. For classification the result is a :class:`spft.tasks.classification.predict.Classifier`.
+    """
+    from spft.tasks.registry import predict_api, task_of_model
+
+    return predict_api(task_of_model(source)).load(source, checkpoint=checkpoint, device=device)

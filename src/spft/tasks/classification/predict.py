@@ -1,0 +1,321 @@
+"""Classification prediction: a trained model (run directory or export folder) applied to new images.
+
+``predict(model_source, inputs, ...) -> Predictions`` is what ``spft predict`` calls through
+:mod:`spft.tasks.registry`; :func:`load` gives the :class:`Classifier` that ``spft.load`` returns. One table row per
+image: ``id``, ``prob_<class>`` (calibrated: ``sigmoid(logit / T)``, or ``softmax(logits / T)`` for ``loss: ce``,
+``T`` from ``calibration.json``, 1 without it) and ``pred_<class>`` (0/1: probability >= the class's threshold from
+``thresholds.json``, 0.5 without it; for ``loss: ce`` the argmax, one-hot). Images are read by
+:func:`spft.data.io.load_image` in the run's ``data.color`` and preprocessed by
+:class:`spft.data.transforms.ImageTransform` with the run's recorded preprocessing — exactly what evaluation does, so
+predicting a run's own test images gives its ``predictions_test.csv`` probabilities (at temperature 1).
+
+Decoding runs in a thread pool (Pillow releases the GIL) a few batches ahead of the model. On a GPU the model runs
+under bf16 autocast, as ``spft evaluate`` does; on the CPU in float32. Inputs that cannot be read are collected as
+failures (never skipped silently); the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spft.data.inputs import Failure, InputImage, collect_inputs
+from spft.errors import ConfigError, DataError, SpftError
+from spft.tasks.classification.source import LoadedClassifier, load_source
+from spft.tasks.prediction import Predictions
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here (use cpu or auto)")
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: expected cpu, cuda or auto, got {name!r}")
+    return torch.device(name)
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+def array_to_image(array, color: str):
+    """A numpy array (HxW, HxWx1, HxWx3, HxWx4; uint8, uint16 or float) or PIL image as the PIL image spft's loader
+    would hand over for a file holding the same pixels: uint16 is scaled 0..65535 -> 0..255 as a 16-bit PNG is,
+    float is taken as 0..1 when its maximum is <= 1 (else 0..255), alpha is dropped (as for RGBA files)."""
+    from PIL import Image
+
+    from spft.data.io import _SIXTEEN_TO_EIGHT, _to_mode
+
+    if isinstance(array, Image.Image):
+        array.load()
+        return _to_mode(array, color)
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
+        raise DataError(f"array of shape {arr.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
+    if arr.dtype == np.uint16:
+        arr = _SIXTEEN_TO_EIGHT[arr] if arr.ndim == 3 else arr
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise DataError("array holds NaN or infinite values")
+        scale = 255.0 if float(arr.max()) <= 1.0 else 1.0
+        arr = np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 65535:
+            raise DataError(f"array of dtype {arr.dtype} with values outside 0..65535: give uint8, uint16 or float")
+        arr = arr.astype(np.uint16 if arr.max() > 255 else np.uint8)
+        arr = _SIXTEEN_TO_EIGHT[arr] if arr.dtype == np.uint16 and arr.ndim == 3 else arr
+    image = Image.fromarray(np.ascontiguousarray(arr))  # uint16 HxW -> mode I;16, scaled by _to_mode as files are
+    return _to_mode(image, color)
+
+
+class Classifier:
+    """A trained SPFT classifier ready to predict (what ``spft.load`` returns for a classification model).
+
+    ``classes``, ``thresholds`` (class -> threshold of ``pred_<class>``), ``temperature``, ``preprocessing`` (the
+    run's :class:`~spft.models.encoders.Preprocessing`), ``color``, ``loss``, ``model`` (the torch module, eval
+    mode), ``device``. :meth:`predict` returns the table ``spft predict`` writes.
+    """
+
+    task = "classification"
+
+    def __init__(self, loaded: LoadedClassifier, device: str | torch.device = "auto"):
+        from spft.data.transforms import ImageTransform
+
+        self.loaded = loaded
+        self.classes = list(loaded.classes)
+        self.thresholds = dict(loaded.thresholds)
+        self.temperature = float(loaded.temperature)
+        self.preprocessing = loaded.preprocessing
+        self.color = loaded.color
+        self.loss = loaded.loss
+        self.name = loaded.name
+        self.source = loaded.source
+        self.device = resolve_device(device)
+        self.model = loaded.model.to(self.device).eval()
+        self.transform = ImageTransform(self.preprocessing)
+
+    def __repr__(self) -> str:
+        return (f"Classifier({str(self.source)!r}, classes={self.classes}, loss={self.loss!r}, "
+                f"temperature={self.temperature:g}, device={str(self.device)!r})")
+
+    # ---- model ------------------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def probabilities_of_logits(self, logits) -> np.ndarray:
+        """Calibrated probabilities (float64): ``sigmoid(logits / T)`` per class, or ``softmax(logits / T)`` for
+        ``ce`` — computed as the run's own evaluation computes them
+        (:func:`spft.metrics.calibration.calibrated_probabilities`), so thresholds compare identically."""
+        from spft.metrics.calibration import calibrated_probabilities
+
+        z = logits.float().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits, np.float32)
+        return calibrated_probabilities(z, self.temperature, self.loss == "ce")
+
+    @torch.inference_mode()
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Logits of one batch of ``pixel_values`` (``[B, 3, H, W]``, already preprocessed), on the CPU."""
+        with self._autocast():
+            return self.model(pixel_values.to(self.device, non_blocking=True)).float().cpu()
+
+    def predict_pixels(self, pixel_values: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+        """Calibrated probabilities ``[N, C]`` of preprocessed ``pixel_values`` ``[N, 3, H, W]`` (no decoding)."""
+        out = [self.probabilities_of_logits(self.logits(pixel_values[i:i + batch_size]))
+               for i in range(0, len(pixel_values), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float64)
+
+    # ---- images -----------------------------------------------------------------------------------------------------
+    def _pixels_of(self, item) -> torch.Tensor:
+        from spft.data.io import load_image
+
+        if isinstance(item, InputImage):
+            return self.transform(load_image(item.path, color=self.color))
+        return self.transform(array_to_image(item, self.color))
+
+    def _decoded(self, items: list, workers: int, lookahead: int) -> Iterator[tuple[int, torch.Tensor | str]]:
+        """``(index, pixel_values or error text)`` in input order, decoded ``lookahead`` images ahead in threads."""
+
+        def work(item):
+            try:
+                return self._pixels_of(item)
+            except (SpftError, OSError, ValueError) as exc:  # unreadable file, bad array: reported, not raised
+                return f"{type(exc).__name__}: {exc}" if not isinstance(exc, SpftError) else str(exc)
+
+        if workers <= 1:
+            for i, item in enumerate(items):
+                yield i, work(item)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="spft-decode") as pool:
+            pending: deque = deque()
+            it = iter(enumerate(items))
+            for i, item in it:
+                pending.append((i, pool.submit(work, item)))
+                if len(pending) >= lookahead:
+                    break
+            while pending:
+                i, fut = pending.popleft()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt[0], pool.submit(work, nxt[1])))
+                yield i, fut.result()
+
+    def run(self, items: list, ids: list[str], batch_size: int = 32, workers: int | None = None,
+            progress: bool = False) -> tuple[pd.DataFrame, list[Failure]]:
+        """Predict ``items`` (:class:`InputImage` or arrays / PIL images) named ``ids``: (table, failures)."""
+        from tqdm.auto import tqdm
+
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        workers = default_workers() if workers is None else int(workers)
+        kept: list[int] = []
+        probs: list[np.ndarray] = []
+        failures: list[Failure] = []
+        batch: list[torch.Tensor] = []
+        batch_idx: list[int] = []
+
+        def flush():
+            if batch:
+                probs.append(self.predict_pixels(torch.stack(batch), batch_size))
+                kept.extend(batch_idx)
+                batch.clear()
+                batch_idx.clear()
+
+        bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress, file=None, dynamic_ncols=True)
+        try:
+            for i, pixels in self._decoded(items, workers, lookahead=max(2 * batch_size, 4 * workers)):
+                if isinstance(pixels, str):
+                    failures.append(Failure(ids[i], pixels))
+                else:
+                    batch.append(pixels)
+                    batch_idx.append(i)
+                    if len(batch) == batch_size:
+                        flush()
+                bar.update(1)
+            flush()
+        finally:
+            bar.close()
+        p = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float64)
+        return self.table([ids[i] for i in kept], p), failures
+
+    def table(self, ids: list[str], probs: np.ndarray) -> pd.DataFrame:
+        """``id``, ``prob_<class>``..., ``pred_<class>``... for these probabilities."""
+        columns: dict[str, object] = {"id": list(ids)}
+        probs = np.asarray(probs, dtype=np.float64).reshape(len(ids), len(self.classes))
+        for j, c in enumerate(self.classes):
+            columns[f"prob_{c}"] = probs[:, j]
+        if self.loss == "ce":
+            top = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
+            for j, c in enumerate(self.classes):
+                columns[f"pred_{c}"] = (top == j).astype(int)
+        else:
+            for j, c in enumerate(self.classes):
+                columns[f"pred_{c}"] = (probs[:, j] >= self.thresholds[c]).astype(int)
+        return pd.DataFrame(columns)
+
+    def predict(self, inputs, batch_size: int = 32, workers: int | None = None, progress: bool = False,
+                on_error: str = "report") -> pd.DataFrame:
+        """The prediction table for ``inputs``: a path, a folder, a glob, a CSV (see :mod:`spft.data.inputs`), a
+        numpy array or a PIL image, or a list of any of these.
+
+        Arrays and PIL images get the ids ``array[i]`` / ``image[i]`` (``i``: position in ``inputs``). Inputs that
+        cannot be read are left out of the table and listed in ``table.attrs["failed"]`` as ``(id, error)`` with a
+        warning (``on_error="report"``), or raise the first one (``on_error="raise"``).
+        """
+        if on_error not in ("report", "raise"):
+            raise ConfigError(f"on_error: expected 'report' or 'raise', got {on_error!r}")
+        single = isinstance(inputs, (str, os.PathLike, np.ndarray)) or _is_pil(inputs)
+        items, ids, failures = self._expand([inputs] if single else list(inputs))
+        table, failed = self.run(items, ids, batch_size, workers, progress)
+        failures += failed
+        if failures and on_error == "raise":
+            raise DataError(f"{failures[0].id}: {failures[0].error}")
+        if failures:
+            log.warning("%d input(s) could not be predicted: %s", len(failures),
+                        "; ".join(f"{f.id}: {f.error}" for f in failures[:5]) + (" ..." if len(failures) > 5 else ""))
+        table.attrs["failed"] = [(f.id, f.error) for f in failures]
+        return table
+
+    def _expand(self, inputs: Iterable) -> tuple[list, list[str], list[Failure]]:
+        items, ids, failures = [], [], []
+        paths: list[tuple[int, str]] = []
+        for k, value in enumerate(inputs):
+            if isinstance(value, (str, os.PathLike)):
+                paths.append((len(items), str(value)))
+                items.append(None)
+                ids.append("")
+            elif isinstance(value, np.ndarray) or _is_pil(value):
+                items.append(value)
+                ids.append(f"{'image' if _is_pil(value) else 'array'}[{k}]")
+            else:
+                raise ConfigError(f"input {k}: expected a path, a numpy array or a PIL image, got "
+                                  f"{type(value).__name__}")
+        # paths expand in place (a folder or CSV is many images)
+        out_items, out_ids = [], []
+        expanded = {}
+        for pos, text in paths:
+            found, failed = collect_inputs([text], preferred_column=self.loaded.meta.get("image_column"))
+            expanded[pos] = found
+            failures += failed
+        for pos, (item, id_) in enumerate(zip(items, ids)):
+            if pos in expanded:
+                out_items += expanded[pos]
+                out_ids += [f.id for f in expanded[pos]]
+            else:
+                out_items.append(item)
+                out_ids.append(id_)
+        return out_items, out_ids, failures
+
+
+def _is_pil(value) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(value, Image.Image)
+
+
+def load(source: str | Path, checkpoint: str = "best", device: str = "auto") -> Classifier:
+    """A run directory's (``checkpoint``: best / last; EMA weights when the run used EMA) or an export folder's
+    classifier, ready to predict on ``device`` (auto: CUDA when available)."""
+    return Classifier(load_source(source, checkpoint), device)
+
+
+def predict(model_source, inputs: list[str] | tuple[str, ...], batch_size: int = 32, device: str = "auto",
+            checkpoint: str = "best", image_column: str | None = None, root: str | None = None,
+            workers: int | None = None, progress: bool = False) -> Predictions:
+    """Predict every image ``inputs`` names (files, folders, globs, CSVs: :func:`spft.data.inputs.collect_inputs`)
+    with ``model_source`` (a run directory, an export folder or a loaded :class:`Classifier`)."""
+    model = model_source if isinstance(model_source, Classifier) else load(model_source, checkpoint, device)
+    items, failures = collect_inputs(inputs, image_column, model.loaded.meta.get("image_column"), root)
+    if not items and not failures:
+        raise DataError("no inputs given")
+    log.info("predicting %d image(s) with %s (%s, temperature %g)", len(items), model.source, model.device,
+             model.temperature)
+    table, failed = model.run(items, [i.id for i in items], batch_size, workers, progress)
+    return Predictions(table, failures + failed, str(model.source), model.name)
+
+
+def export(run_dir, out, format: str = "safetensors", checkpoint: str = "best") -> Path:  # noqa: A002
+    """``spft export``: see :func:`spft.tasks.classification.export.export_run`."""
+    from spft.tasks.classification.export import export_run
+
+    return export_run(run_dir, out, format, checkpoint)

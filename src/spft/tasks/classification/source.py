@@ -1,0 +1,271 @@
+"""A trained classifier read back for prediction: from a run directory or from an ``spft export`` folder.
+
+Both give a :class:`LoadedClassifier`: the :class:`~spft.models.classifier.SpftClassifier` with the weights a run
+evaluates with (the EMA copy of ``checkpoints/best.ckpt`` when the run used EMA, else the raw weights), the exact
+preprocessing the run trained with (the ``preprocessing`` record of ``data.json``), the colour mode
+(``data.color``), the loss (``bce``: sigmoid per class; ``ce``: softmax), the temperature of ``calibration.json``
+and the per-class thresholds of ``thresholds.json``.
+
+* Run directory: ``config.yaml`` builds the architecture (:func:`~spft.models.classifier.build_classifier`), the
+  checkpoint is read verified and with ``weights_only=True`` (:func:`spft.experiments.checkpoints.load_checkpoint`;
+  ``best`` falls back to ``last`` with a warning when damaged, as ``spft evaluate`` does). Lightning is not needed.
+* Export folder: ``config.json`` (the encoder's transformers config + an ``spft`` block) builds the architecture
+  with random weights, ``model.safetensors`` fills it (encoder keys at top level, head keys under ``spft_head.``).
+
+``calibration.json`` (``{"method": "none"|"temperature", "temperature": T, ...}``) and ``thresholds.json``
+(``{"method", "target", "split", "classes": {class: {"threshold": t, ...} | null}}``) are optional: without them
+the temperature is 1 and every threshold 0.5, said once on stderr; a class whose entry is null (or missing) gets
+0.5, with a warning naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from spft.errors import CheckpointError, ConfigError, DataError, MissingFileError
+
+log = logging.getLogger(__name__)
+
+EXPORT_WEIGHTS = "model.safetensors"
+HEAD_PREFIX = "spft_head."
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class LoadedClassifier:
+    model: torch.nn.Module
+    classes: list[str]
+    preprocessing: object  # spft.models.encoders.Preprocessing
+    color: str
+    loss: str
+    temperature: float
+    thresholds: dict[str, float]
+    source: Path
+    kind: str  # "run" | "export"
+    name: str
+    calibration: dict = field(default_factory=dict)  # calibration.json as read (defaults when absent)
+    threshold_record: dict = field(default_factory=dict)  # thresholds.json as read ({} when absent)
+    meta: dict = field(default_factory=dict)  # checkpoint file and epoch, image column, pooling ...
+
+
+def is_export_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "config.json").is_file() and (path / EXPORT_WEIGHTS).is_file()
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is damaged: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is damaged: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_calibration(folder: Path) -> tuple[float, dict, bool]:
+    """``(temperature, record, present)`` from ``folder/calibration.json``; ``(1.0, {...none}, False)`` without it."""
+    path = folder / "calibration.json"
+    data = _read_json(path)
+    if data is None:
+        return 1.0, {"method": "none", "temperature": 1.0}, False
+    method = data.get("method", "temperature")
+    if method == "none":
+        return 1.0, data, True
+    if method != "temperature":
+        raise DataError(f"{path}: unknown calibration method {method!r} (expected 'none' or 'temperature')")
+    try:
+        t = float(data["temperature"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: method 'temperature' needs a number 'temperature'") from exc
+    if not math.isfinite(t) or t <= 0:
+        raise DataError(f"{path}: temperature must be a positive finite number, got {data['temperature']!r}")
+    return t, data, True
+
+
+def read_thresholds(folder: Path, classes: list[str]) -> tuple[dict[str, float], dict, bool]:
+    """``(threshold per class, record, present)`` from ``folder/thresholds.json`` (0.5 for each class without one)."""
+    path = folder / "thresholds.json"
+    data = _read_json(path)
+    if data is None:
+        return dict.fromkeys(classes, DEFAULT_THRESHOLD), {}, False
+    entries = data.get("classes")
+    if not isinstance(entries, dict):
+        raise DataError(f"{path}: expected a 'classes' mapping of class -> {{threshold: ...}} or null")
+    unknown = [c for c in entries if c not in classes]
+    if unknown:
+        raise DataError(f"{path}: classes {unknown} are not the model's ({', '.join(classes)})")
+    out, defaulted = {}, []
+    for c in classes:
+        entry = entries.get(c)
+        if entry is None:
+            out[c] = DEFAULT_THRESHOLD
+            defaulted.append(c)
+            continue
+        try:
+            t = float(entry["threshold"] if isinstance(entry, dict) else entry)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: class {c!r} has no numeric 'threshold'") from exc
+        if not math.isfinite(t):
+            raise DataError(f"{path}: class {c!r} threshold is not finite ({t})")
+        out[c] = t
+    if defaulted:
+        log.warning("%s: no threshold for %s (null or missing): 0.5 used", path, ", ".join(defaulted))
+    return out, data, True
+
+
+def _say_defaults(folder: Path, has_calibration: bool, has_thresholds: bool) -> None:
+    missing = [name for name, present in (("calibration.json", has_calibration), ("thresholds.json", has_thresholds))
+               if not present]
+    if missing:
+        what = {"calibration.json": "temperature 1 (uncalibrated probabilities)",
+                "thresholds.json": "threshold 0.5 for every class"}
+        log.warning("%s has no %s: %s", folder, " or ".join(missing), "; ".join(what[m] for m in missing))
+
+
+def preprocessing_from_record(record: dict):
+    """:class:`~spft.models.encoders.Preprocessing` from the record ``data.json`` keeps (``Preprocessing.record``).
+    A record with only size/mean/std/source (older runs) is RAD-DINO's rule at that size."""
+    from spft.models.encoders import BICUBIC, Preprocessing
+
+    kwargs = {}
+    if "resize" in record:
+        resize = record["resize"]
+        if resize is None:
+            kwargs.update(resize="none", resize_size=None)
+        elif "shortest_edge" in resize:
+            kwargs.update(resize="shortest_edge", resize_size=(int(resize["shortest_edge"]),))
+        else:
+            kwargs.update(resize="exact", resize_size=(int(resize["height"]), int(resize["width"])))
+    if "crop" in record:
+        crop = record["crop"]
+        kwargs["crop"] = None if crop is None else (int(crop["height"]), int(crop["width"]))
+    if "resample" in record:
+        kwargs["interpolation"] = int(record.get("resample", BICUBIC))
+    if "rescale" in record:
+        kwargs["rescale"] = None if record["rescale"] is None else float(record["rescale"])
+    return Preprocessing(int(record["size"]), tuple(record["mean"]), tuple(record["std"]),
+                         str(record.get("source", "data.json")), **kwargs)
+
+
+def _eval_state(state_dict: dict) -> tuple[dict, str]:
+    """The weights a run evaluates with from a RecipeModule state dict: ``ema.module.*`` when present, else
+    ``model.*``; returns them without the prefix and which one it was."""
+    for prefix, what in (("ema.module.", "ema"), ("model.", "raw")):
+        picked = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if picked:
+            return picked, what
+    raise CheckpointError("the checkpoint holds no model weights (no 'model.*' or 'ema.module.*' keys)")
+
+
+def checkpoint_file(run_dir: Path, checkpoint: str) -> Path:
+    from spft.experiments.checkpoints import newest_intact
+
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"--checkpoint: expected best or last, got {checkpoint!r}")
+    name = f"{checkpoint}.ckpt"
+    other = "last.ckpt" if checkpoint == "best" else "best.ckpt"
+    found = newest_intact(run_dir / "checkpoints", (name, other))
+    if found is None:
+        raise MissingFileError(f"{run_dir / 'checkpoints' / name} not found (has the run finished its first epoch?)")
+    return found
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedClassifier:
+    """The classifier of a classification run directory (on the CPU, in eval mode)."""
+    from spft.experiments.checkpoints import load_checkpoint
+    from spft.experiments.rundir import load_run_config
+    from spft.models.classifier import build_classifier
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if cfg.task != "classification":
+        raise ConfigError(f"{run_dir} is a {cfg.task} run, not a classification run")
+    data = _read_json(run_dir / "data.json") or {}
+    ckpt = checkpoint_file(run_dir, checkpoint)
+    state = load_checkpoint(ckpt)
+    classes = list(data.get("classes") or state.get("spft", {}).get("classes") or [])
+    saved = state.get("spft", {}).get("classes")
+    if saved is not None and list(saved) != classes:
+        raise CheckpointError(f"{ckpt}: its classes {list(saved)} differ from data.json's {classes}")
+    if not classes:
+        raise DataError(f"{run_dir}: neither data.json nor the checkpoint names the classes")
+    model, prep = build_classifier(cfg.model, len(classes), cfg.data.image_size)
+    if data.get("preprocessing"):
+        prep = preprocessing_from_record(data["preprocessing"])
+    weights, which = _eval_state(state["state_dict"])
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt} does not fit the model of {run_dir / 'config.yaml'}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+    model.eval()
+    temperature, calibration, has_cal = read_calibration(run_dir)
+    thresholds, record, has_thr = read_thresholds(run_dir, classes)
+    _say_defaults(run_dir, has_cal, has_thr)
+    meta = {"checkpoint": str(ckpt), "epoch": state.get("epoch"), "weights": which,
+            "image_column": cfg.data.image_column, "pooling": cfg.model.pooling, "model_name": cfg.model.name,
+            "head_hidden": cfg.model.head_hidden, "head_dropout": cfg.model.head_dropout}
+    return LoadedClassifier(model, classes, prep, cfg.data.color, cfg.loss, temperature, thresholds, run_dir, "run",
+                            run_dir.name, calibration, record, meta)
+
+
+def load_export(folder: str | Path) -> LoadedClassifier:
+    """The classifier of an ``spft export`` folder (no run directory, no Lightning)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    from spft.models.classifier import SpftClassifier
+
+    folder = Path(folder)
+    config = _read_json(folder / "config.json") or {}
+    block = config.get("spft")
+    if not isinstance(block, dict) or block.get("task") != "classification":
+        raise ConfigError(f"{folder / 'config.json'} has no spft classification block: not an spft export")
+    classes = list(block["classes"])
+    hf_config = AutoConfig.from_pretrained(folder)
+    hf_config.spft = None  # the block is spft's, not the encoder's
+    encoder = AutoModel.from_config(hf_config)
+    model = SpftClassifier(encoder, len(classes), block.get("pooling", "mean"), int(block["head_hidden"]),
+                           float(block.get("head_dropout", 0.0)))
+    if model.n_prefix != int(block.get("n_prefix", model.n_prefix)):
+        raise CheckpointError(f"{folder}: the encoder has {model.n_prefix} prefix tokens, config.json says "
+                              f"{block['n_prefix']}")
+    tensors = load_file(folder / EXPORT_WEIGHTS)
+    weights = {(f"head.{k[len(HEAD_PREFIX):]}" if k.startswith(HEAD_PREFIX) else f"encoder.{k}"): v
+               for k, v in tensors.items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{folder / EXPORT_WEIGHTS} does not fit {folder / 'config.json'}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+    model.eval()
+    prep = preprocessing_from_record(block["preprocessing"])
+    temperature, calibration, has_cal = read_calibration(folder)
+    thresholds, record, has_thr = read_thresholds(folder, classes)
+    _say_defaults(folder, has_cal, has_thr)
+    meta = {"image_column": block.get("image_column"), "pooling": block.get("pooling", "mean"),
+            "head_hidden": block["head_hidden"], "export": str(folder), **block.get("source", {})}
+    return LoadedClassifier(model, classes, prep, block.get("color", "grey"), block.get("loss", "bce"), temperature,
+                            thresholds, folder, "export", block.get("name") or folder.name, calibration, record, meta)
+
+
+def load_source(source: str | Path, checkpoint: str = "best") -> LoadedClassifier:
+    """A run directory or an export folder."""
+    source = Path(source).expanduser()
+    if not source.is_dir():
+        raise MissingFileError(f"{source}: no such run directory or export folder")
+    if is_export_folder(source):
+        if checkpoint != "best":
+            raise ConfigError(f"{source} is an export folder (the best EMA weights only): --checkpoint {checkpoint} "
+                              "needs the run directory")
+        return load_export(source)
+    return load_run(source, checkpoint)
