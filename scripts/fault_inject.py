@@ -180,9 +180,10 @@ def campaign(run_dir: Path, cache: Path, reference: Path, epochs: int, kinds: li
         kills += 1
         log(f"  {kind:7s} at {seg['where']}: exit {seg['rc']}, {history_rows(run_dir)} epoch(s) recorded")
         if not (run_dir / "config.yaml").is_file():
-            # killed before the run recorded its config: nothing to resume; the user starts it again
-            log("    (killed before config.yaml existed: started again)")
-            shutil.rmtree(run_dir)
+            # killed before the run recorded its config (or before its first checkpoint, when spft removes the
+            # directory it created): nothing to resume; the user starts it again
+            log("    (nothing to resume yet: started again)")
+            shutil.rmtree(run_dir, ignore_errors=True)
             fresh = True
         else:
             fresh = False
