@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e ".[dev,detect]"
+	$(PIP) install --quiet -e ".[dev,detect,export]"
 	touch $@
 
 demo: install
@@ -39,3 +39,4 @@ clean:
 
 bench: install
 	$(PY) benchmarks/bench.py --size small --stage1-images 2000
+	$(PY) benchmarks/predict_bench.py --size small --images 256
