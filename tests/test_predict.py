@@ -196,6 +196,19 @@ def test_arrays_and_pil_images_match_files(run, table, tmp_path):
     assert sorted(m.thresholds) == sorted(m.classes) and m.preprocessing.size == 32
 
 
+def test_heatmaps_of_one_image(run, table):
+    m = spft.load(run)
+    image = Image.open(table.paths[0])
+    maps = m.heatmaps(table.paths[0], classes=m.classes[:2])
+    assert list(maps) == m.classes[:2]
+    for heat in maps.values():
+        assert heat.shape == (image.size[1], image.size[0]) and heat.dtype == np.float32 and (heat >= 0).all()
+    crop = m.heatmaps(np.asarray(image), method="rollout", original=False)["rollout"]
+    assert crop.shape == (m.preprocessing.size, m.preprocessing.size)
+    with pytest.raises(ConfigError, match="unknown class"):
+        m.heatmaps(table.paths[0], classes="nope")
+
+
 def test_export_predicts_identically_and_loads_in_transformers(run, table, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoImageProcessor, AutoModel

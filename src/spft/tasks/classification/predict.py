@@ -254,6 +254,33 @@ class Classifier:
         table.attrs["failed"] = [(f.id, f.error) for f in failures]
         return table
 
+    def heatmaps(self, image, classes: list[str] | str | None = None, method: str = "gradcam",
+                 original: bool = True) -> dict[str, np.ndarray]:
+        """Where the model looks in one image (a path, numpy array or PIL image): ``{class: map}``
+        (:mod:`spft.models.heatmaps`; float32, non-negative, raw scale). ``method``: ``gradcam`` (per class; default
+        every class) or ``rollout`` (attention rollout, class-agnostic: one map under the key ``"rollout"``).
+        ``original``: the map on the original image's pixels (zero outside the centre crop), else on the crop.
+        Runs in float32 with gradients (not under autocast)."""
+        from spft.data.io import load_image
+        from spft.models import heatmaps as hm
+
+        picture = (load_image(image, color=self.color) if isinstance(image, (str, os.PathLike))
+                   else array_to_image(image, self.color))
+        pixels = self.transform(picture).unsqueeze(0).to(self.device)
+        if method == "rollout":
+            maps = {"rollout": hm.attention_rollout(self.model, pixels)[0]}
+        elif method == "gradcam":
+            names = self.classes if classes is None else [classes] if isinstance(classes, str) else list(classes)
+            unknown = [c for c in names if c not in self.classes]
+            if unknown:
+                raise ConfigError(f"heatmaps: unknown class(es) {unknown} (classes: {', '.join(self.classes)})")
+            maps = {c: hm.gradcam(self.model, pixels, self.classes.index(c))[0] for c in names}
+        else:
+            raise ConfigError(f"heatmaps: method must be 'gradcam' or 'rollout', got {method!r}")
+        if original:
+            maps = {k: hm.to_original(v, self.preprocessing, *picture.size) for k, v in maps.items()}
+        return maps
+
     def _expand(self, inputs: Iterable) -> tuple[list, list[str], list[Failure]]:
         items, ids, failures = [], [], []
         paths: list[tuple[int, str]] = []
