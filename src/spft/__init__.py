@@ -4,7 +4,9 @@ The recipe math lives in :mod:`spft.recipe` (torch only); engines (Lightning for
 Ultralytics for detection) adapt it. See README.md for the commands and docs/ for the design.
 """
 
-__version__ = "0.1.0"
+from spft._version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def __getattr__(name: str):

@@ -24,6 +24,21 @@ class DataError(SpftError, ValueError):
     """A data file (CSV, image, annotation) that cannot be used as it is; the message names the file and row."""
 
 
+class BadImageError(DataError):
+    """An image file that cannot be used (missing, empty, truncated, not an image, too many pixels): one line that
+    names the file. Raised in a DataLoader worker, torch re-raises it in the main process as
+    ``BadImageError("Caught BadImageError in DataLoader worker process N. Original Traceback ...")``; that text is
+    reduced here to the original one-line message, so the CLI never prints a worker traceback."""
+
+    def __init__(self, message: object = "", *args):
+        text = str(message)
+        if text.startswith("Caught BadImageError") and "Traceback" in text:
+            where = text.splitlines()[0].removeprefix("Caught BadImageError ").rstrip(".")
+            last = [line for line in text.splitlines() if line.strip()][-1]
+            text = f"{last.partition('BadImageError: ')[2] or last} ({where})"
+        super().__init__(text, *args)
+
+
 class MissingKeyError(SpftError, KeyError):
     """A column, structure or class name that the data does not have; the message names it and what exists."""
 

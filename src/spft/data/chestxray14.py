@@ -32,8 +32,7 @@ from spft.data.files import (
     split_seed,
 )
 from spft.data.io import DICOM_SUFFIXES
-from spft.data.registry import stratification_labels
-from spft.data.splits import multilabel_grouped_split
+from spft.data.splits import multilabel_grouped_split, stratification_labels
 from spft.errors import DataError, MissingFileError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from spft.data.files import FileIndex, find_column, read_metadata, split_seed
-from spft.data.masks import MaskTable, RleMask
+from spft.data.mask_contract import MaskTable, RleMask, decode_chexmask_rle, encode_chexmask_rle  # noqa: F401
 from spft.data.splits import grouped_split
 from spft.errors import DataError, MissingFileError, MissingKeyError
 
@@ -27,37 +27,6 @@ STRUCTURE_COLUMNS = {"heart": "Heart", "left_lung": "Left Lung", "right_lung": "
 # source -> the image-id column of its CheXmask file
 ID_COLUMNS = {"vindr-cxr": "image_id", "chestxray14": "Image Index", "chexpert": "Path"}
 RCA_MEAN, RCA_MAX = "Dice RCA (Mean)", "Dice RCA (Max)"
-
-
-def decode_chexmask_rle(rle, height: int, width: int) -> np.ndarray:
-    """Decode one CheXmask RLE string into a ``(height, width)`` uint8 mask (1 = foreground).
-
-    ``"start length start length ..."``, starts 1-indexed into the row-major flattened array; a blank or
-    missing RLE is an empty mask.
-
-    >>> decode_chexmask_rle("2 3", 2, 3).tolist()
-    [[0, 1, 1], [1, 0, 0]]
-    """
-    mask = np.zeros(int(height) * int(width), np.uint8)
-    if not isinstance(rle, str) or not rle.strip():
-        return mask.reshape(int(height), int(width))
-    values = np.asarray(rle.split(), dtype=np.int64)
-    if len(values) % 2:
-        raise DataError(f"RLE has an odd number of values ({len(values)}): expected 'start length' pairs")
-    for start, length in zip(values[0::2], values[1::2]):
-        if start < 1 or start - 1 + length > mask.size:
-            raise DataError(f"RLE run (start {start}, length {length}) outside a {height}x{width} mask "
-                             "(starts are 1-indexed)")
-        mask[start - 1:start - 1 + length] = 1
-    return mask.reshape(int(height), int(width))
-
-
-def encode_chexmask_rle(mask: np.ndarray) -> str:
-    """Inverse of :func:`decode_chexmask_rle` (for tests and for writing masks in the same format)."""
-    flat = np.concatenate([[0], np.asarray(mask, bool).reshape(-1).astype(np.int8), [0]])
-    edges = np.flatnonzero(np.diff(flat))
-    starts, ends = edges[0::2], edges[1::2]
-    return " ".join(f"{s + 1} {e - s}" for s, e in zip(starts, ends))
 
 
 def quality_filter(df: pd.DataFrame, source: str, min_rca: float) -> pd.DataFrame:

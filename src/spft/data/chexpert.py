@@ -23,8 +23,7 @@ import pandas as pd
 
 from spft.data.contract import LabelTable
 from spft.data.files import add_warning, count_warning, find_column, read_metadata, split_seed
-from spft.data.registry import stratification_labels
-from spft.data.splits import multilabel_grouped_split
+from spft.data.splits import multilabel_grouped_split, stratification_labels
 from spft.errors import DataError, MissingFileError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spft.errors import DataError, DependencyError
+from spft.errors import BadImageError, DataError, DependencyError
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,6 @@ def _pydicom():
 
 
 def _bad(message: str) -> DataError:
-    from spft.data.io import BadImageError
-
     return BadImageError(message)
 
 

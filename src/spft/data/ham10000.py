@@ -28,8 +28,7 @@ from spft.data.files import (
     read_metadata,
     split_seed,
 )
-from spft.data.registry import stratification_labels
-from spft.data.splits import multilabel_grouped_split
+from spft.data.splits import multilabel_grouped_split, stratification_labels
 from spft.errors import DataError
 
 log = logging.getLogger(__name__)

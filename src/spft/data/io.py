@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spft.errors import DataError, MissingFileError
+from spft.errors import BadImageError, DataError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +48,6 @@ _SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.uint32) + 128) // 257).astype(np
 _ARRAYS: dict[str, tuple[tuple, np.ndarray]] = {}  # array path -> (file identity, read-only memmap), per process
 
 
-class BadImageError(DataError):
-    """An image file that cannot be used (missing, empty, truncated, not an image, too many pixels): one line that
-    names the file. Raised in a DataLoader worker, torch re-raises it in the main process as
-    ``BadImageError("Caught BadImageError in DataLoader worker process N. Original Traceback ...")``; that text is
-    reduced here to the original one-line message, so the CLI never prints a worker traceback."""
-
-    def __init__(self, message: object = "", *args):
-        text = str(message)
-        if text.startswith("Caught BadImageError") and "Traceback" in text:
-            where = text.splitlines()[0].removeprefix("Caught BadImageError ").rstrip(".")
-            last = [line for line in text.splitlines() if line.strip()][-1]
-            text = f"{last.partition('BadImageError: ')[2] or last} ({where})"
-        super().__init__(text, *args)
 
 
 _CONFIGURED: dict[str, int | None] = {"max_pixels": PIL_MAX_PIXELS}  # this process's data.max_image_pixels

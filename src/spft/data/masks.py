@@ -9,7 +9,6 @@ files (non-zero = foreground) or :class:`RleMask` entries (CheXmask, :mod:`spft.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,84 +17,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from spft.data.contract import SPLITS
 from spft.data.io import load_image
+from spft.data.mask_contract import MaskTable, RleMask
 from spft.data.splits import grouped_split
 from spft.errors import DataError, MissingFileError, MissingKeyError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STRUCTURES = ("heart", "left_lung", "right_lung")
-
-
-@dataclass(frozen=True)
-class RleMask:
-    """A run-length encoded mask (CheXmask convention: 1-indexed starts, row-major ``height x width``)."""
-
-    rle: str
-    height: int
-    width: int
-
-    def decode(self) -> np.ndarray:
-        from spft.data.chexmask import decode_chexmask_rle
-
-        return decode_chexmask_rle(self.rle, self.height, self.width).astype(bool)
-
-    def fraction(self) -> float:
-        """Foreground fraction, from the run lengths alone (no decoding)."""
-        lengths = np.asarray(self.rle.split()[1::2], dtype=np.int64) if isinstance(self.rle, str) else []
-        return float(np.sum(lengths)) / max(self.height * self.width, 1)
-
-
-@dataclass
-class MaskTable:
-    """One row per image: path, id, group, split and one mask entry (PNG path, RleMask or None) per structure."""
-
-    structures: list[str]
-    paths: list[str]
-    ids: list[str]
-    groups: list[str]
-    splits: list[str]
-    masks: list[list]
-    source: str = ""
-    split_policy: str = ""
-    warnings: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        n = len(self.paths)
-        if not (len(self.ids) == len(self.groups) == len(self.splits) == len(self.masks) == n):
-            raise DataError("MaskTable columns have different lengths")
-        bad = [i for i, m in enumerate(self.masks) if len(m) != len(self.structures)]
-        if bad:
-            raise DataError(f"row {bad[0]}: {len(self.masks[bad[0]])} masks for {len(self.structures)} structures")
-
-    def indices(self, split: str) -> np.ndarray:
-        return np.flatnonzero(np.asarray(self.splits) == split)
-
-    def check(self, files: bool = True) -> None:
-        """Refuse empty splits, leaked groups and (``files``) missing image or mask files of any row (the error
-        names the first offender). What training needs; evaluation checks only its rows (:meth:`check_files`)."""
-        for split in SPLITS:
-            if not len(self.indices(split)):
-                raise DataError(f"{self.source}: the {split} split is empty")
-        seen: dict[str, str] = {}
-        for group, split in zip(self.groups, self.splits):
-            if seen.setdefault(group, split) != split:
-                raise DataError(f"{self.source}: group {group!r} is in both {seen[group]} and {split}")
-        if files:
-            self.check_files()
-
-    def check_files(self, rows=None) -> None:
-        """Refuse missing image files, and missing mask PNGs, of ``rows`` (positions; every row when ``None``):
-        one line naming how many and the first. Only the rows that are read are checked, so a missing training image
-        does not block ``spft evaluate RUN --split test``."""
-        rows = range(len(self.paths)) if rows is None else [int(r) for r in rows]
-        missing = [self.paths[r] for r in rows if not Path(self.paths[r]).is_file()]
-        if missing:
-            raise MissingFileError(f"{self.source}: {len(missing)} image(s) missing, e.g. {missing[0]}")
-        masks = [e for r in rows for e in self.masks[r] if isinstance(e, str) and not Path(e).is_file()]
-        if masks:
-            raise MissingFileError(f"{self.source}: {len(masks)} mask file(s) missing, e.g. {masks[0]}")
 
 
 def load_mask(entry, shape: tuple[int, int]) -> np.ndarray:

@@ -83,14 +83,6 @@ def load_table(data_cfg, seed: int) -> LabelTable:
     return select_classes(table, data_cfg.label_columns) if data_cfg.label_columns else table
 
 
-def stratification_labels(labels, classes: list[str], data_cfg):
-    """The columns of ``labels`` a real-dataset adapter stratifies its split on: the classes that will be trained
-    (``data.label_columns`` when set, in the dataset's order), else all of them. Unknown names are left to
-    :func:`select_classes`, which refuses them once the table is read."""
-    chosen = [j for j, c in enumerate(classes) if c in set(getattr(data_cfg, "label_columns", None) or ())]
-    return labels[:, chosen] if chosen else labels
-
-
 def select_classes(table: LabelTable, names: list[str]) -> LabelTable:
     """The table restricted to the classes ``names`` (``data.label_columns``); an unknown name is a KeyError."""
     import difflib

@@ -140,3 +140,11 @@ def split_method(policy: str) -> str:
     if "grouped" in lowered:
         return METHOD_GROUPED
     return "other"
+
+
+def stratification_labels(labels, classes: list[str], data_cfg):
+    """The columns of ``labels`` a real-dataset adapter stratifies its split on: the classes that will be trained
+    (``data.label_columns`` when set, in the dataset's order), else all of them. Unknown names are left to
+    :func:`spft.data.registry.select_classes`, which refuses them once the table is read."""
+    chosen = [j for j, c in enumerate(classes) if c in set(getattr(data_cfg, "label_columns", None) or ())]
+    return labels[:, chosen] if chosen else labels

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from spft.errors import RunDirError
+from spft.experiments.ranks import secondary_rank
 
 LOCK = "run.lock"
 
@@ -93,8 +94,6 @@ def lock_run(run_dir: str | Path, purpose: str) -> None:
 
     Under DDP only global rank 0 locks: the other ranks write into the same run on its behalf.
     """
-    from spft.experiments.rundir import secondary_rank
-
     key = Path(run_dir).resolve()
     if key in _HELD or secondary_rank():
         return

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from spft.errors import ConfigError, MissingFileError, RunDirError
+from spft.experiments.ranks import secondary_rank
 
 DONE = "DONE"
 _UMASK = os.umask(0)
@@ -167,10 +168,10 @@ def environment(device: str, speed: dict | None = None) -> dict:
     import torch
     import transformers
 
-    import spft
+    from spft._version import __version__
 
     env = {
-        "spft": spft.__version__,
+        "spft": __version__,
         "git_sha": git_sha(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -211,13 +212,6 @@ def mark_done(run_dir: str | Path) -> None:
 
 
 RUN_DIR_ENV = "SPFT_RUN_DIR"  # set by rank 0; Lightning's DDP launcher copies it to the processes it starts
-
-
-def secondary_rank() -> bool:
-    """True in a DDP process other than global rank 0, as the launcher told it through the environment
-    (torchrun: ``RANK``; Lightning's own launcher: ``LOCAL_RANK``/``NODE_RANK``; SLURM: ``SLURM_PROCID``)."""
-    env = os.environ
-    return any(int(env.get(var) or 0) > 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def _launched_world() -> int:
