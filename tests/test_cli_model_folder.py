@@ -95,6 +95,9 @@ def test_limits_are_refused_for_detection():
     from spft.errors import ConfigError
     from spft.tasks.detection.checks import check_detection_config
 
-    cfg = load_config("configs/phantom_detect_yolov8.yaml", ["trainer.limit_val_batches=0.5"])
+    with pytest.raises(ConfigError, match="trainer.limit_val_batches': not available for detection"):
+        load_config("configs/phantom_detect_yolov8.yaml", ["trainer.limit_val_batches=0.5"])
+    cfg = load_config("configs/phantom_detect_yolov8.yaml")  # a config changed in code is checked again
+    cfg.trainer.limit_val_batches = 0.5
     with pytest.raises(ConfigError, match="trainer.limit_val_batches': not available for detection"):
         check_detection_config(cfg)

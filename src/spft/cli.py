@@ -263,6 +263,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """``spft config CONFIG [KEY=VALUE ...]``: the resolved config; ``spft config --keys [TASK]``: every key."""
+    if args.keys is not None:
+        if args.config and args.keys != "all":
+            raise ConfigError("give either CONFIG or --keys [TASK], not both")
+        from spft.config.keys import keys_markdown
+
+        task = args.config if args.keys == "all" and args.config else (None if args.keys == "all" else args.keys)
+        print(keys_markdown(task), end="")
+        return 0
+    if not args.config:
+        raise ConfigError("CONFIG is required (or --keys [TASK] to list every key)")
+    from spft.config import dump_yaml, load_config
+
+    print(dump_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from spft import __version__
 
@@ -373,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap replicates per run (1000)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (0)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("config", help="print a resolved config (only what applies to its task), or --keys: every key")
+    p.add_argument("config", nargs="?", help="experiment YAML (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. optim.lr_head=1e-4")
+    p.add_argument("--keys", nargs="?", const="all", metavar="TASK",
+                   help="list every key (type, default, tasks, doc) as Markdown; TASK: only the keys it honours")
+    p.set_defaults(func=cmd_config)
     return parser
 
 

@@ -16,12 +16,32 @@ from typing import Any, Union
 
 import yaml
 
-from spft.config.schema import SpftConfig
+from spft.config.schema import UNCERTAIN_POLICIES, SpftConfig, not_applicable, validate
 from spft.errors import ConfigError, MissingFileError
+
+__all__ = ["UNCERTAIN_POLICIES", "all_keys", "dump_yaml", "load_config", "parse_override", "to_dict", "validate"]
+
+
+def all_keys(cls: type = SpftConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, sections included (``data``, ``data.phantom``, ``data.phantom.n_images``)."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += all_keys(hints[f.name], f"{prefix}{f.name}.")
+    return keys
 
 
 def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    """The closest valid key: the same name at another level first (``data.n_images`` -> ``data.phantom.n_images``),
+    then a near spelling at this level, then a near spelling anywhere."""
+    everywhere = all_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    same_name = [k for k in everywhere if k.rsplit(".", 1)[-1] == leaf and k != key]
+    close = (difflib.get_close_matches(key, same_name, n=1, cutoff=0.0) if same_name else []) \
+        or difflib.get_close_matches(key, valid, n=1, cutoff=0.5) \
+        or difflib.get_close_matches(key, everywhere, n=1, cutoff=0.75)
     if close:
         return f" — did you mean '{close[0]}'?"
     return f" (valid keys here: {', '.join(sorted(valid))})"
@@ -214,68 +234,54 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         tree = _fix_yaml_floats(loaded)
         tree.setdefault("name", path.stem)
+    explicit_tree: dict = tree if path is not None else {}
+    explicit: set[str] = set()
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+        explicit.add(key)
     try:
         cfg = _build(SpftConfig, tree)
+        explicit |= _leaf_keys(explicit_tree, SpftConfig)
+        validate(cfg, explicit)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
-    validate(cfg)
     return cfg
 
 
-def validate(cfg: SpftConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
-    fr = cfg.data.split_fractions
-    if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
-        raise ConfigError(f"'data.split_fractions': expected three non-negative fractions summing to 1, got {fr}")
-    if cfg.model.name is None and cfg.model.config is None:
-        raise ConfigError("'model.name' or 'model.config' must be set (a hub id / local directory, "
-                          "or a transformers config mapping such as {model_type: dinov2, hidden_size: 64})")
-    if cfg.model.config is not None and "model_type" not in cfg.model.config and cfg.model.name is None:
-        raise ConfigError("'model.config.model_type' is required when building a model from a config (e.g. dinov2)")
-    positive = {"trainer.max_epochs": cfg.trainer.max_epochs, "trainer.batch_size": cfg.trainer.batch_size,
-                "recipe.unfreeze.blocks_per_epoch": cfg.recipe.unfreeze.blocks_per_epoch}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"'{key}': expected a positive integer, got {value}")
-    if cfg.recipe.stage1_epochs < 0:
-        raise ConfigError(f"'recipe.stage1_epochs': expected >= 0, got {cfg.recipe.stage1_epochs}")
-    if cfg.recipe.unfreeze.top_k is not None and cfg.recipe.unfreeze.top_k < 1:
-        raise ConfigError("'recipe.unfreeze.top_k': expected >= 1 or null (all blocks), "
-                          f"got {cfg.recipe.unfreeze.top_k}")
-    if not 0.0 <= cfg.recipe.ema.decay < 1.0:
-        raise ConfigError(f"'recipe.ema.decay': expected a value in [0, 1), got {cfg.recipe.ema.decay}")
-    for name, mult in cfg.recipe.class_weights.heuristic.items():
-        if mult <= 0:
-            raise ConfigError(f"'recipe.class_weights.heuristic.{name}': expected a positive multiplier, got {mult}")
-    if cfg.data.name == "csv" and cfg.data.csv is None:
-        raise ConfigError("'data.csv' must be set when data.name is csv (a CSV with one row per image)")
-    _validate_dataset_keys(cfg.data)
+def _leaf_keys(tree: dict, cls: type, prefix: str = "") -> set[str]:
+    """The dotted keys a (valid) config mapping sets: leaves of sections; a free-form mapping counts as one key."""
+    keys: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for key, value in tree.items():
+        hint = hints.get(key)
+        if hint is not None and dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            keys |= _leaf_keys(value, hint, f"{prefix}{key}.")
+        else:
+            keys.add(prefix + key)
+    return keys
 
 
-UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
+def to_dict(cfg: SpftConfig, full: bool = False) -> dict:
+    """The resolved config as plain data (what ``config.yaml`` in a run directory holds): only the keys that apply to
+    ``cfg.task`` (:data:`spft.config.schema.NOT_APPLICABLE`), or every key with ``full``."""
+    tree = dataclasses.asdict(cfg)
+    return tree if full else _prune(tree, cfg.task, "")
 
 
-def _validate_dataset_keys(data) -> None:
-    """Keys of the real-dataset adapters (data.root, data.val_fraction, data.uncertain)."""
-    if data.name in ("chestxray14", "chexpert", "ham10000") and not data.root:
-        raise ConfigError(f"'data.root' must be set when data.name is {data.name} (the folder of the download)")
-    if not 0.0 < data.val_fraction < 1.0:
-        raise ConfigError(f"'data.val_fraction': expected a fraction between 0 and 1, got {data.val_fraction}")
-    policies = data.uncertain if isinstance(data.uncertain, dict) else {"": data.uncertain}
-    for name, policy in policies.items():
-        if policy not in UNCERTAIN_POLICIES:
-            key = f"data.uncertain.{name}" if name else "data.uncertain"
-            raise ConfigError(f"'{key}': expected one of {', '.join(UNCERTAIN_POLICIES)} (or a map "
-                              f"{{class: policy, default: policy}}), got {policy!r}")
+def _prune(node: dict, task: str, prefix: str) -> dict:
+    out = {}
+    for key, value in node.items():
+        dotted = prefix + key
+        if not_applicable(task, dotted) is not None:
+            continue
+        out[key] = _prune(value, task, dotted + ".") if isinstance(value, dict) and dotted in _SECTIONS else value
+    return out
 
 
-def to_dict(cfg: SpftConfig) -> dict:
-    """The resolved config as plain data (what ``config.yaml`` in a run directory holds)."""
-    return dataclasses.asdict(cfg)
+_SECTIONS = {k.rsplit(".", 1)[0] for k in all_keys() if "." in k}  # data, data.phantom, recipe.ema, ...
 
 
 def dump_yaml(cfg: SpftConfig) -> str:
+    """The resolved config as YAML (``config.yaml`` of a run, ``spft config``): only what applies to its task."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

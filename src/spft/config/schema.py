@@ -1,35 +1,47 @@
-"""The typed configuration schema: every key spft understands, its type and its default.
+"""The typed configuration schema: every key spft understands, its type, its default and its one-line doc.
 
-One dataclass per section. Defaults are the paper's recipe (SPEC.md §1) where the paper fixes a value and the
-project's choice where it is silent. `spft.config.loader` turns YAML + `KEY=VALUE` overrides into these objects
-and rejects anything that is not declared here.
+One dataclass per section. Defaults are the paper's recipe (docs/design.md#defaults) where the paper fixes a value
+and the project's choice where it is silent (docs/deviations.md). `spft.config.loader` turns YAML + `KEY=VALUE`
+overrides into these objects and rejects anything that is not declared here.
+
+The trailing ``#`` comment of each field is its documentation (``spft config --keys``, docs/config-keys.md), read
+from this file by :func:`field_docs`. One :class:`SpftConfig` serves three engines; :data:`NOT_APPLICABLE` says
+which keys a task cannot honour (and why), and :func:`validate` — every cross-field check, run once by the loader —
+refuses such a key when it is not at its default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
+
+from spft.errors import ConfigError
 
 
 @dataclass
 class RunConfig:
-    dir: Optional[str] = None  # default: runs/<config name>/<timestamp>
+    """Where the run directory goes."""
+
+    dir: Optional[str] = None  # run directory; default: runs/<config name>/<timestamp>
 
 
 @dataclass
 class PhantomConfig:
-    kind: Literal["cxr", "lesion"] = "cxr"
-    n_images: int = 3000
-    image_size: int = 128
-    seed: int = 0
-    cache_dir: Optional[str] = None  # default: $SPFT_CACHE or ~/.cache/spft
+    """Synthetic phantom images (data.name phantom, phantom_detect, phantom_segment)."""
+
+    kind: Literal["cxr", "lesion"] = "cxr"  # chest X-ray phantoms (14 findings) or skin-lesion phantoms (7 classes)
+    n_images: int = 3000  # number of phantom images generated
+    image_size: int = 128  # side of the generated square images, in pixels
+    seed: int = 0  # seed of the phantom generator (the same seed gives the same images)
+    cache_dir: Optional[str] = None  # where phantoms are written; default: $SPFT_CACHE or ~/.cache/spft
 
 
 @dataclass
 class AugmentConfig:
     """Random training augmentation (classification). Off by default; when on, the stage-1 feature cache is bypassed."""
 
-    enabled: bool = False
+    enabled: bool = False  # apply random augmentation to training images
     scale: list[float] = field(default_factory=lambda: [0.85, 1.0])  # random resized crop: area fraction range
     rotate: float = 5.0  # degrees, uniform in [-rotate, rotate]
     brightness: float = 0.1  # multiplicative, uniform in [1 - b, 1 + b]
@@ -39,19 +51,21 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
+    """The dataset, its splits and how images are read."""
+
     name: Literal["csv", "phantom", "chestxray14", "chexpert", "ham10000", "phantom_detect", "vindr_cxr",
-                  "tbx11k", "phantom_segment", "mask_folder", "chexmask"] = "csv"
+                  "tbx11k", "phantom_segment", "mask_folder", "chexmask"] = "csv"  # dataset adapter
     root: Optional[str] = None  # csv: image paths are relative to this (default: the CSV's folder); adapters: download
-    csv: Optional[str] = None  # chestxray14 / ham10000: the metadata file, when not found below data.root
-    image_column: str = "image"
+    csv: Optional[str] = None  # csv / mask_folder: the table; chestxray14 / ham10000: metadata not found below root
+    image_column: str = "image"  # CSV column holding the image path (relative to data.root)
     id_column: Optional[str] = None  # default: the image column
-    label_columns: list[str] = field(default_factory=list)
+    label_columns: list[str] = field(default_factory=list)  # CSV columns holding the 0/1/blank labels (the classes)
     split_column: Optional[str] = None  # values train/val/test; when unset a grouped seeded split is made
     patient_column: Optional[str] = None  # groups for the seeded split (patients or lesions)
-    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train/val/test, summing to 1
     split_seed: Optional[int] = None  # default: the run's seed
     image_size: Optional[int] = None  # default: the model's own input size
-    color: Literal["grey", "rgb"] = "grey"
+    color: Literal["grey", "rgb"] = "grey"  # how images are decoded (grey is repeated to the model's channels)
     num_workers: Optional[int] = None  # DataLoader workers; null: chosen from the core count (spft.data.loading)
     pin_memory: Optional[bool] = None  # null: on when training on a GPU
     prefetch_factor: Optional[int] = None  # batches prefetched per worker; null: chosen with the workers
@@ -66,9 +80,9 @@ class DataConfig:
     image_cache: Optional[str] = None  # folder of pre-resized images written by `spft prepare cache`
     image_cache_format: Literal["png", "npy"] = "png"  # png files, or one uint8 memory-mapped array per split
     # Segmentation (spft.data.chexmask): the CheXmask CSV of one source, joined to the images below images_root
-    masks_csv: Optional[str] = None
-    images_root: Optional[str] = None  # default: data.root
-    source: Literal["vindr-cxr", "chestxray14", "chexpert"] = "vindr-cxr"
+    masks_csv: Optional[str] = None  # chexmask: the CheXmask CSV of data.source
+    images_root: Optional[str] = None  # chexmask: the folder holding the images; default: data.root
+    source: Literal["vindr-cxr", "chestxray14", "chexpert"] = "vindr-cxr"  # chexmask: the dataset the masks are of
     min_rca: float = 0.7  # CheXmask quality filter: keep rows with Dice RCA (Mean) >= min_rca
     # Bad inputs (spft.data.io / spft.data.check): every image is checked before training starts
     check_images: Literal["header", "decode", "off"] = "header"  # header: cheap (size, end marker); decode: full
@@ -76,25 +90,16 @@ class DataConfig:
     max_image_pixels: Optional[int] = 89_478_485  # Pillow's decompression-bomb limit; null = no limit
     allow_outside_root: bool = False  # csv: image paths may leave data.root (../, absolute paths elsewhere)
 
-    def __post_init__(self) -> None:  # raised as one line naming the key by spft.config.loader
-        from spft.errors import ConfigError
-
-        if self.image_size is not None and self.image_size < 1:
-            raise ConfigError(f"'data.image_size': expected a positive number of pixels (or null for the model's "
-                              f"own input size), got {self.image_size}")
-        if self.max_image_pixels is not None and self.max_image_pixels < 1:
-            raise ConfigError(f"'data.max_image_pixels': expected a positive pixel count (or null for no limit), "
-                              f"got {self.max_image_pixels}")
-
-
 
 @dataclass
 class ModelConfig:
+    """The encoder (or detector / SAM2 model) and the classification head."""
+
     name: Optional[str] = None  # hub id (microsoft/rad-dino) or local directory
     config: Optional[dict[str, Any]] = None  # transformers config mapping -> random weights (offline)
-    pooling: Literal["mean", "cls"] = "mean"
-    head_hidden: int = 512
-    head_dropout: float = 0.2
+    pooling: Literal["mean", "cls"] = "mean"  # encoder output -> one vector: mean of the patch tokens, or CLS
+    head_hidden: int = 512  # hidden width H of the MLP head Linear(D, H) -> GELU -> Dropout -> Linear(H, C)
+    head_dropout: float = 0.2  # dropout of the MLP head
     attn_implementation: Optional[str] = "sdpa"  # transformers attention: sdpa | eager | flash_attention_2
     gradient_checkpointing: bool = False  # recompute encoder activations in backward: less memory, ~25% slower
     channels_last: Optional[bool] = None  # null: on for CNN encoders on a GPU, off for ViTs (no gain)
@@ -102,32 +107,40 @@ class ModelConfig:
 
 @dataclass
 class UnfreezeConfig:
-    enabled: bool = True
-    top_k: Optional[int] = 10  # null = all blocks
-    blocks_per_epoch: int = 2
+    """Stage 2: progressive unfreezing of the top encoder blocks."""
+
+    enabled: bool = True  # false: the encoder stays frozen the whole run (an MLP probe)
+    top_k: Optional[int] = 10  # blocks opened at most, from the top; null = all blocks
+    blocks_per_epoch: int = 2  # blocks opened per stage-2 epoch
     embeddings: bool = False  # open the patch embeddings too once every block is open (from-scratch encoders)
 
 
 @dataclass
 class ClassWeightsConfig:
-    enabled: bool = True
-    heuristic: dict[str, float] = field(default_factory=dict)
-    refine: bool = True
-    eta: float = 1.0
-    w_min: float = 0.1
-    w_max: float = 10.0
+    """Class-aware loss weights, refined from validation after each stage-2 epoch."""
+
+    enabled: bool = True  # false: every class weight is 1
+    heuristic: dict[str, float] = field(default_factory=dict)  # {class: multiplier} applied to the initial weights
+    refine: bool = True  # refine after each stage-2 validation: w <- w * exp(eta * (mean score - class score))
+    eta: float = 1.0  # step size of the refinement
+    w_min: float = 0.1  # lower clip of a refined weight, relative to its initial weight
+    w_max: float = 10.0  # upper clip of a refined weight, relative to its initial weight
 
 
 @dataclass
 class EmaConfig:
-    enabled: bool = True
-    decay: float = 0.999
-    warmup: bool = True
+    """Exponential moving average of the weights (evaluated, checkpointed as best)."""
+
+    enabled: bool = True  # keep an EMA of the weights and evaluate it
+    decay: float = 0.999  # EMA decay in [0, 1)
+    warmup: bool = True  # ramp the decay up over the first updates: min(decay, (1 + n) / (10 + n))
 
 
 @dataclass
 class RecipeConfig:
-    stage1_epochs: int = 2
+    """The two-stage SPFT recipe."""
+
+    stage1_epochs: int = 2  # stage 1: epochs training the head only (encoder frozen)
     unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
     class_weights: ClassWeightsConfig = field(default_factory=ClassWeightsConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
@@ -135,17 +148,21 @@ class RecipeConfig:
 
 @dataclass
 class OptimConfig:
-    lr_encoder: float = 3e-6
-    lr_head: float = 5e-5
-    weight_decay: float = 0.05
+    """AdamW with per-group learning rates and a cosine schedule."""
+
+    lr_encoder: float = 3e-6  # learning rate of the encoder blocks
+    lr_head: float = 5e-5  # learning rate of the head (detection: neck and head)
+    weight_decay: float = 0.05  # AdamW weight decay (not on biases and norms)
     warmup_steps: int = 0  # linear warm-up after each unfreeze step (and at the start for the head)
-    min_lr_factor: float = 0.0
+    min_lr_factor: float = 0.0  # floor of the cosine schedule, as a fraction of each group's learning rate
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 20
-    batch_size: int = 32
+    """The training loop (Lightning for classification and segmentation, Ultralytics for detection)."""
+
+    max_epochs: int = 20  # epochs in all (stage 1 + stage 2)
+    batch_size: int = 32  # training batch size (per device)
     eval_batch_size: Optional[int] = None  # default: 2 x batch_size
     accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
     devices: Any = 1  # an int, a list of GPU ids, or "auto"; >1 trains with DDP
@@ -155,34 +172,24 @@ class TrainerConfig:
     feature_cache: bool = True  # stage 1: train the head on cached pooled features of the frozen encoder
     precision: Optional[str] = None  # default: bf16-mixed where supported, else 32-true
     patience: int = 5  # early stopping, in validations
-    log_every_n_steps: int = 10
-    progress_bar: bool = True
-    deterministic: bool = False
+    log_every_n_steps: int = 10  # Lightning logging interval, in optimizer steps
+    progress_bar: bool = True  # show Lightning's progress bar
+    deterministic: bool = False  # deterministic kernels (slower; same numbers on the same machine)
     # Quick smoke runs (e.g. a big model on a small GPU budget): per epoch, an int = that many batches, a float =
     # that fraction of the batches, null = all. Not for detection (Ultralytics has no such switch).
-    limit_train_batches: Optional[int | float] = None
-    limit_val_batches: Optional[int | float] = None
-
-    def __post_init__(self) -> None:  # raised as one line naming the key by spft.config.loader
-        from spft.errors import ConfigError
-
-        for key in ("limit_train_batches", "limit_val_batches"):
-            value = getattr(self, key)
-            ok = value is None or (value >= 1 if isinstance(value, int) else 0.0 < value <= 1.0)
-            if not ok:
-                raise ConfigError(f"'trainer.{key}': expected a number of batches >= 1, a fraction in (0, 1] or "
-                                  f"null (all batches), got {value!r}")
+    limit_train_batches: Optional[int | float] = None  # per epoch: an int = that many batches, a float = a fraction
+    limit_val_batches: Optional[int | float] = None  # per validation: an int = that many batches, a float = a fraction
 
 
 @dataclass
 class DetectionConfig:
     """Detection on Ultralytics (task: detection); model.name is a model YAML (yolov8n.yaml) or weights (yolov8s.pt)."""
 
-    imgsz: int = 640
+    imgsz: int = 640  # Ultralytics input size (square, letterboxed)
     weights: Optional[str] = None  # .pt whose matching tensors load into the model built from model.name
     backbone_lr_ratio: Optional[float] = None  # backbone LR = ratio x optim.lr_head; null: optim.lr_encoder
     backbone_modules: Optional[int] = None  # default: the length of the model YAML's `backbone` list
-    mosaic: float = 1.0
+    mosaic: float = 1.0  # Ultralytics mosaic augmentation probability
     fliplr: float = 0.0  # no horizontal flips by default: chest X-ray laterality matters
     conf: float = 0.001  # confidence threshold for validation / evaluation
     figures: int = 4  # validation images drawn with predicted vs ground-truth boxes (0: none)
@@ -197,10 +204,10 @@ class DetectionConfig:
 class SegmentationConfig:
     """Segmentation with SAM2 (task: segmentation): one box prompt per structure, Dice + BCE per structure."""
 
-    structures: list[str] = field(default_factory=lambda: ["heart", "left_lung", "right_lung"])
+    structures: list[str] = field(default_factory=lambda: ["heart", "left_lung", "right_lung"])  # masks to segment
     box_jitter: float = 0.05  # training boxes: each edge moves by up to this fraction of the box side
-    dice_weight: float = 1.0
-    bce_weight: float = 1.0
+    dice_weight: float = 1.0  # weight of the Dice term of the loss
+    bce_weight: float = 1.0  # weight of the BCE term of the loss
     lr_decoder: Optional[float] = None  # mask decoder LR; null: optim.lr_head
     n_overlays: int = 8  # test images written to predictions_test/ (masks + prediction-vs-truth overlay)
     prevalence_images: int = 1000  # training images sampled for the pixel-prevalence structure weights
@@ -215,22 +222,15 @@ class EvaluationConfig:
     target: Optional[float] = None  # sensitivity / specificity to reach, in (0, 1); required by those two rules
     calibration: Literal["none", "temperature"] = "none"  # temperature: one scalar T fitted on validation logits
 
-    def __post_init__(self) -> None:  # raised as one line naming the key by spft.config.loader
-        from spft.errors import ConfigError
-
-        if self.threshold in ("sensitivity", "specificity") and self.target is None:
-            raise ConfigError(f"'evaluation.target': evaluation.threshold={self.threshold} needs a target "
-                              f"{self.threshold} in (0, 1), e.g. evaluation.target=0.9")
-        if self.target is not None and not 0.0 < self.target < 1.0:
-            raise ConfigError(f"'evaluation.target': expected a value in (0, 1), got {self.target}")
-
 
 @dataclass
 class SpftConfig:
+    """An experiment: the common keys and every section (which apply depends on ``task``)."""
+
     name: Optional[str] = None  # experiment name; default: the config file's stem
-    task: Literal["classification", "detection", "segmentation"] = "classification"
-    seed: int = 0
-    loss: Literal["bce", "ce"] = "bce"
+    task: Literal["classification", "detection", "segmentation"] = "classification"  # picks the engine
+    seed: int = 0  # seed of everything random in the run (splits default to it too)
+    loss: Literal["bce", "ce"] = "bce"  # bce: multi-label (sigmoid per class); ce: one class per image (softmax)
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -240,3 +240,346 @@ class SpftConfig:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
+# ---- which keys each task (engine) honours -----------------------------------------------------------------------
+
+TASKS = ("classification", "detection", "segmentation")
+
+_SEG_SECTION = "segmentation settings, used by task: segmentation only"
+_DET_SECTION = "detection settings, used by task: detection only"
+_CHEXMASK = "CheXmask segmentation data, used by task: segmentation only"
+_LABELS = "classification labels; read by classification datasets only"
+_OPERATING = "operating points and calibration are fitted for classification runs only"
+_HEAD = "classification head settings"
+_FEATURE_CACHE = "the stage-1 feature cache is a classification feature"
+_IMAGE_CHECK = "the pre-training image check runs for classification only"
+
+# task -> {dotted key or section: why the task's engine cannot honour it}. A key set explicitly (config file or
+# KEY=VALUE) under one of these is a ConfigError; one read back from a run's config.yaml only when not at its default.
+NOT_APPLICABLE: dict[str, dict[str, str]] = {
+    "classification": {
+        "detection": _DET_SECTION,
+        "segmentation": _SEG_SECTION,
+        "data.masks_csv": _CHEXMASK,
+        "data.images_root": _CHEXMASK,
+        "data.source": _CHEXMASK,
+        "data.min_rca": _CHEXMASK,
+    },
+    "detection": {
+        "segmentation": _SEG_SECTION,
+        "evaluation": _OPERATING,
+        "loss": "Ultralytics' own detection loss is used (class-weighted by recipe.class_weights)",
+        "trainer.devices": "Ultralytics runs on one device (its multi-GPU DDP relaunches a stock trainer that would "
+                           "drop the SPFT recipe)",
+        "trainer.num_nodes": "Ultralytics runs on one device; there is no multi-node training",
+        "trainer.strategy": "a Lightning strategy; Ultralytics runs on one device",
+        "trainer.compile": "torch.compile is wired into the Lightning engine only",
+        "trainer.feature_cache": _FEATURE_CACHE,
+        "trainer.precision": "Ultralytics chooses its AMP itself (bf16 on a GPU that supports it, 32-bit on a CPU)",
+        "trainer.log_every_n_steps": "Ultralytics logs once per epoch",
+        "trainer.progress_bar": "a Lightning switch; Ultralytics prints its own progress",
+        "trainer.limit_train_batches": "Ultralytics trains and validates on every batch; leave it null and use a "
+                                       "smaller dataset for a quick run",
+        "trainer.limit_val_batches": "Ultralytics trains and validates on every batch; leave it null and use a "
+                                     "smaller dataset for a quick run",
+        "model.config": "detection builds the model from model.name (an Ultralytics model YAML or weights)",
+        "model.pooling": _HEAD,
+        "model.head_hidden": _HEAD,
+        "model.head_dropout": _HEAD,
+        "model.attn_implementation": "a transformers encoder option; Ultralytics models do not read it",
+        "model.gradient_checkpointing": "a transformers encoder option; Ultralytics models do not read it",
+        "model.channels_last": "a Lightning-engine speed option; Ultralytics does not read it",
+        "data.csv": "detection data comes from phantom_detect, vindr_cxr or tbx11k (data.root), not a CSV",
+        "data.image_column": "detection data comes from phantom_detect, vindr_cxr or tbx11k, not a CSV",
+        "data.id_column": "detection data comes from phantom_detect, vindr_cxr or tbx11k, not a CSV",
+        "data.label_columns": _LABELS,
+        "data.split_column": "detection splits are made by `spft prepare` / the phantom generator",
+        "data.patient_column": "detection splits are made by `spft prepare` / the phantom generator",
+        "data.image_size": "detection.imgsz sets the detector's input size",
+        "data.color": "Ultralytics decodes images itself",
+        "data.pin_memory": "Ultralytics builds its own data loaders (only data.num_workers is passed)",
+        "data.prefetch_factor": "Ultralytics builds its own data loaders (only data.num_workers is passed)",
+        "data.augment": "Ultralytics augments detection images (detection.mosaic, detection.fliplr)",
+        "data.views": _LABELS,
+        "data.uncertain": _LABELS,
+        "data.blank": _LABELS,
+        "data.official_test": _LABELS,
+        "data.image_cache": "`spft prepare cache` images feed classification runs only",
+        "data.image_cache_format": "`spft prepare cache` images feed classification runs only",
+        "data.masks_csv": _CHEXMASK,
+        "data.images_root": _CHEXMASK,
+        "data.source": _CHEXMASK,
+        "data.min_rca": _CHEXMASK,
+        "data.check_images": _IMAGE_CHECK,
+        "data.on_bad_image": _IMAGE_CHECK,
+        "data.max_image_pixels": "the pixel limit is applied by classification runs only",
+        "data.allow_outside_root": "a rule of the csv classification dataset",
+    },
+    "segmentation": {
+        "detection": _DET_SECTION,
+        "evaluation": _OPERATING,
+        "loss": "segmentation trains Dice + BCE per structure (segmentation.dice_weight, segmentation.bce_weight)",
+        "trainer.feature_cache": _FEATURE_CACHE,
+        "model.pooling": _HEAD + "; SAM2 has its own mask decoder",
+        "model.head_hidden": _HEAD + "; SAM2 has its own mask decoder",
+        "model.head_dropout": _HEAD + "; SAM2 has its own mask decoder",
+        "data.label_columns": _LABELS,
+        "data.image_size": "SAM2's prompt encoder fixes the input size",
+        "data.augment": "segmentation augments only the box prompts (segmentation.box_jitter)",
+        "data.val_fraction": "segmentation splits come from data.split_column or data.split_fractions",
+        "data.views": _LABELS,
+        "data.uncertain": _LABELS,
+        "data.blank": _LABELS,
+        "data.official_test": _LABELS,
+        "data.image_cache": "`spft prepare cache` images feed classification runs only",
+        "data.image_cache_format": "`spft prepare cache` images feed classification runs only",
+        "data.check_images": _IMAGE_CHECK,
+        "data.on_bad_image": _IMAGE_CHECK,
+        "data.max_image_pixels": "the pixel limit is applied by classification runs only",
+        "data.allow_outside_root": "a rule of the csv classification dataset",
+    },
+}
+
+# data.name values each task can train on (the adapters of spft.data.registry, spft.data.masks, detection)
+TASK_DATASETS: dict[str, tuple[str, ...]] = {
+    "classification": ("csv", "phantom", "chestxray14", "chexpert", "ham10000"),
+    "detection": ("phantom_detect", "vindr_cxr", "tbx11k"),
+    "segmentation": ("phantom_segment", "mask_folder", "chexmask"),
+}
+
+
+def not_applicable(task: str, key: str) -> str | None:
+    """Why ``key`` (dotted) does not apply to ``task`` — the reason of it or of a section above it — else None."""
+    table = NOT_APPLICABLE.get(task, {})
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        reason = table.get(".".join(parts[:i]))
+        if reason is not None:
+            return reason
+    return None
+
+
+# ---- documentation of every key, from this file's trailing comments ----------------------------------------------
+
+def _docs_from_source() -> dict[str, dict[str, str]]:
+    """{class name: {field: doc}} from the trailing ``#`` comment of each field (or the comment block above it)."""
+    import ast
+    import inspect
+    import io
+    import sys
+    import tokenize
+
+    source = inspect.getsource(sys.modules[__name__])
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    docs: dict[str, dict[str, str]] = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        out = docs.setdefault(node.name, {})
+        for stmt in node.body:
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+                continue
+            trailing = [comments[n] for n in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1) if n in comments
+                        and lines[n - 1].strip() and not lines[n - 1].lstrip().startswith("#")]
+            if trailing:
+                out[stmt.target.id] = trailing[-1]
+                continue
+            above, n = [], stmt.lineno - 1
+            while n >= 1 and lines[n - 1].lstrip().startswith("#"):
+                above.insert(0, comments.get(n, ""))
+                n -= 1
+            if above:
+                out[stmt.target.id] = " ".join(above)
+    return docs
+
+
+_DOCS: dict[str, dict[str, str]] | None = None
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line doc of each field of the schema dataclass ``cls``."""
+    global _DOCS
+    if _DOCS is None:
+        _DOCS = _docs_from_source()
+    import typing
+
+    docs = dict(_DOCS.get(cls.__name__, {}))
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):  # a section's doc is its class docstring
+        if f.name not in docs and dataclasses.is_dataclass(hints[f.name]):
+            docs[f.name] = (hints[f.name].__doc__ or "").strip().splitlines()[0]
+    return docs
+
+
+# ---- every cross-field check, run once by the loader ----------------------------------------------------------------
+
+UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
+
+
+def _default(key: str) -> Any:
+    node: Any = SpftConfig()
+    for part in key.split("."):
+        node = getattr(node, part)
+    return dataclasses.asdict(node) if dataclasses.is_dataclass(node) else node
+
+
+def value_at(cfg: Any, dotted: str) -> Any:
+    """The value of a dotted config key."""
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check_applicable(cfg: SpftConfig, explicit: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse a key that ``cfg.task`` cannot honour: any of ``explicit`` (dotted keys the user set) under
+    :data:`NOT_APPLICABLE`, and any such key whose value is not its default (e.g. in an old run's config.yaml)."""
+    for key in sorted(explicit):
+        reason = not_applicable(cfg.task, key)
+        if reason is not None:
+            raise ConfigError(f"'{key}': not available for {cfg.task}: {reason} — remove it from the config")
+    for key in NOT_APPLICABLE.get(cfg.task, {}):
+        value = value_at(cfg, key)
+        value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        default = _default(key)
+        if value != default:
+            where = key
+            if isinstance(value, dict):
+                where = next(f"{key}.{k}" for k in value if value[k] != default.get(k))
+            raise ConfigError(f"'{where}': not available for {cfg.task}: {NOT_APPLICABLE[cfg.task][key]} — got "
+                              f"{value_at(cfg, where)!r}; leave it at its default {_default(where)!r}")
+
+
+def validate(cfg: SpftConfig, explicit: set[str] | frozenset[str] = frozenset()) -> None:
+    """Every check that types alone cannot express (one place, run once when a config is loaded).
+
+    ``explicit``: the dotted keys set by the config file or overrides (a non-applicable one is refused even at its
+    default). Raises :class:`ConfigError` naming the key.
+    """
+    check_applicable(cfg, explicit)
+    if cfg.task == "detection":
+        _check_detection(cfg)
+    elif cfg.task == "segmentation":
+        _check_segmentation(cfg)
+    else:
+        _check_classification(cfg)
+    _check_data(cfg.data)
+    _check_model(cfg)
+    _check_recipe(cfg)
+    _check_trainer(cfg.trainer)
+    _check_evaluation(cfg.evaluation)
+
+
+def _check_data(data: DataConfig) -> None:
+    fr = data.split_fractions
+    if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+        raise ConfigError(f"'data.split_fractions': expected three non-negative fractions summing to 1, got {fr}")
+    if data.image_size is not None and data.image_size < 1:
+        raise ConfigError(f"'data.image_size': expected a positive number of pixels (or null for the model's "
+                          f"own input size), got {data.image_size}")
+    if data.max_image_pixels is not None and data.max_image_pixels < 1:
+        raise ConfigError(f"'data.max_image_pixels': expected a positive pixel count (or null for no limit), "
+                          f"got {data.max_image_pixels}")
+    if data.num_workers is not None and data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0 (or null to choose from the cores), got {data.num_workers}")
+    if data.prefetch_factor is not None and data.prefetch_factor < 1:
+        raise ConfigError(f"data.prefetch_factor must be >= 1 (or null to choose with the workers), "
+                          f"got {data.prefetch_factor}")
+    if data.name in ("chestxray14", "chexpert", "ham10000") and not data.root:
+        raise ConfigError(f"'data.root' must be set when data.name is {data.name} (the folder of the download)")
+    if not 0.0 < data.val_fraction < 1.0:
+        raise ConfigError(f"'data.val_fraction': expected a fraction between 0 and 1, got {data.val_fraction}")
+    policies = data.uncertain if isinstance(data.uncertain, dict) else {"": data.uncertain}
+    for name, policy in policies.items():
+        if policy not in UNCERTAIN_POLICIES:
+            key = f"data.uncertain.{name}" if name else "data.uncertain"
+            raise ConfigError(f"'{key}': expected one of {', '.join(UNCERTAIN_POLICIES)} (or a map "
+                              f"{{class: policy, default: policy}}), got {policy!r}")
+    aug = data.augment
+    lo, hi = (list(aug.scale) + [1.0, 1.0])[:2]
+    if not 0 < lo <= hi <= 1:
+        raise ConfigError(f"data.augment.scale: expected [min, max] with 0 < min <= max <= 1, got {aug.scale}")
+    for key in ("rotate", "brightness", "contrast", "hflip"):
+        if getattr(aug, key) < 0:
+            raise ConfigError(f"data.augment.{key} must be >= 0, got {getattr(aug, key)}")
+    if aug.hflip > 1 or aug.brightness >= 1 or aug.contrast >= 1:
+        raise ConfigError("data.augment: hflip is a probability (<= 1); brightness and contrast must be < 1")
+
+
+def _check_model(cfg: SpftConfig) -> None:
+    if cfg.model.name is None and cfg.model.config is None:
+        raise ConfigError("'model.name' or 'model.config' must be set (a hub id / local directory, "
+                          "or a transformers config mapping such as {model_type: dinov2, hidden_size: 64})")
+    if cfg.model.config is not None and "model_type" not in cfg.model.config and cfg.model.name is None:
+        raise ConfigError("'model.config.model_type' is required when building a model from a config (e.g. dinov2)")
+
+
+def _check_recipe(cfg: SpftConfig) -> None:
+    positive = {"trainer.max_epochs": cfg.trainer.max_epochs, "trainer.batch_size": cfg.trainer.batch_size,
+                "recipe.unfreeze.blocks_per_epoch": cfg.recipe.unfreeze.blocks_per_epoch}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"'{key}': expected a positive integer, got {value}")
+    if cfg.recipe.stage1_epochs < 0:
+        raise ConfigError(f"'recipe.stage1_epochs': expected >= 0, got {cfg.recipe.stage1_epochs}")
+    if cfg.recipe.unfreeze.top_k is not None and cfg.recipe.unfreeze.top_k < 1:
+        raise ConfigError("'recipe.unfreeze.top_k': expected >= 1 or null (all blocks), "
+                          f"got {cfg.recipe.unfreeze.top_k}")
+    if not 0.0 <= cfg.recipe.ema.decay < 1.0:
+        raise ConfigError(f"'recipe.ema.decay': expected a value in [0, 1), got {cfg.recipe.ema.decay}")
+    for name, mult in cfg.recipe.class_weights.heuristic.items():
+        if mult <= 0:
+            raise ConfigError(f"'recipe.class_weights.heuristic.{name}': expected a positive multiplier, got {mult}")
+
+
+def _check_trainer(trainer: TrainerConfig) -> None:
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = getattr(trainer, key)
+        ok = value is None or (value >= 1 if isinstance(value, int) else 0.0 < value <= 1.0)
+        if not ok:
+            raise ConfigError(f"'trainer.{key}': expected a number of batches >= 1, a fraction in (0, 1] or "
+                              f"null (all batches), got {value!r}")
+
+
+def _check_evaluation(ev: EvaluationConfig) -> None:
+    if ev.threshold in ("sensitivity", "specificity") and ev.target is None:
+        raise ConfigError(f"'evaluation.target': evaluation.threshold={ev.threshold} needs a target "
+                          f"{ev.threshold} in (0, 1), e.g. evaluation.target=0.9")
+    if ev.target is not None and not 0.0 < ev.target < 1.0:
+        raise ConfigError(f"'evaluation.target': expected a value in (0, 1), got {ev.target}")
+
+
+def _check_classification(cfg: SpftConfig) -> None:
+    if cfg.data.name == "csv" and cfg.data.csv is None:
+        raise ConfigError("'data.csv' must be set when data.name is csv (a CSV with one row per image)")
+
+
+def _check_detection(cfg: SpftConfig) -> None:
+    """The ``detection`` keys (formerly spft.tasks.detection.checks); no Ultralytics import."""
+    det = cfg.detection
+    if not cfg.model.name:
+        raise ConfigError("'model.name': detection needs an Ultralytics model YAML or weights (e.g. yolov8n.yaml)")
+    if cfg.data.name not in TASK_DATASETS["detection"]:
+        raise ConfigError(f"data.name: detection needs one of {', '.join(TASK_DATASETS['detection'])}, "
+                          f"got {cfg.data.name!r}")
+    checks = [("detection.imgsz", det.imgsz >= 32, "an integer >= 32"),
+              ("detection.long_side", det.long_side >= 32, "an integer >= 32"),
+              ("detection.iou_thr", 0.0 < det.iou_thr < 1.0, "a value in (0, 1)"),
+              ("detection.no_finding_share", 0.0 <= det.no_finding_share <= 1.0, "a value in [0, 1]"),
+              ("detection.backbone_lr_ratio", det.backbone_lr_ratio is None or det.backbone_lr_ratio >= 0,
+               "null or >= 0"),
+              ("detection.figures", det.figures >= 0, "an integer >= 0")]
+    for key, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"'{key}': expected {expected}, got {value_at(cfg, key)!r}")
+
+
+def _check_segmentation(cfg: SpftConfig) -> None:
+    if cfg.data.name not in TASK_DATASETS["segmentation"]:
+        raise ConfigError(f"data.name: {cfg.data.name!r} is not a segmentation dataset "
+                          f"({', '.join(TASK_DATASETS['segmentation'])})")
