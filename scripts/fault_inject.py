@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  PROBLEM: {line}")
         failures += problems
         shutil.rmtree(cache, ignore_errors=True)
+        if problems:
+            break  # a broken run is a finding: stop and show it
     print(f"\n{total} kill points survived in {runs} runs ({time.time() - start:.0f} s); "
           f"{'all equal to the uninterrupted run' if not failures else f'{len(failures)} problem(s)'}")
     return 1 if failures else 0
