@@ -239,3 +239,26 @@ def test_cache_cli_lists_and_cleans(trained, spft_cache):
     assert "train" in listing and "entr" in listing
     assert run_cli("cache", "clean", "--all").stdout.startswith("removed ")
     assert "0 entries" in run_cli("cache", "list").stdout
+
+
+def test_a_start_killed_before_config_yaml_leaves_a_reusable_folder(tmp_path):
+    """SIGKILL between creating the run directory and writing config.yaml leaves the lock file (no flock: the kernel
+    dropped it), maybe a temp file and empty log folders: no run, so the same run.dir can be used again; a folder
+    with a recorded run (or anything else) is still refused."""
+    from spft.config import load_config
+    from spft.experiments.lock import release_run_locks
+    from spft.experiments.rundir import create_run_dir
+
+    run_dir = tmp_path / "run"
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / LOCK).write_text(json.dumps({"pid": 999999}))
+    (run_dir / ".config.yaml.abc.tmp").write_text("half")
+    cfg = load_config(REPO / CONFIG, [f"run.dir={run_dir}"])
+    try:
+        assert create_run_dir(cfg) == run_dir
+    finally:
+        release_run_locks()
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        create_run_dir(load_config(REPO / CONFIG, [f"run.dir={run_dir}"]))
+    release_run_locks()

@@ -267,7 +267,15 @@ _CREATED: set[Path] = set()  # run directories this process created (a failed st
 
 
 def _refuse_used(run_dir: Path, ignore: tuple[str, ...] = ()) -> None:
-    if run_dir.is_dir() and any(p.name not in ignore for p in run_dir.iterdir()):
+    """Refuse a folder that holds anything but what a start killed before writing ``config.yaml`` leaves behind
+    (its lock file, temp files, an empty ``checkpoints/`` or ``logs/``): that is no run, and may be used again."""
+    if not run_dir.is_dir():
+        return
+    entries = [p for p in run_dir.iterdir()
+               if p.name not in ignore and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    leftovers = all(p.is_dir() and p.name in ("checkpoints", "logs") and not any(p.rglob("*.*"))
+                    for p in entries)
+    if entries and not leftovers:
         raise RunDirError(f"run.dir {run_dir} already holds a run; resume it with `spft train --resume "
                           f"{run_dir}` or choose another run.dir")
 
