@@ -50,20 +50,20 @@ def find_demo_config() -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from spft.tasks.registry import task_api, task_of_run
+    from spft.tasks.registry import get_task, task_of_run
 
     if args.resume:
         if args.config:
             raise ConfigError("give either CONFIG or --resume RUN_DIR, not both "
                              "(a resumed run keeps its own config)")
-        run_dir = task_api(task_of_run(args.resume)).resume(args.resume)
+        run_dir = get_task(task_of_run(args.resume)).resume(args.resume)
     else:
         if not args.config:
             raise ConfigError("CONFIG is required (or --resume RUN_DIR)")
         from spft.config import load_config
 
         cfg = load_config(args.config, args.overrides)
-        run_dir = task_api(cfg.task).train(cfg)
+        run_dir = get_task(cfg.task).train(cfg)
     from spft.experiments.rundir import secondary_rank
 
     if not secondary_rank():
@@ -73,49 +73,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_result(run_dir: Path) -> None:
+    from spft.tasks.registry import get_task, task_of_run
+
     metrics_file = Path(run_dir) / "metrics.json"
-    if not metrics_file.is_file():
-        return
-    m = json.loads(metrics_file.read_text())
-    if "per_class_auc" not in m:  # detection / segmentation: print the metrics as they are
-        print(f"\nTest metrics ({m.get('split')}, n={m.get('n')}):")
-        for key, value in m.items():
-            if key not in ("split", "n"):
-                print(f"  {key}: {json.dumps(value)}")
-        return
-    width = max(len(c) for c in list(m["per_class_auc"]) + ["macro AUC"])
-    print(f"\nTest AUC per class ({m['n']} images, best epoch {m.get('best_epoch')}):")
-    for c, v in m["per_class_auc"].items():
-        print(f"  {c:<{width}}  {'n/a' if v is None else f'{v:.4f}'}")
-    macro = "n/a" if m["macro_auc"] is None else f"{m['macro_auc']:.4f}"
-    print(f"  {'macro AUC':<{width}}  {macro}")
-    if m["excluded_classes"]:
-        print(f"  excluded (no positive or no negative in test): {', '.join(m['excluded_classes'])}")
+    if metrics_file.is_file():  # the task says how its test metrics read
+        print(get_task(task_of_run(run_dir)).summary(json.loads(metrics_file.read_text())))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import inspect
+    from spft.tasks.registry import get_task, task_of_run
 
-    from spft.tasks.registry import task_api, task_of_run
-
-    task = task_of_run(args.run_dir)
-    api = task_api(task)
-    if "out" in inspect.signature(api.evaluate_run).parameters:  # split None: the task decides (other data: all)
-        ev = api.evaluate_run(args.run_dir, tuple(args.overrides), split=args.split, checkpoint=args.checkpoint,
-                              out=args.out, name=args.name)
-    else:
-        if args.out or args.name:
-            raise ConfigError(f"--out/--name are not supported for {task} runs")
-        ev = api.evaluate_run(args.run_dir, tuple(args.overrides), split=args.split or "test",
-                              checkpoint=args.checkpoint)
+    # split None: the task decides (its own data: test; other data: every row)
+    ev = get_task(task_of_run(args.run_dir)).evaluate(args.run_dir, tuple(args.overrides), split=args.split,
+                                                      checkpoint=args.checkpoint, out=args.out, name=args.name)
     from spft.experiments.rundir import secondary_rank
 
     if secondary_rank():  # under torchrun every rank evaluated its shard; rank 0 prints the gathered result
         return 0
-    if args.json:
-        print(json.dumps(ev.metrics(), indent=2))
-    else:
-        print(api.format_table(ev))
+    print(json.dumps(ev.metrics, indent=2) if args.json else ev.table)
     return 0
 
 
@@ -139,19 +114,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     from spft.config import load_config
-    from spft.data.check import check_data, format_report
+    from spft.tasks.registry import get_task
 
-    report = check_data(load_config(args.config, args.overrides), scan=args.scan, workers=args.workers,
-                        headers=args.headers)
-    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
+    cfg = load_config(args.config, args.overrides)
+    report = get_task(cfg.task).data_check(cfg, scan=args.scan, workers=args.workers, headers=args.headers)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
     return 1 if report.problems else 0
 
 
 def cmd_prepare_cache(args: argparse.Namespace) -> int:
     from spft.config import load_config
-    from spft.data.cache import prepare_cache
+    from spft.tasks.registry import get_task
 
-    s = prepare_cache(load_config(args.config, args.overrides), workers=args.workers)
+    cfg = load_config(args.config, args.overrides)
+    s = get_task(cfg.task).prepare_cache(cfg, workers=args.workers)
     print(f"cache {s['folder']} ({s['size']} px): {s['written']} written, {s['skipped']} already there, "
           f"{s['missing']} missing, {len(s['failed'])} failed")
     for path, error in list(s["failed"].items())[:20]:
@@ -222,7 +198,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(args: argparse.Namespace, study) -> int:
-    from spft.experiments.sweep import parse_seeds, plan_sweep, run_sweep, summary_rows
+    from spft.experiments.sweep import parse_seeds, plan_sweep, primary_label, run_sweep, summary_rows
 
     sweep = plan_sweep(args.config, parse_seeds(args.seeds), tuple(args.overrides), study, args.out)
     width = max([len("overlay")] + [len(r.overlay) for r in sweep.runs])
@@ -235,9 +211,9 @@ def _run_sweep(args: argparse.Namespace, study) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to continue {sweep.out}", file=sys.stderr)
         return 130
-    print(f"\n{'overlay':<{width}}  seed  status    macro AUC")
-    for overlay, seed, status, macro, _ in summary_rows(sweep):
-        print(f"{overlay:<{width}}  {seed:<4}  {status:<8}  {macro}")
+    print(f"\n{'overlay':<{width}}  seed  status    {primary_label(sweep)}")
+    for overlay, seed, status, value, _ in summary_rows(sweep):
+        print(f"{overlay:<{width}}  {seed:<4}  {status:<8}  {value}")
     if sweep.failed:
         print(f"{len(sweep.failed)} run(s) failed; their logs are in {sweep.out / 'logs'}", file=sys.stderr)
     print(sweep.out)

@@ -80,6 +80,10 @@ class DataReport:
                        "monitor, is undefined)")
         return out
 
+    def text(self) -> str:
+        """The human-readable report (:func:`format_report`)."""
+        return format_report(self)
+
     def to_json(self) -> dict:
         return {"dataset": self.dataset, "source": self.source, "classes": self.classes, "group_kind": self.group_kind,
                 "split_policy": self.split_policy, "label_policy": self.label_policy, "splits": self.splits,
@@ -239,13 +243,47 @@ def check_data(cfg, scan: bool = False, workers: int | None = None, headers: boo
         missing_files=missing, warnings=list(table.warnings))
     report.undefined_auc = undefined_auc(report.splits, report.classes)
     report.warnings += [_undefined_warning(split, entry) for split, entry in report.undefined_auc.items()]
+    return _scanned(report, table.paths, cfg.data.color, scan, headers, workers)
+
+
+def _scanned(report: DataReport, paths, color: str, scan: bool, headers: bool, workers: int | None) -> DataReport:
+    """``report`` with its present images' headers checked (``headers``) or decoded (``scan``)."""
     if scan or headers:
-        absent = set(missing)
-        present = sorted({p for p in table.paths if p not in absent})
-        report.unreadable_files = scan_images(present, cfg.data.color, workers, decode=scan)
+        absent = set(report.missing_files)
+        present = sorted({str(p) for p in paths if str(p) not in absent})
+        report.unreadable_files = scan_images(present, color, workers, decode=scan)
         report.scanned = scan
         report.checked = "decode" if scan else "header"
     return report
+
+
+def rows_report(cfg, source: str, classes: list[str], splits: list[str], groups: list[str], paths: list[str],
+                present, *, group_kind: str, split_policy: str, label_policy: str, other_files: list[str] = (),
+                scan: bool = False, workers: int | None = None, headers: bool = False) -> DataReport:
+    """The data check of a task whose rows are not a :class:`LabelTable` (segmentation masks, detection boxes).
+
+    ``present[i][j]``: row ``i`` has class (structure, box class) ``j``, counted as a positive; ``other_files``:
+    files besides the images that the rows need (mask PNGs, label files), listed as missing when absent.
+    """
+    present = np.asarray(present, dtype=bool).reshape(len(paths), len(classes))
+    counts = {}
+    for split in SPLITS:
+        rows = [i for i, s in enumerate(splits) if s == split]
+        has = present[rows]
+        counts[split] = {"n_images": len(rows), "n_groups": len({groups[i] for i in rows}),
+                         "positives": {c: int(has[:, j].sum()) for j, c in enumerate(classes)},
+                         "negatives": {c: int((~has[:, j]).sum()) for j, c in enumerate(classes)},
+                         "uncertain": {}, "unknown": {c: 0 for c in classes}}
+    where: dict[str, set[str]] = {}
+    for group, split in zip(groups, splits):
+        where.setdefault(group, set()).add(split)
+    leaked = sorted(g for g, s in where.items() if len(s) > 1)
+    missing = [str(p) for p in list(paths) + list(other_files) if not Path(p).is_file()]
+    report = DataReport(dataset=cfg.data.name, source=source, classes=list(classes), group_kind=group_kind,
+                        split_policy=split_policy, label_policy=label_policy, splits=counts, leaked_groups=leaked,
+                        leaked_splits={g: [s for s in SPLITS if s in where[g]] for g in leaked},
+                        missing_files=missing)
+    return _scanned(report, paths, cfg.data.color, scan, headers, workers)
 
 
 def _class_block(title: str, key: str, report: DataReport, width: int) -> list[str]:

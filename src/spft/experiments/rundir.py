@@ -280,19 +280,21 @@ def _refuse_used(run_dir: Path, ignore: tuple[str, ...] = ()) -> None:
                           f"{run_dir}` or choose another run.dir")
 
 
-def discard_failed_start(run_dir: str | Path) -> bool:
+def discard_failed_start(run_dir: str | Path, checkpoint_names: tuple[str, ...] = ()) -> bool:
     """Remove a run directory this process created when the run failed before its first checkpoint.
 
     A failed start (a bad image found in the first epoch, a model that does not fit in memory ...) must not leave
     a half-made directory that blocks ``spft train`` with the same ``run.dir``. Directories that hold a checkpoint,
-    or that this process did not create, are kept. Returns whether it was removed.
+    or that this process did not create, are kept (a checkpoint: any ``.ckpt`` / ``.pt`` file, or one of the task's
+    ``checkpoint_names``). Returns whether it was removed.
     """
     import shutil
 
     run_dir = Path(run_dir)
     key = run_dir.resolve()
     checkpoints = run_dir / "checkpoints"
-    if key not in _CREATED or any(checkpoints.glob("*.ckpt")) or any(checkpoints.glob("*.pt")):
+    kept = any(checkpoints.glob("*.ckpt")) or any(checkpoints.glob("*.pt"))
+    if key not in _CREATED or kept or any((checkpoints / name).is_file() for name in checkpoint_names):
         return False
     from spft.experiments.lock import release_run_locks
 

@@ -57,6 +57,7 @@ class Sweep:
     out: Path
     runs: list[PlannedRun] = field(default_factory=list)
     status: str = "planned"
+    task: str = "classification"  # the config's task: its primary metric heads the closing table
 
     @property
     def failed(self) -> list[PlannedRun]:
@@ -87,12 +88,17 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_action(run_dir: Path) -> tuple[str, str]:
-    """What a run directory needs: ``skip`` (DONE), ``resume`` (config.yaml, no DONE), ``train`` or ``blocked``."""
+    """What a run directory needs: ``skip`` (DONE), ``resume`` (config.yaml, no DONE), ``train`` or ``blocked``.
+
+    Whether a resume continues or starts again is read from the run's task's last checkpoint (``last.ckpt``,
+    ``last.pt`` ...: :attr:`spft.tasks.base.Task.checkpoint_names`)."""
+    from spft.tasks.registry import get_task, task_of_run
+
     if is_done(run_dir):
         return "skip", "finished (DONE)"
     if (run_dir / "config.yaml").is_file():
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return "resume", "from last.ckpt" if last.is_file() else "no epoch finished: starts again"
+        last = run_dir / "checkpoints" / get_task(task_of_run(run_dir)).checkpoint_names[1]
+        return "resume", f"from {last.name}" if last.is_file() else "no epoch finished: starts again"
     if run_dir.exists() and any(run_dir.iterdir()):
         return "blocked", f"{run_dir} is not empty and holds no run (no config.yaml): move it away"
     return "train", "new"
@@ -121,7 +127,8 @@ def plan_sweep(config: str | Path, seeds: list[int], overrides: tuple[str, ...] 
     if out is None:
         name = next(iter(resolved.values())).name or config.stem
         out = Path("runs") / name / ("repeat" if kind == "repeat" else f"ablate-{study.name}")
-    sweep = Sweep(kind, config, study, list(seeds), tuple(overrides), Path(out))
+    sweep = Sweep(kind, config, study, list(seeds), tuple(overrides), Path(out),
+                  task=next(iter(resolved.values())).task)
     previous = _read_previous(sweep)
     for overlay in study.overlays:
         for seed in sweep.seeds:
@@ -207,12 +214,18 @@ def _execute(sweep: Sweep, run: PlannedRun) -> None:
                   "\n  ".join(line if len(line) <= 300 else line[:300] + " ..." for line in tail))
 
 
-def _macro(run_dir: Path) -> str:
-    try:
-        value = json.loads((run_dir / "metrics.json").read_text())["macro_auc"]
-        return "n/a" if value is None else f"{value:.4f}"
-    except (OSError, ValueError, KeyError):
-        return "n/a"
+def _primary(sweep: Sweep, run_dir: Path) -> str:
+    """The run's test value of its task's primary metric (macro AUC, mean Dice, mAP@50-95 ...), or ``n/a``."""
+    from spft.tasks.registry import get_task
+
+    return get_task(sweep.task).primary_value(run_dir)
+
+
+def primary_label(sweep: Sweep) -> str:
+    """How the sweep's task names its primary metric (the closing table's last column)."""
+    from spft.tasks.registry import get_task
+
+    return get_task(sweep.task).primary_label
 
 
 def run_sweep(sweep: Sweep) -> Sweep:
@@ -238,8 +251,8 @@ def run_sweep(sweep: Sweep) -> Sweep:
             _execute(sweep, run)
             durations.append(run.seconds or 0.0)
             if run.status == "done":
-                log.info("[%d/%d] %s: done in %.0f s, test macro AUC %s", i, len(todo), run.key, run.seconds,
-                         _macro(run.run_dir))
+                log.info("[%d/%d] %s: done in %.0f s, test %s %s", i, len(todo), run.key, run.seconds,
+                         primary_label(sweep), _primary(sweep, run.run_dir))
             write_sweep_json(sweep)
     except KeyboardInterrupt:
         sweep.status = "interrupted"
@@ -251,6 +264,6 @@ def run_sweep(sweep: Sweep) -> Sweep:
 
 
 def summary_rows(sweep: Sweep) -> list[tuple[str, int, str, str, str]]:
-    """(overlay, seed, status, macro AUC, run dir) for each run, in plan order, for the CLI's closing table."""
-    return [(r.overlay, r.seed, r.status, _macro(r.run_dir) if r.status == "done" else "-", str(r.run_dir))
+    """(overlay, seed, status, primary metric, run dir) for each run, in plan order, for the CLI's closing table."""
+    return [(r.overlay, r.seed, r.status, _primary(sweep, r.run_dir) if r.status == "done" else "-", str(r.run_dir))
             for r in sweep.runs]

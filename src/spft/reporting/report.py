@@ -4,7 +4,8 @@ Output (default ``SWEEP_DIR/report``): ``tables/<name>.{md,csv,tex}``, ``figures
 ``report.md`` (every table), ``report.json`` (runs used/skipped, per-run AUCs, intervals) and ``report.html``.
 Every number is recomputed from the runs' ``predictions_test.csv`` (``metrics.json`` when predictions are missing).
 
-The task comes from the runs' ``config.yaml`` (``task:``): classification is reported here; detection
+The task comes from the runs' ``config.yaml`` (``task:``) and its Task builds the report
+(:meth:`spft.tasks.base.Task.report`): classification here (:func:`build_classification_report`); detection
 (:mod:`.detection`: mAP@50, mAP@50-95, per-class AP@50) and segmentation (:mod:`.segmentation`: Dice) have reports
 of their own; a sweep mixing tasks is refused. Every report shows the config and the exact overrides of each row
 and run (:mod:`.provenance`).
@@ -239,16 +240,15 @@ def build_report(sweep_dir: str | Path, out: str | Path | None = None, n_boot: i
         n_boot: bootstrap replicates per run (B).
         seed: bootstrap seed.
     """
+    from spft.tasks.registry import get_task
+
     root = Path(sweep_dir)
     task = sweep_task(root, read_entries(root)[2])  # from the runs' config.yaml; mixed tasks are refused
-    if task == "segmentation":  # Dice, not AUC: per-structure tables of their own
-        from spft.reporting.segmentation import build_segmentation_report
+    return get_task(task).report(root, out, n_boot=n_boot, seed=seed)  # each task's own tables
 
-        return build_segmentation_report(root, out)
-    if task == "detection":  # mAP and per-class AP from metrics.json
-        from spft.reporting.detection import build_detection_report
 
-        return build_detection_report(root, out)
+def build_classification_report(root: Path, out: str | Path | None = None, n_boot: int = 1000, seed: int = 0) -> Path:
+    """The classification report (AUC tables, bootstrap intervals, figures, operating points) of ``root``."""
     data = collect(root)
     out = Path(out) if out else data.root / "report"
     log.info("report: %d runs used, %d skipped; bootstrap B=%d per run", len(data.runs), len(data.skipped), n_boot)

@@ -691,66 +691,6 @@ def eval_device(cfg) -> str:
     return "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
 
 
-def fit_and_finish(cfg, run_dir: Path, ckpt_path: str | None, *, build_run, describe_data, test,
-                   monitor: str) -> Path:
-    """Train one Lightning task to its end and finish it: the flow every Lightning task shares.
-
-    ``build_run(cfg, run_dir) -> (table, prep, module, datamodule)``; ``describe_data(table, prep) -> dict`` (the
-    run's ``data.json``); ``test(module, datamodule, device, run_dir, best_epoch)`` scores the best weights on the
-    test split and writes the metrics. A new run (``ckpt_path`` None) first records config.yaml, env.json (with
-    the speed options in effect) and data.json; under DDP only rank 0 writes and tests, the others return after
-    fitting. ``DONE`` is written last.
-    """
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    guard = SignalGuard()
-    try:
-        with guard, quiet_lightning():
-            return _fit_and_finish(cfg, run_dir, ckpt_path, build_run, describe_data, test, monitor, guard)
-    except BaseException as exc:
-        if guard.signum is None:
-            raise
-        if not isinstance(exc, (_Stop, SIGTERMException, SystemExit, KeyboardInterrupt)):
-            # e.g. DataLoader workers the same SIGTERM killed (SLURM signals every process of the job step)
-            log.debug("after %s: %r", signal.Signals(guard.signum).name, exc)
-        raise guard.interrupted(run_dir, _epoch_now(run_dir, guard.trainer), fresh=ckpt_path is None) from None
-
-
-def _epoch_now(run_dir: Path, trainer) -> int:
-    """The epoch an interruption cut short: the trainer's, else the first without a history row."""
-    if trainer is not None:
-        return int(trainer.current_epoch)
-    history = run_dir / "history.csv"
-    return max(0, len(history.read_text().splitlines()) - 1) if history.is_file() else 0
-
-
-def _fit_and_finish(cfg, run_dir, ckpt_path, build_run, describe_data, test, monitor, guard) -> Path:
-    from spft.config import dump_yaml
-    from spft.experiments.rundir import atomic_write_text, environment, mark_done
-
-    table, prep, module, dm = build_run(cfg, run_dir)
-    trainer = build_trainer(cfg, run_dir, monitor, reload_dataloaders=getattr(dm, "feature_cache", None) is not None,
-                            extra_callbacks=(guard,))
-    guard.trainer = trainer
-    if trainer.global_rank == 0:  # a resumed run writes only what a kill at its start left out
-        if ckpt_path is None:
-            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        if ckpt_path is None or not (run_dir / "env.json").is_file():
-            atomic_write_json(run_dir / "env.json", environment(str(trainer.strategy.root_device), speed=module.speed))
-        if ckpt_path is None or not (run_dir / "data.json").is_file():
-            atomic_write_json(run_dir / "data.json", describe_data(table, prep))
-    log.info("run directory: %s", run_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    if guard.signum is not None:  # a signal the loop saw at its very end, or before Lightning's handler was in
-        raise _Stop()
-    if trainer.global_rank != 0:
-        return run_dir
-    best_epoch = load_best_weights(module, run_dir)
-    test(module, dm, trainer.strategy.root_device, run_dir, best_epoch)
-    mark_done(run_dir)
-    return run_dir
-
-
 def split_counts(table) -> dict:
     """``n_images`` and ``n_groups`` (patients / lesions) per split, for ``data.json``."""
     counts = {s: int(len(table.indices(s))) for s in ("train", "val", "test")}
@@ -763,40 +703,3 @@ def preprocessing_record(prep) -> dict:
     if hasattr(prep, "record"):
         return prep.record()
     return {"size": prep.size, "mean": prep.mean, "std": prep.std, "source": prep.source}
-
-
-def start_run(cfg, fit_and_finish) -> Path:
-    """A new run: seed, create (and lock) the run directory, ``fit_and_finish(cfg, run_dir, None)``. A start that
-    fails before the first checkpoint removes the directory it created, so the same ``run.dir`` can be used again."""
-    from spft.experiments.rundir import create_run_dir, discard_failed_start
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = create_run_dir(cfg)
-    try:
-        return fit_and_finish(cfg, run_dir, None)
-    except BaseException:
-        if discard_failed_start(run_dir):
-            log.info("removed %s: the run failed before its first checkpoint", run_dir)
-        raise
-
-
-def resume_run(run_dir: str | Path, fit_and_finish) -> Path:
-    """Continue a killed run from ``last.ckpt`` (or start it again if no epoch finished); a finished run is left."""
-    from spft.experiments.rundir import config_to_resume
-
-    run_dir = Path(run_dir)
-    cfg = config_to_resume(run_dir)
-    if cfg is None:
-        return run_dir
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return fit_and_finish(cfg, run_dir, resume_checkpoint(run_dir))
-
-
-def resume_checkpoint(run_dir: Path) -> str | None:
-    """``last.ckpt`` to resume from (``best.ckpt``, with a warning, when last.ckpt is damaged), or None (with a
-    warning) when the run died before its first epoch ended."""
-    ckpt = newest_intact(run_dir / "checkpoints", ("last.ckpt", "best.ckpt"))
-    if ckpt is not None:
-        return str(ckpt)
-    log.warning("%s has no last.ckpt (killed before the first epoch ended): starting it again", run_dir)
-    return None

@@ -1,9 +1,11 @@
-"""Task dispatch: the config's ``task`` key picks the engine that trains, resumes and evaluates a run.
+"""Task dispatch: the config's ``task`` key picks the :class:`~spft.tasks.base.Task` that trains, resumes,
+evaluates, reports, checks data and predicts.
 
-Every task module offers the same four calls — ``train(cfg) -> run_dir``, ``resume(run_dir) -> run_dir``,
-``evaluate_run(run_dir, overrides, split, checkpoint) -> result with .metrics()`` and ``format_table(result)`` —
-so the CLI, sweeps and reports stay task-agnostic. Modules are imported lazily: detection needs the optional
-``detect`` extra (Ultralytics) and must not be imported by a classification run.
+Registration: each task is one line of :data:`TASKS`, ``name -> "package:ATTRIBUTE"`` of its Task object, imported
+on first use (:func:`get_task`), so that a classification run never imports Ultralytics and this module imports no
+task (which keeps it out of every import cycle). A task defined elsewhere (a plugin, a test) is added with
+:func:`register`. The CLI, sweeps, ``spft data check``, ``spft prepare cache`` and ``spft report`` ask the Task and
+never branch on task names or metric keys.
 """
 
 from __future__ import annotations
@@ -14,29 +16,34 @@ from types import SimpleNamespace
 
 from spft.errors import ConfigError, MissingFileError
 
-# task -> (module with train/resume, module with evaluate_run/format_table)
-TASKS: dict[str, tuple[str, str]] = {
-    "classification": ("spft.tasks.classification.train", "spft.tasks.classification.evaluate"),
-    "detection": ("spft.tasks.detection.train", "spft.tasks.detection.evaluate"),
-    "segmentation": ("spft.tasks.segmentation.train", "spft.tasks.segmentation.evaluate"),
+# task -> "package:ATTRIBUTE" of its Task object (or the object itself, once registered or loaded)
+TASKS: dict = {
+    "classification": "spft.tasks.classification:TASK",
+    "detection": "spft.tasks.detection:TASK",
+    "segmentation": "spft.tasks.segmentation:TASK",
 }
 
 
-# task -> module with load(source, checkpoint, device), predict(model_source, inputs, ...) -> Predictions and
-# export(run_dir, out, format, checkpoint); a task without an entry has no predict yet (one line says so)
-PREDICT: dict[str, str] = {
-    "classification": "spft.tasks.classification.predict",
-}
+def register(task) -> None:
+    """Add (or replace) ``task``, a :class:`~spft.tasks.base.Task` instance, under ``task.name``."""
+    TASKS[task.name] = task
+
+
+def get_task(task: str):
+    """The :class:`~spft.tasks.base.Task` named ``task``; a clear error for an unknown one."""
+    if task not in TASKS:
+        raise ConfigError(f"task: unknown task {task!r} (available: {', '.join(TASKS)})")
+    entry = TASKS[task]
+    if isinstance(entry, str):
+        module, _, attribute = entry.partition(":")
+        entry = TASKS[task] = getattr(importlib.import_module(module), attribute)
+    return entry
 
 
 def predict_api(task: str) -> SimpleNamespace:
-    """``load``, ``predict`` and ``export`` of ``task`` (``spft predict``, ``spft export``, ``spft.load``)."""
-    if task not in TASKS:
-        raise ConfigError(f"task: unknown task {task!r} (available: {', '.join(TASKS)})")
-    if task not in PREDICT:
-        raise ConfigError(f"predict/export is not yet supported for {task} runs (classification only for now)")
-    mod = importlib.import_module(PREDICT[task])
-    return SimpleNamespace(load=mod.load, predict=mod.predict, export=mod.export)
+    """``load``, ``predict`` and ``export`` of ``task`` (``spft predict``, ``spft export``, ``spft.load``): the
+    Task's predict slot (:meth:`spft.tasks.base.Task.predict_api`; one line when the task has none yet)."""
+    return get_task(task).predict_api()
 
 
 def task_of_model(source: str | Path) -> str:
@@ -59,23 +66,6 @@ def task_of_model(source: str | Path) -> str:
             return str(block["task"])
     raise MissingFileError(f"{source} is neither a run directory (no config.yaml) nor an spft export folder "
                            f"(no config.json with an spft block)")
-
-
-def task_api(task: str) -> SimpleNamespace:
-    """The four entry points of ``task``; a clear error when the task or its optional dependency is missing."""
-    if task not in TASKS:
-        raise ConfigError(f"task: unknown task {task!r} (available: {', '.join(TASKS)})")
-    train_name, eval_name = TASKS[task]
-    try:
-        train_mod = importlib.import_module(train_name)
-        eval_mod = importlib.import_module(eval_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("spft"):
-            raise ConfigError(f"task {task!r} is not available in this version of spft") from exc
-        hint = " (install the extra: pip install 'spft[detect]')" if task == "detection" else ""
-        raise ModuleNotFoundError(f"task {task!r} needs the package {exc.name!r}{hint}") from exc
-    return SimpleNamespace(train=train_mod.train, resume=train_mod.resume, evaluate_run=eval_mod.evaluate_run,
-                           format_table=eval_mod.format_table)
 
 
 def task_of_run(run_dir: str | Path) -> str:

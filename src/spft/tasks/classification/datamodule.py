@@ -24,6 +24,12 @@ class ClassificationDataModule(SplitDataModule):
                     for s in ("train", "val", "test")}
         super().__init__(datasets, data_cfg, batch_size, eval_batch_size, seed, on_gpu)
 
+    @property
+    def reload_every_epoch(self) -> bool:
+        """Loaders asked for every epoch: stage 1 reads cached features, stage 2 images (the same loader objects
+        are handed back otherwise)."""
+        return self.feature_cache is not None
+
     def _features_now(self) -> bool:
         """Whether the epoch the trainer is at trains on cached features (asked of the module's stage plan)."""
         if self.feature_cache is None or not self._trainer_attached():

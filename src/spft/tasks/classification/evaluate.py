@@ -229,8 +229,8 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     from spft.data.io import set_max_pixels
     from spft.data.registry import load_table
     from spft.experiments.rundir import checked_split, load_run_config
+    from spft.tasks.classification.build import build_run
     from spft.tasks.classification.operating import apply_run_records
-    from spft.tasks.classification.train import build_run
     from spft.tasks.lightning_data import init_from_launcher
     from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
 

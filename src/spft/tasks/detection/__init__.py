@@ -3,11 +3,16 @@
 Importing Ultralytics replaces ``PIL.Image.open`` process-wide with a wrapper that pip-installs ``pi-heif`` the
 first time any unreadable image is opened (``ultralytics/utils/patches.py``); that turns spft's "cannot decode
 image" errors into install attempts. Every module here that imports Ultralytics calls :func:`restore_pil_open`.
+
+:data:`TASK` is what :mod:`spft.tasks.registry` hands out; this module imports neither Ultralytics nor torch.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+from spft.tasks.base import Evaluation, Task
 
 
 def restore_pil_open() -> None:
@@ -19,3 +24,61 @@ def restore_pil_open() -> None:
 
     if Image.open is getattr(patches, "image_open", None):
         Image.open = patches._image_open
+
+
+class DetectionTask(Task):
+    name = "detection"
+    checkpoint_names = ("best.pt", "last.pt")
+    primary_metric, primary_label = "map50_95", "mAP@50-95"
+    extra = "detect"
+    predict_module = "spft.tasks.detection.predict"
+
+    def train(self, cfg) -> Path:
+        return self.module("spft.tasks.detection.train").train(cfg)
+
+    def resume(self, run_dir) -> Path:
+        return self.module("spft.tasks.detection.train").resume(run_dir)
+
+    def evaluate(self, run_dir, overrides=(), split=None, checkpoint="best", out=None, name=None) -> Evaluation:
+        from spft.errors import ConfigError
+
+        if out or name:
+            raise ConfigError("--out/--name are not supported for detection runs")
+        ev_mod = self.module("spft.tasks.detection.evaluate")
+        ev = ev_mod.evaluate_run(run_dir, tuple(overrides), split=split or "test", checkpoint=checkpoint)
+        return Evaluation(ev.metrics(), self.primary_metric, ev_mod.format_table(ev), [], ev)
+
+    def report(self, sweep_dir, out=None, n_boot=1000, seed=0) -> Path:
+        from spft.reporting.detection import build_detection_report
+
+        return build_detection_report(sweep_dir, out)
+
+    def data_check(self, cfg, scan=False, workers=None, headers=False):
+        """Images per split of the prepared Ultralytics dataset, images with boxes of each class, images listed in
+        more than one split, missing images (``--headers`` / ``--scan``: unreadable ones)."""
+        from spft.data.check import rows_report
+        from spft.data.contract import SPLITS
+        from spft.data.yolo_layout import label_path, read_dataset, split_image_list
+        from spft.tasks.detection.checks import check_detection_config
+        from spft.tasks.detection.dataset import dataset_yaml_for
+
+        check_detection_config(cfg)
+        data_yaml = dataset_yaml_for(cfg)
+        names = read_dataset(data_yaml)["names"]
+        classes = [str(names[i]) for i in sorted(names)]
+        paths, splits, present = [], [], []
+        for split in SPLITS:
+            for image in split_image_list(data_yaml, split):
+                labels = label_path(image)
+                lines = labels.read_text().splitlines() if labels.is_file() else []
+                ids = {int(line.split()[0]) for line in lines if line.strip()}
+                paths.append(str(image))
+                splits.append(split)
+                present.append([j in ids for j in range(len(classes))])
+        return rows_report(cfg, str(data_yaml), classes, splits, [Path(p).stem for p in paths], paths, present,
+                           group_kind="image", split_policy="the prepared dataset's lists",
+                           label_policy="YOLO label files (none: no finding)", scan=scan, workers=workers,
+                           headers=headers)
+
+
+TASK = DetectionTask()

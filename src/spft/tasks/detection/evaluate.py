@@ -138,7 +138,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     Writes ``metrics_<split>_eval.json``.
     """
     from spft.experiments.rundir import checked_split, load_run_config
-    from spft.tasks.detection.train import dataset_yaml_for
+    from spft.tasks.detection.dataset import dataset_yaml_for
 
     run_dir = Path(run_dir)
     split = checked_split(split)

@@ -1,69 +1,34 @@
 """Training entry point for detection: config -> prepared Ultralytics dataset -> SPFT trainer -> test metrics -> DONE.
 
 ``train(cfg)`` starts a run (``spft train configs/phantom_detect_yolov8.yaml``); ``resume(run_dir)`` continues a
-killed one from ``checkpoints/last.pt`` (``spft train --resume RUN_DIR``). Both finish by scoring the best EMA
+killed one from ``checkpoints/last.pt`` (``spft train --resume RUN_DIR``). Both go through the shared run lifecycle
+(:mod:`spft.tasks.lifecycle`) with :class:`DetectionEngine` as the adapter, and finish by scoring the best EMA
 weights on the test split, drawing predicted vs ground-truth boxes and marking the run DONE.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import ultralytics  # the `detect` extra: the task registry turns its absence into an install hint
 import yaml
 
-from spft.config import SpftConfig, dump_yaml
+from spft.config import SpftConfig
 from spft.data.loading import resolve_workers
-from spft.errors import ConfigError, MissingFileError
+from spft.errors import MissingFileError
 from spft.experiments.checkpoints import newest_intact, record_digest, recorded_epoch
-from spft.experiments.rundir import (
-    atomic_write_json,
-    atomic_write_text,
-    config_to_resume,
-    create_run_dir,
-    environment,
-    mark_done,
-)
+from spft.experiments.rundir import atomic_write_json, environment
 from spft.tasks.detection import restore_pil_open
 from spft.tasks.detection.checks import check_detection_config
+from spft.tasks.detection.dataset import dataset_yaml_for, resolve_model
 from spft.tasks.detection.evaluate import device_of, evaluate_weights, is_rtdetr
+from spft.tasks.lifecycle import Unguarded, resume_run, start_run
 
 log = logging.getLogger(__name__)
 restore_pil_open()
-
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-DETECTION_DATASETS = ("phantom_detect", "vindr_cxr", "tbx11k")
-
-
-def dataset_yaml_for(cfg: SpftConfig) -> Path:
-    """The prepared dataset's ``dataset.yaml`` (phantoms are generated on demand; real data needs ``spft prepare``)."""
-    name = cfg.data.name
-    if name == "phantom_detect":
-        from spft.data.yolo_layout import build_phantom_detection
-
-        return build_phantom_detection(cfg.data.phantom, cfg.data.root)
-    if name not in DETECTION_DATASETS:
-        raise ConfigError(f"data.name: detection needs one of {', '.join(DETECTION_DATASETS)}, got {name!r}")
-    from spft.data.vindr_cxr import default_dataset_dir
-
-    folder = Path(cfg.detection.dataset_dir) if cfg.detection.dataset_dir else default_dataset_dir(cfg)
-    target = folder / "dataset.yaml"
-    if not target.is_file():
-        command = "vindr-cxr" if name == "vindr_cxr" else "tbx11k"
-        raise MissingFileError(f"{target} not found: run `spft prepare {command} CONFIG` first "
-                                "(or set detection.dataset_dir to a prepared copy)")
-    return target
-
-
-def resolve_model(name: str) -> str:
-    """``model.name`` as given (a path, ``yolov8n.yaml``, ``yolov8s.pt``) or a YAML shipped with spft."""
-    if Path(name).exists():
-        return str(Path(name).resolve())
-    shipped = MODELS_DIR / name
-    return str(shipped) if shipped.is_file() else name
-
 
 def _amp(device: str):
     if device == "cpu":
@@ -123,16 +88,6 @@ def _adaptations(cfg: SpftConfig, trainer_cls, amp) -> dict:
     }
 
 
-def _write_run_files(cfg: SpftConfig, run_dir: Path, data_yaml: Path, overrides: dict) -> None:
-
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    env = environment(overrides["device"])
-    env["ultralytics"] = ultralytics.__version__
-    atomic_write_json(run_dir / "env.json", env)
-    atomic_write_json(run_dir / "ultralytics.json", _adaptations(cfg, _trainer_class(cfg), overrides["amp"]))
-    atomic_write_json(run_dir / "data.json", {"dataset_yaml": str(data_yaml), **yaml.safe_load(data_yaml.read_text())})
-
-
 def _best_epoch(run_dir: Path) -> int | None:
     """The epoch best.pt comes from: the last one with the highest val mAP50-95 (Ultralytics' fitness)."""
     import csv
@@ -148,59 +103,80 @@ def _best_epoch(run_dir: Path) -> int | None:
     return max(int(r["epoch"]) for r in rows if float(r["val_map50_95"]) == best)
 
 
-def _finish(cfg: SpftConfig, run_dir: Path, data_yaml: Path) -> Path:
-    ckpt = run_dir / "checkpoints"
-    weights = newest_intact(ckpt, ("best.pt", "last.pt"), loadable=False)
-    if weights is None:
-        raise MissingFileError(f"{ckpt} holds no best.pt or last.pt (did the first epoch finish?)")
-    ev = evaluate_weights(weights, cfg, data_yaml, "test", run_dir / "ultralytics" / "test")
-    metrics = ev.metrics()
-    metrics["best_epoch"] = _best_epoch(run_dir)
-    metrics["checkpoint"] = weights.name
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    if cfg.detection.figures > 0:
-        from spft.tasks.detection.figures import draw_predictions
+@dataclass(frozen=True)
+class DetectionEngine(Unguarded):
+    """Detection's steps in the shared run lifecycle (:mod:`spft.tasks.lifecycle`): the adapter that puts the
+    Ultralytics trainer between the lifecycle's record files and its ``DONE``. Ultralytics seeds itself (``seed``)
+    and handles no signals, so seeding and guarding are the defaults (none)."""
 
-        draw_predictions(weights, cfg, data_yaml, run_dir / "figures", cfg.detection.figures)
-    mark_done(run_dir)
-    return run_dir
+    checkpoint_names: tuple[str, str] = ("best.pt", "last.pt")
+    loadable: bool = False  # Ultralytics unpickles .pt files: spft checks their recorded digests, never loads them
+
+    def setup(self, cfg: SpftConfig, run_dir: Path, resume_from: Path | None, guard) -> DetectionAttempt:
+        check_detection_config(cfg)
+        data_yaml = dataset_yaml_for(cfg)
+        return DetectionAttempt(cfg, run_dir, resume_from, data_yaml, trainer_overrides(cfg, run_dir, data_yaml))
 
 
-def _run(cfg: SpftConfig, run_dir: Path, resume_from: Path | None) -> Path:
-    check_detection_config(cfg)
-    data_yaml = dataset_yaml_for(cfg)
-    overrides = trainer_overrides(cfg, run_dir, data_yaml)
-    if resume_from is None:
-        _write_run_files(cfg, run_dir, data_yaml, overrides)
-    else:
-        # the epoch spft recorded when the file was written: spft itself never unpickles an Ultralytics .pt
-        epoch = recorded_epoch(resume_from)
-        if epoch is not None and epoch + 1 >= cfg.trainer.max_epochs:  # training over
-            return _finish(cfg, run_dir, data_yaml)
-        overrides["resume"] = str(resume_from)
-    log.info("run directory: %s", run_dir)
-    trainer = _trainer_class(cfg)(overrides=overrides, spft_cfg=cfg, run_dir=run_dir)
-    trainer.train()
-    for final in (run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"):
-        if final.is_file():  # Ultralytics rewrites both when training ends (optimizer stripped): record them again
-            record_digest(final)
-    return _finish(cfg, run_dir, data_yaml)
+@dataclass
+class DetectionAttempt:
+    cfg: SpftConfig
+    run_dir: Path
+    resume_from: Path | None
+    data_yaml: Path
+    overrides: dict
+    primary: bool = True  # one process: Ultralytics' own DDP would drop the SPFT trainer subclass
+
+    def records(self) -> dict:
+        def env() -> dict:
+            return {**environment(self.overrides["device"]), "ultralytics": ultralytics.__version__}
+
+        return {"env.json": env,
+                "ultralytics.json": lambda: _adaptations(self.cfg, _trainer_class(self.cfg), self.overrides["amp"]),
+                "data.json": lambda: {"dataset_yaml": str(self.data_yaml),
+                                      **yaml.safe_load(self.data_yaml.read_text())}}
+
+    def fit(self) -> None:
+        overrides = dict(self.overrides)
+        if self.resume_from is not None:
+            # the epoch spft recorded when the file was written: spft itself never unpickles an Ultralytics .pt
+            epoch = recorded_epoch(self.resume_from)
+            if epoch is not None and epoch + 1 >= self.cfg.trainer.max_epochs:  # training over: finish only
+                return
+            overrides["resume"] = str(self.resume_from)
+        _trainer_class(self.cfg)(overrides=overrides, spft_cfg=self.cfg, run_dir=self.run_dir).train()
+        for final in (self.run_dir / "checkpoints" / "last.pt", self.run_dir / "checkpoints" / "best.pt"):
+            if final.is_file():  # Ultralytics rewrites both when training ends (optimizer stripped): record them again
+                record_digest(final)
+
+    def load_best(self) -> Path:
+        ckpt = self.run_dir / "checkpoints"
+        weights = newest_intact(ckpt, ("best.pt", "last.pt"), loadable=False)
+        if weights is None:
+            raise MissingFileError(f"{ckpt} holds no best.pt or last.pt (did the first epoch finish?)")
+        return weights
+
+    def test(self, weights: Path) -> None:
+        cfg, run_dir = self.cfg, self.run_dir
+        ev = evaluate_weights(weights, cfg, self.data_yaml, "test", run_dir / "ultralytics" / "test")
+        metrics = ev.metrics()
+        metrics["best_epoch"] = _best_epoch(run_dir)
+        metrics["checkpoint"] = weights.name
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        if cfg.detection.figures > 0:
+            from spft.tasks.detection.figures import draw_predictions
+
+            draw_predictions(weights, cfg, self.data_yaml, run_dir / "figures", cfg.detection.figures)
+
+
+ENGINE = DetectionEngine()
 
 
 def train(cfg: SpftConfig) -> Path:
     """Run the two-stage SPFT recipe on Ultralytics for ``cfg`` and return the run directory."""
-    run_dir = create_run_dir(cfg)
-    return _run(cfg, run_dir, None)
+    return start_run(cfg, ENGINE)
 
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a killed detection run from ``checkpoints/last.pt`` (or start it again if no epoch finished)."""
-    run_dir = Path(run_dir)
-    cfg = config_to_resume(run_dir)
-    if cfg is None:
-        return run_dir
-    # last.pt, or best.pt (warned) when last.pt does not match the digest recorded when it was written
-    last = newest_intact(run_dir / "checkpoints", ("last.pt", "best.pt"), loadable=False)
-    if last is None:
-        log.warning("%s has no last.pt (killed before the first epoch ended): starting it again", run_dir)
-    return _run(cfg, run_dir, last)
+    return resume_run(run_dir, ENGINE)

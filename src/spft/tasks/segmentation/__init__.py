@@ -1,1 +1,53 @@
-"""SPFT for segmentation: SAM2 with box prompts on Lightning (``task: segmentation``)."""
+"""SPFT for segmentation: SAM2 with box prompts on Lightning (``task: segmentation``).
+
+:data:`TASK` is what :mod:`spft.tasks.registry` hands out; this module stays light (no torch, no Lightning).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spft.tasks.base import Evaluation, Task
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+    checkpoint_names = ("best.ckpt", "last.ckpt")
+    primary_metric, primary_label = "mean_dice", "mean Dice"
+    predict_module = "spft.tasks.segmentation.predict"
+
+    def train(self, cfg) -> Path:
+        return self.module("spft.tasks.segmentation.train").train(cfg)
+
+    def resume(self, run_dir) -> Path:
+        return self.module("spft.tasks.segmentation.train").resume(run_dir)
+
+    def evaluate(self, run_dir, overrides=(), split=None, checkpoint="best", out=None, name=None) -> Evaluation:
+        ev_mod = self.module("spft.tasks.segmentation.evaluate")
+        ev = ev_mod.evaluate_run(run_dir, tuple(overrides), split=split, checkpoint=checkpoint, out=out, name=name)
+        return Evaluation(ev.metrics(), self.primary_metric, ev_mod.format_table(ev), ev_mod.prediction_rows(ev), ev)
+
+    def report(self, sweep_dir, out=None, n_boot=1000, seed=0) -> Path:
+        from spft.reporting.segmentation import build_segmentation_report
+
+        return build_segmentation_report(sweep_dir, out)
+
+    def data_check(self, cfg, scan=False, workers=None, headers=False):
+        """Images and patients per split, images with each structure, leaked patients, missing images and mask
+        files (``--headers`` / ``--scan``: unreadable images)."""
+        from spft.data.check import rows_report
+        from spft.data.io import set_max_pixels
+        from spft.data.masks import load_mask_table
+
+        set_max_pixels(cfg.data.max_image_pixels)
+        table = load_mask_table(cfg.data, list(cfg.segmentation.structures), cfg.seed)
+        report = rows_report(cfg, table.source, table.structures, table.splits, table.groups, table.paths,
+                             [[m is not None for m in row] for row in table.masks], group_kind="patient",
+                             split_policy=table.split_policy, label_policy="one mask per structure (none: absent)",
+                             other_files=[m for row in table.masks for m in row if isinstance(m, str)],
+                             scan=scan, workers=workers, headers=headers)
+        report.warnings += list(table.warnings)
+        return report
+
+
+TASK = SegmentationTask()

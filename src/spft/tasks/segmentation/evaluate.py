@@ -142,7 +142,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     from spft.experiments.rundir import atomic_write_csv, atomic_write_json, checked_split, load_run_config
     from spft.tasks.classification.evaluate import data_file_of, is_other_data, output_paths
     from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
-    from spft.tasks.segmentation.train import build_run
+    from spft.tasks.segmentation.build import build_run
 
     run_dir = Path(run_dir)
     split_given = split is not None
