@@ -9,9 +9,9 @@ imported inside the methods, so that a classification run never imports Ultralyt
         name = "mytask"
         checkpoint_names = ("best.ckpt", "last.ckpt")       # (best, last) under checkpoints/
         primary_metric, primary_label = "mean_iou", "mean IoU"   # the metrics.json key that ranks runs
-        def train(self, cfg) -> Path: ...                   # through spft.tasks.lifecycle.start_run
-        def resume(self, run_dir) -> Path: ...              # spft.tasks.lifecycle.resume_run
-        def evaluate(self, run_dir, overrides=(), split=None, checkpoint="best", out=None, name=None) -> Evaluation
+        train_module = "spft.tasks.mytask.train"          # train(cfg) / resume(run_dir) via spft.tasks.lifecycle
+        evaluate_module = "spft.tasks.mytask.evaluate"    # evaluate_run, format_table, prediction_rows
+        # or override train(cfg), resume(run_dir), evaluate(run_dir, overrides, split, checkpoint, out, name)
         # optional, with defaults: summary(metrics), report(...), data_check(...), prepare_cache(...), predict_api()
 """
 
@@ -55,6 +55,8 @@ class Task:
     primary_label: str = ""  # how that metric is named in printed tables
     predict_module: str | None = None  # module with load / predict / export; None: not yet supported
     extra: str | None = None  # the pip extra the task's engine needs (named in the error when it is missing)
+    train_module: str = ""  # module with train(cfg) and resume(run_dir), imported on first use
+    evaluate_module: str = ""  # module with evaluate_run(...), format_table(ev) and (optional) prediction_rows(ev)
 
     def module(self, name: str):
         """Import one of the task's (heavy) modules; a missing third-party package names the extra to install."""
@@ -71,17 +73,20 @@ class Task:
     # --- training and evaluation -----------------------------------------------------------------------------
     def train(self, cfg) -> Path:
         """Start a run for ``cfg`` (through :func:`spft.tasks.lifecycle.start_run`); returns the run directory."""
-        raise NotImplementedError
+        return self.module(self.train_module).train(cfg)
 
     def resume(self, run_dir: str | Path) -> Path:
         """Continue a killed run (through :func:`spft.tasks.lifecycle.resume_run`); returns the run directory."""
-        raise NotImplementedError
+        return self.module(self.train_module).resume(run_dir)
 
     def evaluate(self, run_dir: str | Path, overrides: tuple[str, ...] = (), split: str | None = None,
                  checkpoint: str = "best", out: str | None = None, name: str | None = None) -> Evaluation:
         """Score a run's ``checkpoint`` weights on ``split`` of its data (``None``: the task's default), or on other
         data through ``overrides``; ``out`` / ``name`` place the files (``spft evaluate``)."""
-        raise NotImplementedError
+        mod = self.module(self.evaluate_module)
+        ev = mod.evaluate_run(run_dir, tuple(overrides), split=split, checkpoint=checkpoint, out=out, name=name)
+        rows = mod.prediction_rows(ev) if hasattr(mod, "prediction_rows") else []
+        return Evaluation(ev.metrics(), self.primary_metric, mod.format_table(ev), rows, ev)
 
     # --- what the commands print and write ---------------------------------------------------------------------
     def format_metric(self, value) -> str:

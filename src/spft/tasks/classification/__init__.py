@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spft.tasks.base import Evaluation, Task
+from spft.tasks.base import Task
 
 
 class ClassificationTask(Task):
@@ -15,17 +15,7 @@ class ClassificationTask(Task):
     checkpoint_names = ("best.ckpt", "last.ckpt")
     primary_metric, primary_label = "macro_auc", "macro AUC"
     predict_module = "spft.tasks.classification.predict"
-
-    def train(self, cfg) -> Path:
-        return self.module("spft.tasks.classification.train").train(cfg)
-
-    def resume(self, run_dir) -> Path:
-        return self.module("spft.tasks.classification.train").resume(run_dir)
-
-    def evaluate(self, run_dir, overrides=(), split=None, checkpoint="best", out=None, name=None) -> Evaluation:
-        ev_mod = self.module("spft.tasks.classification.evaluate")
-        ev = ev_mod.evaluate_run(run_dir, tuple(overrides), split=split, checkpoint=checkpoint, out=out, name=name)
-        return Evaluation(ev.metrics(), self.primary_metric, ev_mod.format_table(ev), ev_mod.prediction_rows(ev), ev)
+    train_module, evaluate_module = "spft.tasks.classification.train", "spft.tasks.classification.evaluate"
 
     def summary(self, metrics: dict) -> str:
         """Per-class test AUC from ``metrics.json`` (``spft train``, ``spft demo``)."""

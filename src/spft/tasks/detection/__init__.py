@@ -32,21 +32,16 @@ class DetectionTask(Task):
     primary_metric, primary_label = "map50_95", "mAP@50-95"
     extra = "detect"
     predict_module = "spft.tasks.detection.predict"
-
-    def train(self, cfg) -> Path:
-        return self.module("spft.tasks.detection.train").train(cfg)
-
-    def resume(self, run_dir) -> Path:
-        return self.module("spft.tasks.detection.train").resume(run_dir)
+    train_module, evaluate_module = "spft.tasks.detection.train", "spft.tasks.detection.evaluate"
 
     def evaluate(self, run_dir, overrides=(), split=None, checkpoint="best", out=None, name=None) -> Evaluation:
         from spft.errors import ConfigError
 
-        if out or name:
+        if out or name:  # Ultralytics writes its own files: the run's metrics_<split>_eval.json only
             raise ConfigError("--out/--name are not supported for detection runs")
-        ev_mod = self.module("spft.tasks.detection.evaluate")
-        ev = ev_mod.evaluate_run(run_dir, tuple(overrides), split=split or "test", checkpoint=checkpoint)
-        return Evaluation(ev.metrics(), self.primary_metric, ev_mod.format_table(ev), [], ev)
+        mod = self.module(self.evaluate_module)
+        ev = mod.evaluate_run(run_dir, tuple(overrides), split=split or "test", checkpoint=checkpoint)
+        return Evaluation(ev.metrics(), self.primary_metric, mod.format_table(ev), [], ev)
 
     def report(self, sweep_dir, out=None, n_boot=1000, seed=0) -> Path:
         from spft.reporting.detection import build_detection_report
@@ -76,7 +71,7 @@ class DetectionTask(Task):
                 splits.append(split)
                 present.append([j in ids for j in range(len(classes))])
         return rows_report(cfg, str(data_yaml), classes, splits, [Path(p).stem for p in paths], paths, present,
-                           group_kind="image", split_policy="the prepared dataset's lists",
+                           group_kind="file name", split_policy="the prepared dataset's lists",
                            label_policy="YOLO label files (none: no finding)", scan=scan, workers=workers,
                            headers=headers)
 

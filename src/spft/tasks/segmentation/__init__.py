@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spft.tasks.base import Evaluation, Task
+from spft.tasks.base import Task
 
 
 class SegmentationTask(Task):
@@ -15,17 +15,7 @@ class SegmentationTask(Task):
     checkpoint_names = ("best.ckpt", "last.ckpt")
     primary_metric, primary_label = "mean_dice", "mean Dice"
     predict_module = "spft.tasks.segmentation.predict"
-
-    def train(self, cfg) -> Path:
-        return self.module("spft.tasks.segmentation.train").train(cfg)
-
-    def resume(self, run_dir) -> Path:
-        return self.module("spft.tasks.segmentation.train").resume(run_dir)
-
-    def evaluate(self, run_dir, overrides=(), split=None, checkpoint="best", out=None, name=None) -> Evaluation:
-        ev_mod = self.module("spft.tasks.segmentation.evaluate")
-        ev = ev_mod.evaluate_run(run_dir, tuple(overrides), split=split, checkpoint=checkpoint, out=out, name=name)
-        return Evaluation(ev.metrics(), self.primary_metric, ev_mod.format_table(ev), ev_mod.prediction_rows(ev), ev)
+    train_module, evaluate_module = "spft.tasks.segmentation.train", "spft.tasks.segmentation.evaluate"
 
     def report(self, sweep_dir, out=None, n_boot=1000, seed=0) -> Path:
         from spft.reporting.segmentation import build_segmentation_report
