@@ -122,14 +122,23 @@ def _dicom_index(index) -> dict[str, Path]:
     return out
 
 
+def prepared_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """The size a ``width x height`` image is written at: long side at most ``long_side``, aspect kept (never up).
+
+    >>> prepared_size(3000, 2400, 1024)
+    (1024, 819)
+    """
+    scale = min(1.0, long_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _write_png(dicom: Path, target: Path, long_side: int) -> tuple[int, int, int, int]:
     """Decode, resize and write one image unless it exists; returns (orig W, orig H, new W, new H)."""
     import pydicom
 
     ds = pydicom.dcmread(str(dicom), stop_before_pixels=True)
     width, height = int(ds.Columns), int(ds.Rows)
-    scale = min(1.0, long_side / max(width, height))
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    new_w, new_h = prepared_size(width, height, long_side)
     if not target.is_file():
         from spft.data.dicom import read_dicom
 

@@ -22,6 +22,8 @@ class Predictions:
     failures: list[Failure] = field(default_factory=list)
     source: str = ""  # the run directory or export folder that predicted
     name: str = ""  # its name, for the default output file
+    heatmaps: Path | None = None  # predict(..., heatmaps=DIR): the listing DIR/heatmaps.csv
+    heatmap_table: pd.DataFrame | None = None  # its rows: id, class, prob, npy, png
 
     def failed_path(self, out: str | Path) -> Path:
         out = Path(out)
@@ -40,3 +42,55 @@ class Predictions:
             return out, sidecar
         sidecar.unlink(missing_ok=True)
         return out, None
+
+
+def decode_ahead(items: list, work, workers: int, lookahead: int):
+    """``(index, work(item))`` in input order, ``work`` run in ``workers`` threads up to ``lookahead`` items ahead of
+    the consumer (decoding releases the GIL); ``workers <= 1``: in this thread."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers <= 1:
+        for i, item in enumerate(items):
+            yield i, work(item)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="spft-decode") as pool:
+        pending: deque = deque()
+        it = iter(enumerate(items))
+        for i, item in it:
+            pending.append((i, pool.submit(work, item)))
+            if len(pending) >= lookahead:
+                break
+        while pending:
+            i, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt[0], pool.submit(work, nxt[1])))
+            yield i, fut.result()
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for an input that could not be read: spft's own message, else ``Type: message``."""
+    from spft.errors import SpftError
+
+    return str(exc) if isinstance(exc, SpftError) else f"{type(exc).__name__}: {exc}"
+
+
+def safe_stem(image_id: str, taken: set[str]) -> str:
+    """A file-name stem for ``image_id``: an image suffix dropped, characters other than letters, digits, ``.``,
+    ``_``, ``-`` turned into ``_``, leading dots dropped; made unique against ``taken`` with ``-2``, ``-3`` ... (and
+    added to it).
+
+    >>> taken = set(); safe_stem("scans/a b.png", taken), safe_stem("scans_a_b.dcm", taken)
+    ('scans_a_b', 'scans_a_b-2')
+    """
+    import re
+
+    text = re.sub(r"\.(png|jpe?g|dcm|dicom|tiff?|bmp|webp)$", "", str(image_id), flags=re.IGNORECASE)
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".") or "image"
+    name, k = stem, 1
+    while name in taken:
+        k += 1
+        name = f"{stem}-{k}"
+    taken.add(name)
+    return name
