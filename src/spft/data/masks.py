@@ -85,17 +85,23 @@ class MaskDataset(Dataset):
         shape = (image.size[1], image.size[0])
         return image, np.stack([load_mask(e, shape) for e in self.table.masks[row]])
 
-    def __getitem__(self, i: int) -> dict:
-        row = int(self.index[i])
-        image, masks = self.original(i)
+    def model_input(self, image: Image.Image) -> torch.Tensor:
+        """``[3, S, S]`` model input of a PIL image (``grey`` / ``rgb`` as read): resized to the model's square size
+        with the processor's filter (no crop), rescaled, normalised. ``spft predict`` uses it too."""
         s = self.size
         arr = (np.asarray(image.resize((s, s), self.resample)).astype(np.float64) * self.rescale).astype(np.float32)
         x = torch.from_numpy(arr)
         x = x.unsqueeze(0).expand(3, -1, -1) if x.ndim == 2 else x.permute(2, 0, 1)
+        return (x - self.mean) / self.std
+
+    def __getitem__(self, i: int) -> dict:
+        row = int(self.index[i])
+        image, masks = self.original(i)
+        s = self.size
         small = np.stack([np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((s, s), Image.NEAREST)) > 0
                           for m in masks])
         return {
-            "image": (x - self.mean) / self.std,
+            "image": self.model_input(image),
             "masks": torch.from_numpy(small.astype(np.float32)),
             "boxes": torch.tensor([box_of(m) for m in small], dtype=torch.float32),
             "valid": torch.from_numpy(small.reshape(len(small), -1).any(1)),
