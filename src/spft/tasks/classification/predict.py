@@ -281,6 +281,28 @@ class Classifier:
             maps = {k: hm.to_original(v, self.preprocessing, *picture.size) for k, v in maps.items()}
         return maps
 
+    def save_heatmaps(self, inputs, out_dir: str | Path, classes: list[str] | str | None = None,
+                      method: str = "gradcam", batch_size: int = 8, workers: int | None = None,
+                      progress: bool = False) -> pd.DataFrame:
+        """Predict ``inputs`` (as :meth:`predict` takes them) and write heatmap files into ``out_dir``:
+        ``<image stem>__<class>.npy`` (float32, the image's height x width, non-negative) and ``.png`` (overlay) for
+        ``classes`` (default: the classes predicted positive at :attr:`thresholds`; ``"all"``; with ``rollout`` one
+        class-agnostic map per image), listed in ``out_dir/heatmaps.csv``. Returns that listing (``id, class,
+        prob, npy, png``); inputs that could not be predicted or mapped are in ``listing.attrs["failed"]``."""
+        from spft.tasks.classification.explain import check_request, write_heatmaps
+
+        check_request(self, classes, method)
+        single = isinstance(inputs, (str, os.PathLike, np.ndarray)) or _is_pil(inputs)
+        items, ids, failures = self._expand([inputs] if single else list(inputs))
+        table, failed = self.run(items, ids, batch_size, workers, progress)
+        listing, bad, _ = write_heatmaps(self, items, ids, table, out_dir, classes, method, batch_size, progress)
+        failures += failed + bad
+        if failures:
+            log.warning("%d input(s) without heatmaps: %s", len(failures),
+                        "; ".join(f"{f.id}: {f.error}" for f in failures[:5]) + (" ..." if len(failures) > 5 else ""))
+        listing.attrs["failed"] = [(f.id, f.error) for f in failures]
+        return listing
+
     def _expand(self, inputs: Iterable) -> tuple[list, list[str], list[Failure]]:
         items, ids, failures = [], [], []
         paths: list[tuple[int, str]] = []
@@ -328,17 +350,37 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "auto") -> 
 
 def predict(model_source, inputs: list[str] | tuple[str, ...], batch_size: int = 32, device: str = "auto",
             checkpoint: str = "best", image_column: str | None = None, root: str | None = None,
-            workers: int | None = None, progress: bool = False) -> Predictions:
+            workers: int | None = None, progress: bool = False, heatmaps: str | Path | None = None,
+            heatmap_classes: list[str] | str | None = None, heatmap_method: str = "gradcam") -> Predictions:
     """Predict every image ``inputs`` names (files, folders, globs, CSVs: :func:`spft.data.inputs.collect_inputs`)
-    with ``model_source`` (a run directory, an export folder or a loaded :class:`Classifier`)."""
+    with ``model_source`` (a run directory, an export folder or a loaded :class:`Classifier`).
+
+    ``heatmaps``: a folder for heatmap files of the predicted images (:func:`spft.tasks.classification.explain.
+    write_heatmaps`: ``heatmap_classes``, default the classes predicted positive; ``heatmap_method`` gradcam or
+    rollout); images whose heatmap fails join the failures."""
     model = model_source if isinstance(model_source, Classifier) else load(model_source, checkpoint, device)
+    if heatmaps is None and heatmap_classes is not None:
+        raise ConfigError("heatmap classes given without a heatmap folder (--heatmaps DIR)")
+    if heatmaps is not None:
+        from spft.tasks.classification.explain import check_request
+
+        check_request(model, heatmap_classes, heatmap_method)  # before the (long) prediction
     items, failures = collect_inputs(inputs, image_column, model.loaded.meta.get("image_column"), root)
     if not items and not failures:
         raise DataError("no inputs given")
     log.info("predicting %d image(s) with %s (%s, temperature %g)", len(items), model.source, model.device,
              model.temperature)
     table, failed = model.run(items, [i.id for i in items], batch_size, workers, progress)
-    return Predictions(table, failures + failed, str(model.source), model.name)
+    result = Predictions(table, failures + failed, str(model.source), model.name)
+    if heatmaps is not None:
+        from spft.tasks.classification.explain import write_heatmaps
+
+        listing, failed, result.heatmaps = write_heatmaps(model, items, [i.id for i in items], table, heatmaps,
+                                                          heatmap_classes, heatmap_method,
+                                                          min(batch_size, 8), progress)
+        result.heatmap_table = listing
+        result.failures += failed
+    return result
 
 
 def export(run_dir, out, format: str = "safetensors", checkpoint: str = "best") -> Path:  # noqa: A002

@@ -1,0 +1,350 @@
+"""Heatmap files for ``spft predict --heatmaps DIR``, the pointing game on phantoms, and the demo's last step.
+
+:func:`write_heatmaps` saves, for each predicted image and each chosen class (default: the classes predicted
+positive at the run's thresholds), the map on the image's own pixels as ``DIR/<name>__<class>.npy`` (float32,
+``H x W``, non-negative, higher = more evidence) and an overlay ``DIR/<name>__<class>.png``, and lists them in
+``DIR/heatmaps.csv`` (``id, class, prob, npy, png``; file names relative to ``DIR``). ``<name>`` is the image's
+stem, sanitised to ``[A-Za-z0-9._-]``; images whose stems collide (same name in different folders, or ``a.png`` and
+``a.jpg``) are named by their path below the folder they share, and anything still equal (the same file given twice)
+gets ``_2``, ``_3`` ... Methods (:mod:`spft.models.heatmaps`): ``gradcam`` (ViT: the last block's patch tokens;
+CNN: the last stage) per class, or ``rollout`` (attention rollout, ViT only, class-agnostic: one map per image,
+class ``rollout``, whatever the classes).
+
+:func:`phantom_pointing_game` scores a phantom-trained run: for each image of a split and each finding it shows,
+the class's Grad-CAM peak is a *hit* when it lies inside one of that finding's boxes in the generator's
+``boxes.csv``; chance is the box area over the image area (the hit rate of a uniformly random peak).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path, PurePath
+
+import numpy as np
+import pandas as pd
+
+from spft.data.inputs import Failure, InputImage
+from spft.errors import ConfigError, DataError, SpftError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("gradcam", "rollout")
+LISTING = "heatmaps.csv"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str, limit: int = 100) -> str:
+    """``text`` as a file-name part: runs of anything but ``[A-Za-z0-9._-]`` become ``_``; no leading dot or dash."""
+    name = _UNSAFE.sub("_", str(text)).lstrip(".-_")[:limit].rstrip("._")
+    return name or "image"
+
+
+def _dedupe(names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        candidate, k = name, 2
+        while candidate.lower() in seen:  # case-insensitive: macOS / Windows file systems
+            candidate, k = f"{name}_{k}", k + 1
+        seen.add(candidate.lower())
+        out.append(candidate)
+    return out
+
+
+def unique_names(ids: list[str]) -> list[str]:
+    """One file-name stem per image id (see the module docstring), unique ignoring case."""
+    names = [safe_name(PurePath(i).stem) for i in ids]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k, name in enumerate(names):
+        groups[name.lower()].append(k)
+    for members in groups.values():
+        distinct = list(dict.fromkeys(ids[k] for k in members))  # the same id twice: _2 from _dedupe below
+        if len(distinct) < 2:
+            continue
+        paths = [PurePath(i) for i in distinct]
+        parents = [p.parent.parts for p in paths]
+        shared = 0
+        while all(len(pp) > shared for pp in parents) and len({pp[shared] for pp in parents}) == 1:
+            shared += 1
+        below = [PurePath(*p.parts[shared:]) for p in paths]
+        without = [safe_name(str(b.with_suffix("")) if b.suffix else str(b), 150) for b in below]
+        with_suffix = [safe_name(str(b), 150) for b in below]
+        chosen = without if len({n.lower() for n in without}) == len(without) else with_suffix
+        by_id = dict(zip(distinct, chosen))
+        for k in members:
+            names[k] = by_id[ids[k]]
+    return _dedupe(names)
+
+
+def check_request(model, classes, method: str) -> list[str] | None:
+    """Validate ``classes`` (None: the predicted positives; ``"all"``; a list or comma-separated names) and
+    ``method`` against ``model`` before anything runs; the class list, or None for the predicted positives."""
+    from spft.models import heatmaps as hm
+
+    if method not in METHODS:
+        raise ConfigError(f"heatmap method: expected {' or '.join(METHODS)}, got {method!r}")
+    if method == "rollout" and not hm.is_vit(model.model):
+        raise ConfigError(f"heatmap method rollout needs a ViT encoder (attention weights); "
+                          f"{type(model.model.encoder).__name__} is a CNN: use gradcam")
+    if classes is None:
+        return None
+    names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else [str(c) for c in classes]
+    names = [c for c in names if c]
+    if names == ["all"]:
+        return list(model.classes)
+    if method == "rollout":
+        raise ConfigError("heatmap classes: attention rollout is class-agnostic (one map per image); "
+                          "give classes with the gradcam method")
+    unknown = [c for c in names if c not in model.classes]
+    if unknown or not names:
+        raise ConfigError(f"heatmap classes: unknown class(es) {unknown or classes!r} "
+                          f"(classes: {', '.join(model.classes)}, or all)")
+    return list(dict.fromkeys(names))
+
+
+def _picture(model, item):
+    from spft.data.io import load_image
+    from spft.tasks.classification.predict import array_to_image
+
+    if isinstance(item, InputImage):
+        return load_image(item.path, color=model.color)
+    if isinstance(item, (str, Path)):
+        return load_image(item, color=model.color)
+    return array_to_image(item, model.color)
+
+
+def iter_maps(model, jobs: list[tuple[object, list[int | None]]], method: str = "gradcam", batch_size: int = 8,
+              on_error=None, progress=None) -> Iterator[tuple[int, object, dict]]:
+    """For each ``(image, class indices)`` of ``jobs``: ``(job index, PIL picture, {class index: map})`` with the
+    maps on the picture's own pixels (:func:`spft.models.heatmaps.to_original`). Grad-CAM runs ``batch_size``
+    (image, class) pairs per forward/backward pass; rollout one map per image under the key None. Images that
+    cannot be read go to ``on_error(job index, message)``; ``progress(n)`` is told of every pair done."""
+    import torch
+
+    from spft.models import heatmaps as hm
+
+    pending: list[tuple[int, object, torch.Tensor, int | None]] = []
+    done: dict[int, dict] = {}
+    need: dict[int, int] = {}
+    pictures: dict[int, object] = {}
+
+    def flush() -> Iterator[tuple[int, object, dict]]:
+        if not pending:
+            return
+        pixels = torch.stack([p for _, _, p, _ in pending]).to(model.device)
+        if method == "rollout":
+            maps = hm.attention_rollout(model.model, pixels)
+        else:
+            maps = hm.gradcam(model.model, pixels, [c for *_, c in pending])
+        for (k, picture, _, c), heat in zip(pending, maps):
+            done.setdefault(k, {})[c] = hm.to_original(heat, model.preprocessing, *picture.size)
+            if len(done[k]) == need[k]:
+                yield k, pictures.pop(k), done.pop(k)
+        if progress:
+            progress(len(pending))
+        pending.clear()
+
+    for k, (item, class_indices) in enumerate(jobs):
+        wanted = [None] if method == "rollout" else list(dict.fromkeys(class_indices))
+        if not wanted:
+            continue
+        try:
+            picture = _picture(model, item)
+            pixels = model.transform(picture)
+        except (SpftError, OSError, ValueError) as exc:
+            if on_error is None:
+                raise
+            on_error(k, str(exc) if isinstance(exc, SpftError) else f"{type(exc).__name__}: {exc}")
+            continue
+        need[k], pictures[k] = len(wanted), picture
+        for c in wanted:
+            pending.append((k, picture, pixels, c))
+            if len(pending) >= batch_size:
+                yield from flush()
+    yield from flush()
+
+
+def write_heatmaps(model, items: list, item_ids: list[str], table: pd.DataFrame, out_dir: str | Path, classes=None,
+                   method: str = "gradcam", batch_size: int = 8,
+                   progress: bool = False) -> tuple[pd.DataFrame, list[Failure], Path]:
+    """Heatmap files for the rows of ``table`` (a :meth:`Classifier.run` table) into ``out_dir``: ``(listing,
+    failures, listing file)``. ``items`` / ``item_ids``: the inputs the table was made from (paths,
+    :class:`InputImage`, arrays, PIL images) and their ids, in the same order, failed ones included."""
+    from tqdm.auto import tqdm
+
+    from spft.models.heatmaps import overlay
+
+    chosen = check_request(model, classes, method)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--heatmaps {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [str(i) for i in table["id"]]
+    rows = _align(items, [str(i) for i in item_ids], ids)
+    jobs = []
+    for r, item in enumerate(rows):
+        if method == "rollout":
+            names = ["rollout"]
+        elif chosen is not None:
+            names = chosen
+        else:
+            names = [c for c in model.classes if int(table[f"pred_{c}"].iloc[r]) == 1]
+        jobs.append((item, [None] if method == "rollout" else [model.classes.index(c) for c in names]))
+    stems = unique_names(ids)
+    class_files = dict(zip(model.classes, _dedupe([safe_name(c) for c in model.classes])))
+    failures: list[Failure] = []
+    listing = []
+    total = sum(len(c) for _, c in jobs)
+    bar = tqdm(total=total, unit="map", desc="heatmaps", disable=not progress, dynamic_ncols=True)
+    try:
+        for r, picture, maps in iter_maps(model, jobs, method, batch_size, progress=bar.update,
+                                          on_error=lambda k, e: failures.append(Failure(ids[k], f"heatmap: {e}"))):
+            for c, heat in maps.items():
+                name = "rollout" if c is None else model.classes[c]
+                base = f"{stems[r]}__{'rollout' if c is None else class_files[name]}"
+                np.save(out / f"{base}.npy", heat.astype(np.float32, copy=False))
+                overlay(picture, heat).save(out / f"{base}.png", optimize=True)
+                prob = float(table[f"prob_{name}"].iloc[r]) if c is not None else float("nan")
+                listing.append({"id": ids[r], "class": name, "prob": prob, "npy": f"{base}.npy",
+                                "png": f"{base}.png"})
+    finally:
+        bar.close()
+    frame = pd.DataFrame(listing, columns=["id", "class", "prob", "npy", "png"])
+    listing_file = out / LISTING
+    from spft.experiments.rundir import atomic_write_text
+
+    atomic_write_text(listing_file, frame.to_csv(index=False, lineterminator="\n"))
+    log.info("%d heatmap(s) (%s) of %d image(s) -> %s", len(frame), method, frame["id"].nunique(), out)
+    return frame, failures, listing_file
+
+
+def _align(items: list, item_ids: list[str], ids: list[str]) -> list:
+    """The items behind the table's rows: the table keeps the inputs' order and leaves failed ones out."""
+    out, k = [], 0
+    for id_ in ids:
+        while k < len(items) and item_ids[k] != id_:
+            k += 1
+        if k == len(items):
+            raise DataError(f"heatmaps: table row {id_!r} is not among the inputs")
+        out.append(items[k])
+        k += 1
+    return out
+
+
+# --- pointing game on phantoms ----------------------------------------------------------------------------------
+
+
+def phantom_boxes(labels_csv: str | Path) -> dict[tuple[str, str], list[tuple[int, int, int, int]]]:
+    """``{(image as in labels.csv, finding): [(x_min, y_min, x_max, y_max), ...]}`` from the ``boxes.csv`` beside
+    a phantom set's ``labels.csv``."""
+    boxes_csv = Path(labels_csv).parent / "boxes.csv"
+    if not boxes_csv.is_file():
+        raise DataError(f"{boxes_csv}: no boxes.csv beside {labels_csv} (the pointing game needs phantom boxes)")
+    out: dict[tuple[str, str], list[tuple[int, int, int, int]]] = defaultdict(list)
+    for row in pd.read_csv(boxes_csv).itertuples(index=False):
+        out[(row.image, row.finding)].append((int(row.x_min), int(row.y_min), int(row.x_max), int(row.y_max)))
+    return dict(out)
+
+
+def box_fraction(boxes, height: int, width: int) -> float:
+    """The share of an ``height x width`` image inside the union of ``boxes`` (max exclusive)."""
+    mask = np.zeros((height, width), bool)
+    for x0, y0, x1, y1 in boxes:
+        mask[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = True
+    return float(mask.mean())
+
+
+def phantom_pointing_game(run_dir: str | Path, split: str = "test", method: str = "gradcam", model=None,
+                          batch_size: int = 8, limit: int | None = None) -> dict:
+    """The pointing game of a phantom-trained run on ``split`` (see the module docstring).
+
+    Returns ``{"method", "split", "n", "hit_rate", "chance", "per_class": {class: {"n", "hits", "hit_rate",
+    "chance"}}, "images", "no_box", "no_signal", "pairs": [(image, class, hit, chance), ...]}``. ``n`` counts (image,
+    finding) pairs with at least one box; a map without any positive value (``no_signal``) counts as a miss.
+    ``limit``: at most this many images (the first of the split). ``model``: an already loaded classifier.
+    """
+    from spft.data.registry import load_table
+    from spft.experiments.rundir import load_run_config
+    from spft.models.heatmaps import pointing_game
+    from spft.tasks.classification.predict import load
+
+    cfg = load_run_config(run_dir)
+    if cfg.data.name != "phantom" or getattr(cfg.data.phantom, "kind", "cxr") != "cxr":
+        raise ConfigError(f"{run_dir}: the pointing game needs a run trained on CXR phantoms (data.name: phantom)")
+    model = model or load(run_dir)
+    check_request(model, None, method)
+    table = load_table(cfg.data, cfg.seed)
+    root = Path(table.source).parent
+    boxes = phantom_boxes(table.source)
+    jobs, keys, no_box = [], [], 0
+    for path, s, labels in zip(table.paths, table.splits, table.labels):
+        if s != split:
+            continue
+        rel = Path(path).relative_to(root).as_posix()
+        present = [c for c, y in zip(table.classes, labels) if y == 1 and c in model.classes]
+        with_box = [c for c in present if boxes.get((rel, c))]
+        no_box += len(present) - len(with_box)
+        if with_box:
+            jobs.append((path, [model.classes.index(c) for c in with_box]))
+            keys.append((rel, with_box))
+        if limit is not None and len(jobs) >= limit:
+            break
+    if not jobs:
+        raise DataError(f"{run_dir}: no {split} image with a boxed finding")
+    pairs = []
+    no_signal = 0
+    for k, picture, maps in iter_maps(model, jobs, method, batch_size):
+        rel, names = keys[k]
+        for c in names:
+            heat = maps[None] if method == "rollout" else maps[model.classes.index(c)]
+            bxs = boxes[(rel, c)]
+            hit = pointing_game([heat], [bxs])[0]
+            no_signal += hit is None
+            pairs.append((rel, c, bool(hit), box_fraction(bxs, picture.height, picture.width)))
+    per_class = {}
+    for c in model.classes:
+        mine = [p for p in pairs if p[1] == c]
+        if mine:
+            hits = sum(p[2] for p in mine)
+            per_class[c] = {"n": len(mine), "hits": hits, "hit_rate": hits / len(mine),
+                            "chance": float(np.mean([p[3] for p in mine]))}
+    return {"method": method, "split": split, "images": len(jobs), "n": len(pairs),
+            "hit_rate": sum(p[2] for p in pairs) / len(pairs), "chance": float(np.mean([p[3] for p in pairs])),
+            "per_class": per_class, "no_box": no_box, "no_signal": no_signal, "pairs": pairs}
+
+
+def format_pointing_game(result: dict) -> str:
+    """The result of :func:`phantom_pointing_game` as a Markdown table."""
+    lines = ["| class | n | hit rate | chance |", "|---|---:|---:|---:|"]
+    for c, r in result["per_class"].items():
+        lines.append(f"| {c} | {r['n']} | {r['hit_rate']:.2f} | {r['chance']:.2f} |")
+    lines.append(f"| **all** | {result['n']} | {result['hit_rate']:.2f} | {result['chance']:.2f} |")
+    return "\n".join(lines)
+
+
+# --- the demo's last step --------------------------------------------------------------------------------------
+
+
+def demo_predictions(run_dir: str | Path, n: int = 4) -> tuple[Path, Path, int]:
+    """Predict ``n`` test images of a finished demo run (those with findings first) and write their heatmaps:
+    ``RUN/demo_predictions/predictions.csv`` and ``RUN/demo_predictions/heatmaps/``. Returns (table file, heatmap
+    folder, number of maps)."""
+    from spft.data.registry import load_table
+    from spft.experiments.rundir import load_run_config
+    from spft.tasks.classification.predict import predict
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    table = load_table(cfg.data, cfg.seed)
+    test = [(p, y) for p, s, y in zip(table.paths, table.splits, table.labels) if s == "test"]
+    test.sort(key=lambda t: -int(np.nansum(t[1]) > 0))  # stable: images with findings first, in table order
+    paths = [p for p, _ in test[:n]]
+    if not paths:
+        raise DataError(f"{run_dir}: no test images to predict")
+    folder = run_dir / "demo_predictions"
+    result = predict(run_dir, paths, device="cpu", workers=1, heatmaps=folder / "heatmaps")
+    table_file, _ = result.write(folder / "predictions.csv")
+    return table_file, folder / "heatmaps", len(result.heatmap_table)
