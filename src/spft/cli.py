@@ -166,6 +166,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import inspect
+
     from spft.tasks.registry import predict_api, task_of_model
 
     source = Path(args.source).expanduser()
@@ -174,11 +176,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser() if args.out else Path(f"predictions_{name}.csv")
     if out.resolve() in {(source / f).resolve() for f in ("predictions_test.csv", "metrics.json", "config.yaml")}:
         raise ConfigError(f"--out {out}: that is one of the run's own records; choose another file")
+    extra: dict = {}
+    if args.prompts is not None:
+        extra["prompts"] = args.prompts
+    unsupported = [k for k in extra if k not in inspect.signature(api.predict).parameters]
+    if unsupported:
+        raise ConfigError(f"--{unsupported[0].replace('_', '-')} is not an option of this run's task "
+                          f"({task_of_model(source)})")
     result = api.predict(source, args.inputs, batch_size=args.batch_size, device=args.device,
                          checkpoint=args.checkpoint, image_column=args.image_column, root=args.root,
-                         workers=args.workers, progress=True)
+                         workers=args.workers, progress=True, **extra)
     table_file, failed_file = result.write(out)
-    log.info("%d image(s) predicted -> %s", len(result.table), table_file)
+    log.info("%d image(s) predicted -> %s", getattr(result, "n_images", len(result.table)), table_file)
     if result.failures:
         print(f"\n{len(result.failures)} input(s) could not be predicted (listed in {failed_file}):", file=sys.stderr)
         for f in result.failures[:50]:
@@ -296,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "data.image_column, else path / image / Image Index)")
     p.add_argument("--root", default=None, help="CSV inputs: relative paths start here (default: the CSV's folder)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))")
+    p.add_argument("--prompts", metavar="CSV_OR_RUN", help="segmentation (required): box prompts, a CSV (id, "
+                                                          "structure, x1, y1, x2, y2) or a detection run / its "
+                                                          "predictions CSV")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="a run as a self-contained model folder (safetensors + configs + model card)")
