@@ -11,7 +11,7 @@
     spft ablate CONFIG [KEY=VALUE ...] [--study ladder|depth|probe|FILE] [--seeds ...] [--out DIR]
     spft report SWEEP_DIR [--out DIR] [--bootstrap 1000]             tables, figures, report.html
     spft cache list | clean [--max-gb N] [--all]                     the stage-1 feature cache on disk
-    spft predict RUN_OR_EXPORT INPUTS... [--out FILE]   images/folders/globs/CSV -> table; last line = the file
+    spft predict RUN_OR_EXPORT INPUTS... [--out FILE] [--heatmaps DIR]   images/folders/globs/CSV -> table (+ maps)
     spft export RUN --out DIR [--format safetensors|onnx|torchscript]  a self-contained model folder
 """
 
@@ -107,7 +107,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir = train(cfg)
     _print_result(run_dir)
     chart = auc_bar_chart(run_dir / "metrics.json", run_dir / "auc_per_class.png", title="SPFT demo: per-class AUC")
+    from spft.tasks.classification.explain import demo_predictions
+
+    table_file, heatmap_dir, n_maps = demo_predictions(run_dir)
     print(f"\nfinished in {time.time() - start:.0f} s; per-class AUC chart: {chart}")
+    print(f"predictions of 4 test images: {table_file}; {n_maps} heatmap(s): {heatmap_dir}")
     print(run_dir)
     return 0
 
@@ -176,7 +180,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser() if args.out else Path(f"predictions_{name}.csv")
     if out.resolve() in {(source / f).resolve() for f in ("predictions_test.csv", "metrics.json", "config.yaml")}:
         raise ConfigError(f"--out {out}: that is one of the run's own records; choose another file")
-    extra: dict = {}
+    if args.heatmap_classes and not args.heatmaps:
+        raise ConfigError("--heatmap-classes needs --heatmaps DIR")
+    extra = {} if not args.heatmaps else {"heatmaps": Path(args.heatmaps).expanduser(), "heatmap_method":
+                                          args.heatmap_method, "heatmap_classes": args.heatmap_classes}
     if args.prompts is not None:
         extra["prompts"] = args.prompts
     unsupported = [k for k in extra if k not in inspect.signature(api.predict).parameters]
@@ -188,6 +195,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          workers=args.workers, progress=True, **extra)
     table_file, failed_file = result.write(out)
     log.info("%d image(s) predicted -> %s", getattr(result, "n_images", len(result.table)), table_file)
+    if getattr(result, "heatmaps", None):
+        log.info("%d heatmap(s) -> %s (listed in %s)", len(result.heatmap_table), result.heatmaps.parent,
+                 result.heatmaps.name)
     if result.failures:
         print(f"\n{len(result.failures)} input(s) could not be predicted (listed in {failed_file}):", file=sys.stderr)
         for f in result.failures[:50]:
@@ -308,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", metavar="CSV_OR_RUN", help="segmentation (required): box prompts, a CSV (id, "
                                                           "structure, x1, y1, x2, y2) or a detection run / its "
                                                           "predictions CSV")
+    p.add_argument("--heatmaps", metavar="DIR", help="also write heatmaps: DIR/<image>__<class>.npy (float32, image "
+                                                     "size) + .png overlay, listed in DIR/heatmaps.csv")
+    p.add_argument("--heatmap-classes", metavar="A,B", help="classes to map (default: those predicted positive at "
+                                                            "the run's thresholds; 'all': every class)")
+    p.add_argument("--heatmap-method", default="gradcam", choices=["gradcam", "rollout"],
+                   help="gradcam (per class; ViT patch tokens or CNN last stage) or rollout (attention rollout, ViT, "
+                        "one class-agnostic map per image)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="a run as a self-contained model folder (safetensors + configs + model card)")
