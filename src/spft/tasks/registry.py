@@ -40,6 +40,14 @@ def get_task(task: str):
     return entry
 
 
+def task_api(task: str) -> SimpleNamespace:
+    """The older four-call view of ``task`` (``train``, ``resume``, ``evaluate_run``, ``format_table``), kept for
+    callers of that interface; new code asks :func:`get_task`."""
+    t = get_task(task)
+    ev = t.module(t.evaluate_module)
+    return SimpleNamespace(train=t.train, resume=t.resume, evaluate_run=ev.evaluate_run, format_table=ev.format_table)
+
+
 def predict_api(task: str) -> SimpleNamespace:
     """``load``, ``predict`` and ``export`` of ``task`` (``spft predict``, ``spft export``, ``spft.load``): the
     Task's predict slot (:meth:`spft.tasks.base.Task.predict_api`; one line when the task has none yet)."""
