@@ -336,7 +336,6 @@ NOT_APPLICABLE: dict[str, dict[str, str]] = {
         "data.image_cache_format": "`spft prepare cache` images feed classification runs only",
         "data.check_images": _IMAGE_CHECK,
         "data.on_bad_image": _IMAGE_CHECK,
-        "data.max_image_pixels": "the pixel limit is applied by classification runs only",
         "data.allow_outside_root": "a rule of the csv classification dataset",
     },
 }
