@@ -313,7 +313,7 @@ NOT_APPLICABLE: dict[str, dict[str, str]] = {
         "data.min_rca": _CHEXMASK,
         "data.check_images": _IMAGE_CHECK,
         "data.on_bad_image": _IMAGE_CHECK,
-        "data.max_image_pixels": "the pixel limit is applied by classification runs only",
+        "data.max_image_pixels": "Ultralytics reads the images itself; the pixel limit is not applied",
         "data.allow_outside_root": "a rule of the csv classification dataset",
     },
     "segmentation": {
