@@ -18,7 +18,9 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "auto"):
     """The model of ``source`` on ``device`` (``auto``: CUDA when available, else CPU).
 
     ``checkpoint``: ``best`` (default) or ``last`` for a run directory; the weights are the EMA copy when the run
-    used EMA. For classification the result is a :class:`spft.tasks.classification.predict.Classifier`.
+    used EMA. For classification the result is a :class:`spft.tasks.classification.predict.Classifier`; for
+    detection a :class:`spft.tasks.detection.predict.Detector` (``predict(paths)``: one row per box); for segmentation
+    a :class:`spft.tasks.segmentation.predict.Segmenter` (``predict(paths, prompts=BOXES_CSV_OR_TABLE)``: RLE masks).
     """
     from spft.tasks.registry import predict_api, task_of_model
 
