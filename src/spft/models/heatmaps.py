@@ -5,11 +5,14 @@ Every map is a float32 array ``[B, H, W]`` (``H, W``: ``size``, default the inpu
 evidence, bilinearly upsampled from the encoder's token / feature grid. Raw scale (not normalised per image), so
 maps of one image for different classes are comparable; :func:`overlay` normalises for display.
 
-* :func:`vit_gradcam` (Dinov2, ViT): the last block's patch tokens ``A`` [N, D] (CLS and register tokens,
-  :func:`~spft.models.encoders.n_prefix_tokens`, excluded) and the gradient ``G`` of the class logit w.r.t. them;
-  channel weights ``w = mean over tokens of G``, map ``ReLU(A @ w)`` on the patch grid. With ``model.pooling: cls``
-  the last block's *output* patch tokens do not reach the logit (the head reads the CLS token alone), so its
-  *input* tokens are used instead.
+* :func:`vit_gradcam` (Dinov2, ViT): the patch tokens ``A`` [N, D] entering the last block (CLS and register
+  tokens, :func:`~spft.models.encoders.n_prefix_tokens`, excluded) and the gradient ``G`` of the class logit w.r.t.
+  them; channel weights ``w = mean over tokens of G``, map ``ReLU(A @ w)`` on the patch grid. The block's *input*,
+  as pytorch-grad-cam's ViT recipe does (its ``norm1``), not its output: with ``pooling: cls`` the output patch
+  tokens do not reach the logit at all, and with ``pooling: mean`` they reach it only through the final LayerNorm
+  and the mean, so ``G`` is nearly the same for every token and the map has no spatial selectivity — measured on
+  the phantom pointing game (``benchmarks/pointing_game.py``, 8-epoch demo config): 0.10 hit rate from the output
+  tokens (chance 0.10), 0.54 from the input tokens.
 * :func:`cnn_gradcam` (ResNet, ConvNeXt ...): the same on the last stage's 4-D feature map ``[C, h, w]``.
 * :func:`attention_rollout` (Abnar & Zuidema 2020): per layer the head-averaged attention plus the identity (the
   residual), rows renormalised, multiplied from the first layer to the last; the map is the row of the pooled
@@ -133,9 +136,8 @@ def _tokens_to_grid(tokens: torch.Tensor, model, pixel_values: torch.Tensor) -> 
 
 
 def vit_gradcam(model, pixel_values: torch.Tensor, class_index, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Grad-CAM on the last block's patch tokens of a ViT encoder (see the module docstring): ``[B, H, W]``."""
-    use_input = getattr(model, "pooling", "mean") == "cls"
-    hidden, grad = _grad_of_logit(model, pixel_values, class_index, use_input)
+    """Grad-CAM on the patch tokens entering a ViT encoder's last block (module docstring): ``[B, H, W]``."""
+    hidden, grad = _grad_of_logit(model, pixel_values, class_index, use_input=True)  # see the module docstring
     if hidden.ndim != 3:
         raise ConfigError("vit_gradcam needs a ViT encoder (3-D hidden states); use cnn_gradcam for a CNN")
     prefix = n_prefix_tokens(model.encoder)

@@ -6,7 +6,7 @@ positive at the run's thresholds), the map on the image's own pixels as ``DIR/<n
 ``DIR/heatmaps.csv`` (``id, class, prob, npy, png``; file names relative to ``DIR``). ``<name>`` is the image's
 stem, sanitised to ``[A-Za-z0-9._-]``; images whose stems collide (same name in different folders, or ``a.png`` and
 ``a.jpg``) are named by their path below the folder they share, and anything still equal (the same file given twice)
-gets ``_2``, ``_3`` ... Methods (:mod:`spft.models.heatmaps`): ``gradcam`` (ViT: the last block's patch tokens;
+gets ``_2``, ``_3`` ... Methods (:mod:`spft.models.heatmaps`): ``gradcam`` (ViT: the tokens entering the last block;
 CNN: the last stage) per class, or ``rollout`` (attention rollout, ViT only, class-agnostic: one map per image,
 class ``rollout``, whatever the classes).
 
