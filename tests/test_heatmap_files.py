@@ -29,12 +29,11 @@ from spft.errors import ConfigError
 from spft.models.heatmaps import pointing_game
 from spft.tasks.classification.explain import (
     box_fraction,
-    demo_predictions,
     phantom_pointing_game,
     safe_name,
     unique_names,
 )
-from spft.tasks.classification.predict import predict
+from spft.tasks.classification.predict import demo_predictions, predict
 
 
 def _train(run_dir: Path, overrides: list[str]) -> Path:

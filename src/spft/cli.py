@@ -107,7 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir = train(cfg)
     _print_result(run_dir)
     chart = auc_bar_chart(run_dir / "metrics.json", run_dir / "auc_per_class.png", title="SPFT demo: per-class AUC")
-    from spft.tasks.classification.explain import demo_predictions
+    from spft.tasks.classification.predict import demo_predictions
 
     table_file, heatmap_dir, n_maps = demo_predictions(run_dir)
     print(f"\nfinished in {time.time() - start:.0f} s; per-class AUC chart: {chart}")

@@ -319,3 +319,35 @@ def load_array_row(array: str | os.PathLike, row: int, color: str = "grey") -> I
     if (image.mode == "L") == (color == "grey"):
         return image
     return image.convert("L" if color == "grey" else "RGB")
+
+
+def array_to_image(array, color: str):
+    """A numpy array (HxW, HxWx1, HxWx3, HxWx4; uint8, uint16 or float) or PIL image as the PIL image spft's loader
+    would hand over for a file holding the same pixels: uint16 is scaled 0..65535 -> 0..255 as a 16-bit PNG is,
+    float is taken as 0..1 when its maximum is <= 1 (else 0..255), alpha is dropped (as for RGBA files)."""
+    from PIL import Image
+
+    if isinstance(array, Image.Image):
+        array.load()
+        return _to_mode(array, color)
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
+        raise DataError(f"array of shape {arr.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
+    if arr.dtype == np.uint16:
+        arr = _SIXTEEN_TO_EIGHT[arr] if arr.ndim == 3 else arr
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise DataError("array holds NaN or infinite values")
+        scale = 255.0 if float(arr.max()) <= 1.0 else 1.0
+        arr = np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 65535:
+            raise DataError(f"array of dtype {arr.dtype} with values outside 0..65535: give uint8, uint16 or float")
+        arr = arr.astype(np.uint16 if arr.max() > 255 else np.uint8)
+        arr = _SIXTEEN_TO_EIGHT[arr] if arr.dtype == np.uint16 and arr.ndim == 3 else arr
+    image = Image.fromarray(np.ascontiguousarray(arr))  # uint16 HxW -> mode I;16, scaled by _to_mode as files are
+    return _to_mode(image, color)

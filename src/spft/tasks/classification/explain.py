@@ -106,8 +106,7 @@ def check_request(model, classes, method: str) -> list[str] | None:
 
 
 def _picture(model, item):
-    from spft.data.io import load_image
-    from spft.tasks.classification.predict import array_to_image
+    from spft.data.io import array_to_image, load_image
 
     if isinstance(item, InputImage):
         return load_image(item.path, color=model.color)
@@ -266,10 +265,10 @@ def phantom_pointing_game(run_dir: str | Path, split: str = "test", method: str 
     finding) pairs with at least one box; a map without any positive value (``no_signal``) counts as a miss.
     ``limit``: at most this many images (the first of the split). ``model``: an already loaded classifier.
     """
+    from spft.api import load  # through the task registry: no import cycle with predict
     from spft.data.registry import load_table
     from spft.experiments.rundir import load_run_config
     from spft.models.heatmaps import pointing_game
-    from spft.tasks.classification.predict import load
 
     cfg = load_run_config(run_dir)
     if cfg.data.name != "phantom" or getattr(cfg.data.phantom, "kind", "cxr") != "cxr":
@@ -323,28 +322,3 @@ def format_pointing_game(result: dict) -> str:
         lines.append(f"| {c} | {r['n']} | {r['hit_rate']:.2f} | {r['chance']:.2f} |")
     lines.append(f"| **all** | {result['n']} | {result['hit_rate']:.2f} | {result['chance']:.2f} |")
     return "\n".join(lines)
-
-
-# --- the demo's last step --------------------------------------------------------------------------------------
-
-
-def demo_predictions(run_dir: str | Path, n: int = 4) -> tuple[Path, Path, int]:
-    """Predict ``n`` test images of a finished demo run (those with findings first) and write their heatmaps:
-    ``RUN/demo_predictions/predictions.csv`` and ``RUN/demo_predictions/heatmaps/``. Returns (table file, heatmap
-    folder, number of maps)."""
-    from spft.data.registry import load_table
-    from spft.experiments.rundir import load_run_config
-    from spft.tasks.classification.predict import predict
-
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    table = load_table(cfg.data, cfg.seed)
-    test = [(p, y) for p, s, y in zip(table.paths, table.splits, table.labels) if s == "test"]
-    test.sort(key=lambda t: -int(np.nansum(t[1]) > 0))  # stable: images with findings first, in table order
-    paths = [p for p, _ in test[:n]]
-    if not paths:
-        raise DataError(f"{run_dir}: no test images to predict")
-    folder = run_dir / "demo_predictions"
-    result = predict(run_dir, paths, device="cpu", workers=1, heatmaps=folder / "heatmaps")
-    table_file, _ = result.write(folder / "predictions.csv")
-    return table_file, folder / "heatmaps", len(result.heatmap_table)

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +26,10 @@ import pandas as pd
 import torch
 
 from spft.data.inputs import Failure, InputImage, collect_inputs
+from spft.data.io import array_to_image
 from spft.errors import ConfigError, DataError, SpftError
 from spft.tasks.classification.source import LoadedClassifier, load_source
-from spft.tasks.prediction import Predictions
+from spft.tasks.prediction import Predictions, decode_ahead, error_text
 
 log = logging.getLogger(__name__)
 
@@ -50,40 +49,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2)))
-
-
-def array_to_image(array, color: str):
-    """A numpy array (HxW, HxWx1, HxWx3, HxWx4; uint8, uint16 or float) or PIL image as the PIL image spft's loader
-    would hand over for a file holding the same pixels: uint16 is scaled 0..65535 -> 0..255 as a 16-bit PNG is,
-    float is taken as 0..1 when its maximum is <= 1 (else 0..255), alpha is dropped (as for RGBA files)."""
-    from PIL import Image
-
-    from spft.data.io import _SIXTEEN_TO_EIGHT, _to_mode
-
-    if isinstance(array, Image.Image):
-        array.load()
-        return _to_mode(array, color)
-    arr = np.asarray(array)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
-        raise DataError(f"array of shape {arr.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
-    if arr.dtype == np.uint16:
-        arr = _SIXTEEN_TO_EIGHT[arr] if arr.ndim == 3 else arr
-    elif arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise DataError("array holds NaN or infinite values")
-        scale = 255.0 if float(arr.max()) <= 1.0 else 1.0
-        arr = np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-    elif arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 65535:
-            raise DataError(f"array of dtype {arr.dtype} with values outside 0..65535: give uint8, uint16 or float")
-        arr = arr.astype(np.uint16 if arr.max() > 255 else np.uint8)
-        arr = _SIXTEEN_TO_EIGHT[arr] if arr.dtype == np.uint16 and arr.ndim == 3 else arr
-    image = Image.fromarray(np.ascontiguousarray(arr))  # uint16 HxW -> mode I;16, scaled by _to_mode as files are
-    return _to_mode(image, color)
 
 
 class Classifier:
@@ -158,25 +123,9 @@ class Classifier:
             try:
                 return self._pixels_of(item)
             except (SpftError, OSError, ValueError) as exc:  # unreadable file, bad array: reported, not raised
-                return f"{type(exc).__name__}: {exc}" if not isinstance(exc, SpftError) else str(exc)
+                return error_text(exc)
 
-        if workers <= 1:
-            for i, item in enumerate(items):
-                yield i, work(item)
-            return
-        with ThreadPoolExecutor(workers, thread_name_prefix="spft-decode") as pool:
-            pending: deque = deque()
-            it = iter(enumerate(items))
-            for i, item in it:
-                pending.append((i, pool.submit(work, item)))
-                if len(pending) >= lookahead:
-                    break
-            while pending:
-                i, fut = pending.popleft()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append((nxt[0], pool.submit(work, nxt[1])))
-                yield i, fut.result()
+        yield from decode_ahead(items, work, workers, lookahead)
 
     def run(self, items: list, ids: list[str], batch_size: int = 32, workers: int | None = None,
             progress: bool = False) -> tuple[pd.DataFrame, list[Failure]]:
@@ -388,3 +337,27 @@ def export(run_dir, out, format: str = "safetensors", checkpoint: str = "best") 
     from spft.tasks.classification.export import export_run
 
     return export_run(run_dir, out, format, checkpoint)
+
+
+# --- the demo's last step --------------------------------------------------------------------------------------
+
+
+def demo_predictions(run_dir: str | Path, n: int = 4) -> tuple[Path, Path, int]:
+    """Predict ``n`` test images of a finished demo run (those with findings first) and write their heatmaps:
+    ``RUN/demo_predictions/predictions.csv`` and ``RUN/demo_predictions/heatmaps/``. Returns (table file, heatmap
+    folder, number of maps)."""
+    from spft.data.registry import load_table
+    from spft.experiments.rundir import load_run_config
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    table = load_table(cfg.data, cfg.seed)
+    test = [(p, y) for p, s, y in zip(table.paths, table.splits, table.labels) if s == "test"]
+    test.sort(key=lambda t: -int(np.nansum(t[1]) > 0))  # stable: images with findings first, in table order
+    paths = [p for p, _ in test[:n]]
+    if not paths:
+        raise DataError(f"{run_dir}: no test images to predict")
+    folder = run_dir / "demo_predictions"
+    result = predict(run_dir, paths, device="cpu", workers=1, heatmaps=folder / "heatmaps")
+    table_file, _ = result.write(folder / "predictions.csv")
+    return table_file, folder / "heatmaps", len(result.heatmap_table)
