@@ -132,3 +132,46 @@ def test_prompts_tables():
         prompts_from_table(boxes.assign(structure=["heart", "liver"]), STRUCTURES, "boxes.csv", None)
     with pytest.raises(DataError, match="x2 < x1"):
         prompts_from_table(boxes.iloc[:1].assign(x2=0), STRUCTURES, "boxes.csv", None)
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    from spft.tasks.registry import predict_api
+
+    return predict_api("segmentation").export(run, tmp_path_factory.mktemp("seg_export") / "export")
+
+
+@pytest.mark.slow
+def test_export_loads_in_transformers_and_predicts_identically(run, evaluated, exported, tmp_path):
+    """The export folder: transformers' Sam2Model / AutoModel load the run's EMA weights exactly; `spft predict` from
+    it writes the masks predicting from the run writes; --format onnx is one line."""
+    import json
+
+    from transformers import AutoImageProcessor, AutoModel, Sam2Model
+
+    from spft.tasks.segmentation.predict import load
+
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "MODEL_CARD.md", "export.json"):
+        assert (exported / name).is_file(), name
+    block = json.loads((exported / "config.json").read_text())["spft"]
+    assert block["task"] == "segmentation" and block["structures"] == STRUCTURES and block["image_size"] == 64
+    assert type(AutoImageProcessor.from_pretrained(str(exported))).__name__.startswith("Sam2ImageProcessor")
+    ema = load(run, device="cpu").model.sam.state_dict()
+    for loader in (Sam2Model, AutoModel):
+        sd = loader.from_pretrained(str(exported)).state_dict()
+        assert sd.keys() == ema.keys()
+        assert all(torch.equal(sd[k], ema[k]) for k in ema), loader
+
+    _, _, _, prompts = evaluated
+    prompts_csv = tmp_path / "boxes.csv"
+    prompts.to_csv(prompts_csv, index=False)
+    paths = list(dict.fromkeys(prompts["id"]))
+    tables = []
+    for source in (run, exported):
+        out = tmp_path / f"{source.name}.csv"
+        run_cli("predict", str(source), *paths, "--prompts", str(prompts_csv), "--out", str(out), "--device", "cpu")
+        tables.append(pd.read_csv(out, keep_default_na=False).drop(columns="mask_file"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    refused = run_cli("export", str(run), "--out", str(tmp_path / "onnx"), "--format", "onnx", check=False)
+    assert refused.returncode == 2 and "spft has no verified ONNX export of SAM2" in refused.stderr
+    assert len([line for line in refused.stderr.splitlines() if line.strip()]) == 1

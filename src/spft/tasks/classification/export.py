@@ -24,10 +24,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from torch import nn
 
 from spft.errors import ConfigError, DependencyError
 from spft.tasks.classification.source import EXPORT_WEIGHTS, HEAD_PREFIX, LoadedClassifier, load_run
+from spft.tasks.export_folder import check_format, fresh_folder, staged_folder, write_json
 
 log = logging.getLogger(__name__)
 
@@ -123,21 +122,17 @@ def _spft_block(loaded: LoadedClassifier, formats: dict) -> dict:
     }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 def _operating_files(loaded: LoadedClassifier, run_dir: Path, folder: Path) -> None:
     for name in ("thresholds.json", "calibration.json"):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, folder / name)
     if not (folder / "thresholds.json").is_file():
-        _write_json(folder / "thresholds.json", {
+        write_json(folder / "thresholds.json", {
             "method": "default", "target": None, "split": None,
             "note": "the run had no thresholds.json: 0.5 for every class (not a chosen operating point)",
             "classes": {c: {"threshold": 0.5} for c in loaded.classes}})
     if not (folder / "calibration.json").is_file():
-        _write_json(folder / "calibration.json", {
+        write_json(folder / "calibration.json", {
             "method": "none", "temperature": 1.0, "note": "the run had no calibration.json: uncalibrated"})
 
 
@@ -192,12 +187,6 @@ def export_torchscript(loaded: LoadedClassifier, path: Path) -> dict:
             "probabilities": ("softmax" if loaded.loss == "ce" else "sigmoid") + f"(logits / {loaded.temperature:g})"}
 
 
-def _fresh_folder(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out}: exists and is not an empty folder (choose a new folder; an export is never "
-                          "written over other files)")
-
-
 def export_run(run_dir: str | Path, out: str | Path, format: str = "safetensors",  # noqa: A002
                checkpoint: str = "best") -> Path:
     """Write the export folder ``out`` for the classification run ``run_dir``; returns ``out``.
@@ -209,15 +198,12 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = "safetensors"
 
     from spft.tasks.classification.model_card import model_card
 
-    if format not in FORMATS:
-        raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    check_format(format, FORMATS, "classification")
     run_dir, out = Path(run_dir), Path(out).expanduser()
-    _fresh_folder(out)
+    fresh_folder(out)
     loaded = load_run(run_dir, checkpoint)
     loaded.model.cpu().eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         save_file(export_state_dict(loaded.model), str(tmp / EXPORT_WEIGHTS), metadata={"format": "pt"})
         formats: dict = {"safetensors": {"file": EXPORT_WEIGHTS}}
         if format == "onnx":
@@ -226,22 +212,11 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = "safetensors"
             formats["torchscript"] = export_torchscript(loaded, tmp / TORCHSCRIPT_FILE)
         config = encoder_config(loaded.model)
         config["spft"] = _spft_block(loaded, formats)
-        _write_json(tmp / "config.json", config)
-        _write_json(tmp / "preprocessor_config.json", processor_config(loaded.preprocessing))
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "preprocessor_config.json", processor_config(loaded.preprocessing))
         _operating_files(loaded, run_dir, tmp)
-        _write_json(tmp / "export.json", {"source_run": str(run_dir.resolve()), "checkpoint": checkpoint,
-                                          "formats": formats})
+        write_json(tmp / "export.json", {"source_run": str(run_dir.resolve()), "checkpoint": checkpoint,
+                                         "formats": formats})
         (tmp / "MODEL_CARD.md").write_text(model_card(run_dir, loaded, formats), encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in tmp.iterdir():  # safetensors and mkdtemp create owner-only files; an export is for sharing
-            os.chmod(f, 0o666 & ~umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s (%s) to %s", run_dir, ", ".join(formats), out)
     return out

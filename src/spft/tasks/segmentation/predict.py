@@ -199,8 +199,6 @@ class Segmenter:
     task = "segmentation"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str = "auto"):
-        from spft.data.mask_contract import MaskTable
-        from spft.data.masks import MaskDataset
         from spft.experiments.checkpoints import load_checkpoint
         from spft.experiments.rundir import load_run_config
         from spft.models.sam2 import build_sam2
@@ -208,9 +206,16 @@ class Segmenter:
         from spft.tasks.classification.source import _eval_state, checkpoint_file
 
         run_dir = Path(run_dir).expanduser()
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"{run_dir}: segmentation predicts from a run directory (export is not yet supported "
-                              "for segmentation)")
+        self.device = resolve_device(device)
+        if not (run_dir / "config.yaml").is_file():  # an spft export folder
+            from spft.tasks.segmentation.export import load_export
+
+            model, prep, block = load_export(run_dir)
+            self.cfg, self.source, self.name = None, run_dir, block.get("name") or run_dir.name
+            self.structures, self.checkpoint = list(block["structures"]), run_dir / "model.safetensors"
+            self.weights_kind = str(block.get("weights", "export"))
+            self._ready(model, prep, block["color"])
+            return
         cfg = load_run_config(run_dir)
         if cfg.task != "segmentation":
             raise ConfigError(f"{run_dir} is a {cfg.task} run, not a segmentation run")
@@ -227,10 +232,15 @@ class Segmenter:
         model, prep = build_sam2(cfg.model)  # the preprocessing the run trained and evaluated with
         weights, self.weights_kind = _eval_state(state["state_dict"])
         model.load_state_dict(weights)
-        self.device = resolve_device(device)
+        self._ready(model, prep, cfg.data.color)
+
+    def _ready(self, model, prep, color: str) -> None:
+        from spft.data.mask_contract import MaskTable
+        from spft.data.masks import MaskDataset
+
         self.model = model.to(self.device).eval()
         self.preprocessing = prep
-        self.color = cfg.data.color
+        self.color = color
         self.size = int(prep.size)
         self._inputs = MaskDataset(MaskTable(self.structures, [], [], [], [], []), "test", prep, self.color)
 
@@ -348,7 +358,8 @@ class Segmenter:
 
 
 def load(source: str | Path, checkpoint: str = "best", device: str = "auto") -> Segmenter:
-    """A segmentation run directory's SAM2 (``checkpoint``: best / last; EMA weights when the run used EMA)."""
+    """A segmentation run directory's SAM2 (``checkpoint``: best / last; EMA weights when the run used EMA), or an
+    ``spft export`` folder's."""
     return Segmenter(source, checkpoint, device)
 
 
@@ -372,4 +383,7 @@ def predict(model_source, inputs: list[str] | tuple[str, ...], batch_size: int =
 
 
 def export(run_dir, out, format: str = "safetensors", checkpoint: str = "best") -> Path:  # noqa: A002
-    raise ConfigError("spft export is not yet supported for segmentation runs (predict from the run directory)")
+    """``spft export``: :func:`spft.tasks.segmentation.export.export_run`."""
+    from spft.tasks.segmentation.export import export_run
+
+    return export_run(run_dir, out, format, checkpoint)
