@@ -295,18 +295,18 @@ def test_onnx_and_torchscript_match_pytorch(run, table, tmp_path, fmt):
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits / 1.7)), rtol=0, atol=1e-5)
 
 
-def test_export_refused_for_detection(tmp_path, capsys):
-    """Detection predicts from its run directory (tests/test_predict_detection.py); `spft export` of such a run is one
-    line, not a traceback (segmentation export: tests/test_predict_segmentation.py)."""
+def test_export_refused_for_unknown_format(tmp_path, capsys):
+    """A format a task has no exporter for is one line, not a traceback (detection / segmentation export:
+    tests/test_predict_detection.py, test_predict_segmentation.py)."""
     from spft.cli import main
 
-    run = tmp_path / "detection"
-    run.mkdir()
-    (run / "config.yaml").write_text("task: detection\n")
-    assert main(["export", str(run), "--out", str(tmp_path / "detection-out")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["spft export: error: spft export is not yet supported for detection runs (predict from the run "
-                   "directory)"]
+    for task, fmt in (("detection", "torchscript"), ("segmentation", "onnx")):
+        run = tmp_path / task
+        run.mkdir()
+        (run / "config.yaml").write_text(f"task: {task}\n")
+        assert main(["export", str(run), "--out", str(tmp_path / f"{task}-out"), "--format", fmt]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"spft export: error: --format {fmt}: not available for {task} runs")
 
 
 def test_import_spft_stays_light(run):

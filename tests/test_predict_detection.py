@@ -97,3 +97,42 @@ def test_boxes_equal_ultralytics_and_failures_listed(run, tmp_path):
     ann, row = coco["annotations"][0], table.iloc[0]
     assert categories[ann["category_id"]] == row["class"] and ann["score"] == pytest.approx(row["confidence"])
     assert ann["bbox"] == pytest.approx([row["x1"], row["y1"], row["x2"] - row["x1"], row["y2"] - row["y1"]])
+
+
+PARITY = """
+import json, sys
+import numpy as np, onnxruntime as ort, torch
+from safetensors.torch import load_file
+from ultralytics import YOLO
+net = YOLO(sys.argv[1]).model.float().eval()
+folder = sys.argv[2]
+weights = load_file(folder + "/model.safetensors")
+sd = net.state_dict()
+assert weights.keys() == sd.keys() and all(torch.equal(weights[k], sd[k].float()) for k in sd)
+x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    out = net(x)
+ref = (out[0] if isinstance(out, (list, tuple)) else out).numpy()
+sess = ort.InferenceSession(folder + "/model.onnx", providers=["CPUExecutionProvider"])
+got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+print(json.dumps({"shape": list(got.shape), "ref_shape": list(ref.shape), "diff": float(np.abs(got - ref).max()),
+                  "scale": float(np.abs(ref).max())}))
+"""
+
+
+def test_export_safetensors_and_onnx_parity(run, tmp_path):
+    """`spft export --format onnx`: the safetensors weights equal best.pt's model state_dict; the ONNX model (dynamic
+    batch: 3 images) gives Ultralytics' raw head output (before NMS) within 1e-4 of PyTorch on CPU."""
+    folder = tmp_path / "export"
+    run_cli("export", str(run), "--out", str(folder), "--format", "onnx", env={"YOLO_OFFLINE": "1"})
+    config = json.loads((folder / "config.json").read_text())["spft"]
+    assert config["task"] == "detection" and config["export"]["onnx"]["opset"] == 17 and config["imgsz"] == 64
+    assert (folder / "MODEL_CARD.md").is_file() and not list((run / "checkpoints").glob("*.onnx"))
+    proc = subprocess.run([sys.executable, "-c", PARITY, str(run / "checkpoints" / "best.pt"), str(folder)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["shape"] == result["ref_shape"] and result["shape"][0] == 3
+    assert result["diff"] <= 1e-4 * max(1.0, result["scale"]), result
+    refused = run_cli("export", str(run), "--out", str(tmp_path / "ts"), "--format", "torchscript", check=False)
+    assert refused.returncode == 2 and len([s for s in refused.stderr.splitlines() if s.strip()]) == 1

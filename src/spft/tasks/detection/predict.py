@@ -114,8 +114,8 @@ class Detector:
 
         run_dir = Path(run_dir).expanduser()
         if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"{run_dir}: detection predicts from a run directory (export is not yet supported for "
-                              "detection)")
+            raise ConfigError(f"{run_dir}: detection predicts from a run directory (an export folder's model.onnx / "
+                              "model.safetensors are for Ultralytics or onnxruntime)")
         if checkpoint not in ("best", "last"):
             raise ConfigError(f"--checkpoint: expected best or last, got {checkpoint!r}")
         cfg = load_run_config(run_dir)
@@ -264,4 +264,7 @@ def predict(model_source, inputs: list[str] | tuple[str, ...], batch_size: int =
 
 
 def export(run_dir, out, format: str = "safetensors", checkpoint: str = "best") -> Path:  # noqa: A002
-    raise ConfigError("spft export is not yet supported for detection runs (predict from the run directory)")
+    """``spft export``: :func:`spft.tasks.detection.export.export_run`."""
+    from spft.tasks.detection.export import export_run
+
+    return export_run(run_dir, out, format, checkpoint)
