@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU throughput of spft at RAD-DINO size (ViT-B/14, 518 px, random weights): bf16 stage-2 step eager and compiled,
-# then stage 1 alone. Run from anywhere on a machine with one CUDA GPU; installs nothing, needs no network.
+# then stage 1 alone, then prediction (bf16 eager and compiled, and the ONNX export in onnxruntime). Run from anywhere on a machine with one CUDA GPU; installs nothing, needs no network.
 #
-#   benchmarks/gpu.sh [all|eager|compile|stage1]      (default: all; each run is capped at 280 s)
+#   benchmarks/gpu.sh [all|eager|compile|stage1|predict]   (default: all; each run is capped at 280 s)
 #
 # Python: $PYTHON, else .venv/bin/python, else python3; src/ goes on PYTHONPATH so an uninstalled checkout works.
 # Everything goes to stdout; the exit status is 1 when any run failed or timed out (the others still run).
@@ -10,7 +10,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 what="${1:-all}"
-case "$what" in all|eager|compile|stage1) ;; *) echo "usage: $0 [all|eager|compile|stage1]" >&2; exit 2 ;; esac
+case "$what" in all|eager|compile|stage1|predict) ;; *) echo "usage: $0 [all|eager|compile|stage1|predict]" >&2; exit 2 ;; esac
 
 if [[ -n "${PYTHON:-}" ]]; then
     py="$PYTHON"
@@ -30,8 +30,9 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.
 failed=0
 run() {
     echo "== $*"
-    local rc=0
-    timeout 280 "$py" benchmarks/bench.py "$@" || rc=$?
+    local rc=0 script=benchmarks/bench.py
+    if [[ "$1" == predict ]]; then script=benchmarks/predict_bench.py; shift; fi
+    timeout 280 "$py" "$script" "$@" || rc=$?
     if [[ $rc -ne 0 ]]; then
         [[ $rc -eq 124 ]] && echo "== timed out after 280 s" || echo "== exit status $rc"
         failed=1
@@ -47,5 +48,8 @@ if [[ "$what" == all || "$what" == compile ]]; then
 fi
 if [[ "$what" == all || "$what" == stage1 ]]; then
     run "${common[@]}" --batch 64 --stage1-only --stage1-images 3000 --pipeline full --pipeline-workers 8,15
+fi
+if [[ "$what" == all || "$what" == predict ]]; then
+    run predict --size raddino --device cuda --images 1024 --batch 64 --repeats 2 --compile --onnx
 fi
 exit "$failed"

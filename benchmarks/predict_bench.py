@@ -106,6 +106,9 @@ def main() -> None:
     parser.add_argument("--image-side", type=int, default=512, help="side of the grey PNGs decoded (512)")
     parser.add_argument("--workers", type=int, default=None, help="decode threads (default: spft's)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time the plain loop on torch.compile(model)")
+    parser.add_argument("--onnx", action="store_true", help="also time the spft export's model.onnx in onnxruntime "
+                        "(CUDA provider on a GPU when onnxruntime-gpu is installed, else CPU)")
     args = parser.parse_args()
 
     import spft
@@ -152,8 +155,49 @@ def main() -> None:
               f"{n / t_ours:8.1f} img/s   spft/plain time {t_ours / t_plain:.3f}")
         print(f"  decode pipeline alone:       {n / t_decode:8.1f} img/s (load_image + ImageTransform, threads)")
         print(f"  end to end m.predict(paths): {n / t_e2e:8.1f} img/s")
+        extra = ""
+        if args.compile:
+            compiled = torch.compile(model)
+
+            def plain_compiled():
+                with torch.inference_mode(), autocast:
+                    for i in range(0, len(pixels), args.batch):
+                        torch.sigmoid(compiled(pixels[i:i + args.batch].to(device)).float()).cpu()
+
+            t_c = timed({"compiled": plain_compiled}, device, args.repeats)["compiled"]
+            print(f"  plain loop, torch.compile:   {n / t_c:8.1f} img/s (compiled/eager time {t_c / t_plain:.3f})")
+            extra += f" compiled_img_s={n / t_c:.1f}"
+        if args.onnx:
+            extra += onnx_timing(m, pixels, args, tmp, n, t_plain)
         print(f"BENCH predict_model_ratio={t_ours / t_plain:.3f} predict_img_s={n / t_e2e:.1f} "
-              f"decode_img_s={n / t_decode:.1f} plain_img_s={n / t_plain:.1f}")
+              f"decode_img_s={n / t_decode:.1f} plain_img_s={n / t_plain:.1f}{extra}")
+
+
+def onnx_timing(m, pixels: torch.Tensor, args, tmp: Path, n: int, t_plain: float) -> str:
+    """Export the loaded model with spft's ONNX exporter and time onnxruntime on the same tensors (fp32)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("  onnx: skipped (onnxruntime is not installed: pip install 'spft[export]')")
+        return ""
+    from spft.tasks.classification.export import export_onnx
+
+    record = export_onnx(m.loaded, tmp / "model.onnx")
+    wanted = "CUDAExecutionProvider" if m.device.type == "cuda" else "CPUExecutionProvider"
+    if wanted not in ort.get_available_providers():
+        print(f"  onnx: {wanted} not available in this onnxruntime ({ort.get_available_providers()}); using CPU")
+        wanted = "CPUExecutionProvider"
+    session = ort.InferenceSession(str(tmp / "model.onnx"), providers=[wanted])
+    batches = [pixels[i:i + args.batch].numpy() for i in range(0, len(pixels), args.batch)]
+
+    def run_onnx():
+        for b in batches:
+            session.run(["probabilities"], {"pixel_values": b})
+
+    t_o = timed({"onnx": run_onnx}, torch.device("cpu"), args.repeats)["onnx"]
+    print(f"  onnxruntime ({wanted}, {record['exporter']}, opset {record['opset']}): {n / t_o:8.1f} img/s "
+          f"(onnx/plain time {t_o / t_plain:.3f})")
+    return f" onnx_img_s={n / t_o:.1f}"
 
 
 if __name__ == "__main__":

@@ -208,7 +208,8 @@ class RecipeModule(L.LightningModule):
     def on_fit_start(self) -> None:
         # DDP registers for gradient all-reduce only the parameters that train when it wraps the model (before
         # this hook); blocks opened later would silently diverge across ranks (Lightning #20340,
-        # docs/decisions.md rule 3). Remember the registered set; on_after_backward averages the others' gradients itself.
+        # docs/decisions.md rule 3). Remember the registered set; on_after_backward averages the others' gradients
+        # itself.
         self._ddp_registered = {id(p) for p in self.parameters() if p.requires_grad}
 
     def on_after_backward(self) -> None:
