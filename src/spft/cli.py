@@ -44,9 +44,9 @@ def _setup_logging(verbose: bool) -> None:
 
 def find_demo_config() -> Path:
     """``configs/phantom_cxr.yaml`` as shipped inside the package (works from a checkout and an installed wheel)."""
-    from spft.config.loader import resolve_config_path
+    from spft.config.loader import bundled_configs
 
-    return resolve_config_path("phantom_cxr.yaml")
+    return bundled_configs() / "phantom_cxr.yaml"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
