@@ -53,7 +53,8 @@ class Task:
     checkpoint_names: tuple[str, str] = ("best.ckpt", "last.ckpt")  # (best, last) under checkpoints/
     primary_metric: str = ""  # metrics.json key that ranks runs (sweep summaries, logs)
     primary_label: str = ""  # how that metric is named in printed tables
-    predict_module: str | None = None  # module with load / predict / export; None: not yet supported
+    predict_module: str | None = None  # module with load / predict; None: not yet supported
+    export_module: str | None = None  # module with export_run(run_dir, out, format, checkpoint); None: not yet
     extra: str | None = None  # the pip extra the task's engine needs (named in the error when it is missing)
     train_module: str = ""  # module with train(cfg) and resume(run_dir), imported on first use
     evaluate_module: str = ""  # module with evaluate_run(...), format_table(ev) and (optional) prediction_rows(ev)
@@ -126,7 +127,12 @@ class Task:
         from types import SimpleNamespace
 
         mod = self.module(self.predict_module)
-        return SimpleNamespace(load=mod.load, predict=mod.predict, export=mod.export)
+        return SimpleNamespace(load=mod.load, predict=mod.predict, export=self._export)
+
+    def _export(self, run_dir, out, format: str = "safetensors", checkpoint: str = "best"):  # noqa: A002
+        if self.export_module is None:
+            raise ConfigError(f"spft export is not yet supported for {self.name} runs")
+        return self.module(self.export_module).export_run(run_dir, out, format, checkpoint)
 
 
 def evaluation_of(result, primary: str, table: str, rows: list[dict] | None = None) -> Evaluation:

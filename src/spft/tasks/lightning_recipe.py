@@ -144,6 +144,9 @@ class RecipeModule(L.LightningModule):
         self.n_blocks = len(self.groups.blocks)
         self.ema = build_ema(model, cfg.recipe.ema.decay, cfg.recipe.ema.warmup) if cfg.recipe.ema.enabled else None
         self.history: list[dict] = []
+        # the epoch a resumed run continues at (set when the checkpoint loads). Lightning reports the checkpoint's
+        # own epoch as current_epoch until its loop restarts, i.e. while it builds the first loaders.
+        self.resumed_epoch: int | None = None
         self._state = None
         self._n_trainable = 0
         self._epoch_lrs: dict[str, float] = {}
@@ -346,7 +349,7 @@ class RecipeModule(L.LightningModule):
         batches, so the estimate is made with the feature cache set aside when the resumed epoch does not use it."""
         dm = self.trainer.datamodule
         cache = getattr(dm, "feature_cache", None)
-        resumed = getattr(self, "_resumed_epoch", None)
+        resumed = self.resumed_epoch
         aside = (cache is not None and resumed is not None and hasattr(self, "uses_feature_cache")
                  and not self.uses_feature_cache(resumed))
         if aside:
@@ -364,7 +367,7 @@ class RecipeModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if checkpoint.get("epoch") is not None:  # spft saves at the end of an epoch: training goes on at the next
-            self._resumed_epoch = int(checkpoint["epoch"]) + 1
+            self.resumed_epoch = int(checkpoint["epoch"]) + 1
         extra = checkpoint.get("spft", {})
         if "class_weights" in extra:
             self.cw.load_state_dict(extra["class_weights"])

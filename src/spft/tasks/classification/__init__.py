@@ -15,6 +15,7 @@ class ClassificationTask(Task):
     checkpoint_names = ("best.ckpt", "last.ckpt")
     primary_metric, primary_label = "macro_auc", "macro AUC"
     predict_module = "spft.tasks.classification.predict"
+    export_module = "spft.tasks.classification.export"
     train_module, evaluate_module = "spft.tasks.classification.train", "spft.tasks.classification.evaluate"
 
     def summary(self, metrics: dict) -> str:

@@ -34,7 +34,10 @@ class ClassificationDataModule(SplitDataModule):
         """Whether the epoch the trainer is at trains on cached features (asked of the module's stage plan)."""
         if self.feature_cache is None or not self._trainer_attached():
             return False
-        return self.trainer.lightning_module.uses_feature_cache(self.trainer.current_epoch)
+        module = self.trainer.lightning_module
+        # on resume Lightning asks for the loaders while current_epoch is still the checkpoint's own (finished) epoch
+        epoch = max(self.trainer.current_epoch, module.resumed_epoch or 0)
+        return module.uses_feature_cache(epoch)
 
     def feature_loader(self, split: str, train: bool = False) -> DataLoader:
         """Batches of cached features in the order the image loader would give (same sampler, same batch size).

@@ -332,12 +332,6 @@ def predict(model_source, inputs: list[str] | tuple[str, ...], batch_size: int =
     return result
 
 
-def export(run_dir, out, format: str = "safetensors", checkpoint: str = "best") -> Path:  # noqa: A002
-    """``spft export``: see :func:`spft.tasks.classification.export.export_run`."""
-    from spft.tasks.classification.export import export_run
-
-    return export_run(run_dir, out, format, checkpoint)
-
 
 # --- the demo's last step --------------------------------------------------------------------------------------
 

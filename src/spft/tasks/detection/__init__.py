@@ -32,6 +32,7 @@ class DetectionTask(Task):
     primary_metric, primary_label = "map50_95", "mAP@50-95"
     extra = "detect"
     predict_module = "spft.tasks.detection.predict"
+    export_module = "spft.tasks.detection.export"
     train_module, evaluate_module = "spft.tasks.detection.train", "spft.tasks.detection.evaluate"
 
     def evaluate(self, run_dir, overrides=(), split=None, checkpoint="best", out=None, name=None) -> Evaluation:

@@ -262,9 +262,3 @@ def predict(model_source, inputs: list[str] | tuple[str, ...], batch_size: int =
     return DetectionPredictions(table, failures + failed, str(model.source), model.name, images=images,
                                 classes=list(model.classes))
 
-
-def export(run_dir, out, format: str = "safetensors", checkpoint: str = "best") -> Path:  # noqa: A002
-    """``spft export``: :func:`spft.tasks.detection.export.export_run`."""
-    from spft.tasks.detection.export import export_run
-
-    return export_run(run_dir, out, format, checkpoint)

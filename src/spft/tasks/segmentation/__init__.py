@@ -15,6 +15,7 @@ class SegmentationTask(Task):
     checkpoint_names = ("best.ckpt", "last.ckpt")
     primary_metric, primary_label = "mean_dice", "mean Dice"
     predict_module = "spft.tasks.segmentation.predict"
+    export_module = "spft.tasks.segmentation.export"
     train_module, evaluate_module = "spft.tasks.segmentation.train", "spft.tasks.segmentation.evaluate"
 
     def report(self, sweep_dir, out=None, n_boot=1000, seed=0) -> Path:

@@ -11,7 +11,8 @@
 
 ``--format onnx`` is refused in one line (:data:`NO_ONNX`): spft has no verified ONNX export of transformers' SAM2
 forward (prompt encoder + two-way mask decoder) with a parity test, so it writes none. ``spft predict DIR``
-/ ``spft.load(DIR)`` read the folder back (:func:`load_export`) and predict exactly as from the run.
+/ ``spft.load(DIR)`` read the folder back (:func:`spft.tasks.segmentation.predict.load_export`) and predict
+exactly as from the run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import logging
 from pathlib import Path
 
-from spft.errors import ConfigError, MissingFileError
 from spft.tasks.export_folder import check_format, fresh_folder, staged_folder, task_card, write_json
 
 log = logging.getLogger(__name__)
@@ -41,24 +41,6 @@ def processor_config(prep) -> dict:
                               image_std=list(prep.std),
                               rescale_factor=float(prep.rescale) if prep.rescale is not None else 1 / 255)
     return {**proc.to_dict(), "image_processor_type": "Sam2ImageProcessor"}
-
-
-def load_export(folder: str | Path):
-    """``(SpftSam2 in eval mode, Preprocessing, spft block)`` of an export folder."""
-    from transformers import Sam2Model
-
-    from spft.models.sam2 import SpftSam2
-    from spft.tasks.classification.source import preprocessing_from_record
-
-    folder = Path(folder).expanduser()
-    try:
-        block = json.loads((folder / "config.json").read_text(encoding="utf-8"))["spft"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise MissingFileError(f"{folder}: not an spft export folder (no config.json with an spft block)") from exc
-    if block.get("task") != "segmentation":
-        raise ConfigError(f"{folder} is a {block.get('task')} export, not a segmentation one")
-    model = SpftSam2(Sam2Model.from_pretrained(str(folder))).eval()
-    return model, preprocessing_from_record(block["preprocessing"]), block
 
 
 def _card(run_dir: Path, seg, formats: dict) -> str:

@@ -33,6 +33,7 @@ structure without a box in an image that has others has no row (counted in a war
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -44,7 +45,7 @@ import pandas as pd
 import torch
 
 from spft.data.inputs import Failure, InputImage, collect_inputs
-from spft.errors import ConfigError, DataError, MissingKeyError
+from spft.errors import ConfigError, DataError, MissingFileError, MissingKeyError
 from spft.tasks.prediction import Predictions, decode_ahead, error_text, safe_stem
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,6 @@ class Segmenter:
         run_dir = Path(run_dir).expanduser()
         self.device = resolve_device(device)
         if not (run_dir / "config.yaml").is_file():  # an spft export folder
-            from spft.tasks.segmentation.export import load_export
 
             model, prep, block = load_export(run_dir)
             self.cfg, self.source, self.name = None, run_dir, block.get("name") or run_dir.name
@@ -382,8 +382,19 @@ def predict(model_source, inputs: list[str] | tuple[str, ...], batch_size: int =
                                    structures=list(model.structures), n_images=done)
 
 
-def export(run_dir, out, format: str = "safetensors", checkpoint: str = "best") -> Path:  # noqa: A002
-    """``spft export``: :func:`spft.tasks.segmentation.export.export_run`."""
-    from spft.tasks.segmentation.export import export_run
+def load_export(folder: str | Path):
+    """``(SpftSam2 in eval mode, Preprocessing, spft block)`` of an export folder."""
+    from transformers import Sam2Model
 
-    return export_run(run_dir, out, format, checkpoint)
+    from spft.models.sam2 import SpftSam2
+    from spft.tasks.classification.source import preprocessing_from_record
+
+    folder = Path(folder).expanduser()
+    try:
+        block = json.loads((folder / "config.json").read_text(encoding="utf-8"))["spft"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MissingFileError(f"{folder}: not an spft export folder (no config.json with an spft block)") from exc
+    if block.get("task") != "segmentation":
+        raise ConfigError(f"{folder} is a {block.get('task')} export, not a segmentation one")
+    model = SpftSam2(Sam2Model.from_pretrained(str(folder))).eval()
+    return model, preprocessing_from_record(block["preprocessing"]), block
