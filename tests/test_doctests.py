@@ -36,8 +36,7 @@ def test_examples_were_found():
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    if name.startswith("spft.tasks.detection"):
-        pytest.importorskip("ultralytics")
+    # detection modules import ultralytics: `make test` installs the detect extra, so it is never skipped
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False,
                              report=True)
