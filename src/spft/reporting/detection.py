@@ -32,6 +32,9 @@ from spft.reporting.provenance import (
     read_config,
     summary_lines,
 )
+from spft.reporting.provenance import (
+    relative_path as _rel,
+)
 from spft.reporting.summaries import _switches, file_stem
 from spft.reporting.tables import MeanStd, Table, md_escape, mean_std
 
@@ -199,12 +202,6 @@ def build_figures(data: DetectionData, fig_dir: Path) -> list[Figure]:
                               "backbone modules opening."))
     return out
 
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 def _num(v) -> str:

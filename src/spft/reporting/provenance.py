@@ -48,7 +48,7 @@ def sweep_task(root: Path, entries: list[dict]) -> str:
     for entry in entries:
         run_dir = Path(entry["run_dir"])
         if (run_dir / "config.yaml").is_file():
-            found.setdefault(task_of(read_config(run_dir)), []).append(_rel(run_dir, root))
+            found.setdefault(task_of(read_config(run_dir)), []).append(relative_path(run_dir, root))
     if len(found) > 1:
         which = "; ".join(f"{task}: {', '.join(dirs[:3])}{' ...' if len(dirs) > 3 else ''}"
                           for task, dirs in sorted(found.items()))
@@ -94,7 +94,7 @@ class Provenance:
     def as_json(self, root: Path) -> dict:
         return {"task": self.task, "config": self.config, "overrides": self.common,
                 "overlay_overrides": self.overlays, "sweep_command": self.command,
-                "run_overrides": {_rel(Path(k), root): v for k, v in self.runs.items()}}
+                "run_overrides": {relative_path(Path(k), root): v for k, v in self.runs.items()}}
 
 
 def provenance(root: Path, task: str, entries: list[dict], study: dict, config: str | None) -> Provenance:
@@ -137,7 +137,8 @@ def summary_lines(prov: Provenance) -> list[tuple[str, str]]:
     return lines
 
 
-def _rel(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` for tables and report.json (as given when it lies outside ``root``)."""
     try:
         return str(Path(path).relative_to(root))
     except ValueError:

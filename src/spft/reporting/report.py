@@ -31,6 +31,7 @@ from spft.reporting.collect import RunRecord, SweepData, collect, read_entries
 from spft.reporting.html import Figure, render_html
 from spft.reporting.operating import operating_section
 from spft.reporting.provenance import overrides_table, overrides_text, summary_lines, sweep_task
+from spft.reporting.provenance import relative_path as _rel
 from spft.reporting.summaries import (
     MACRO,
     ablation_table,
@@ -153,12 +154,6 @@ def build_figures(data: SweepData, fig_dir: Path) -> list[Figure]:
                               "dashed line marks the start of stage 2, dotted lines further unfreezing steps."))
     return out
 
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 def _summary(data: SweepData, boots: dict, n_boot: int, seed: int) -> list[tuple[str, str]]:
