@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e ".[dev,detect,export]"
+	$(PIP) install --quiet -e ".[dev,detect,export,slurm,track]"
 	touch $@
 
 demo: install
