@@ -220,6 +220,10 @@ def _run_sweep(args: argparse.Namespace, study) -> int:
     from spft.experiments.sweep import parse_seeds, plan_sweep, primary_label, run_sweep, summary_rows
 
     sweep = plan_sweep(args.config, parse_seeds(args.seeds), tuple(args.overrides), study, args.out)
+    from spft.experiments import slurm
+
+    if slurm.wanted(args):  # --launcher slurm: submit a job array (or show its state) and return
+        return slurm.submit_or_show(sweep, args)
     width = max([len("overlay")] + [len(r.overlay) for r in sweep.runs])
     print(f"sweep {sweep.out} ({sweep.study.name}, seeds {','.join(map(str, sweep.seeds))}): {len(sweep.runs)} "
           f"run{'s' if len(sweep.runs) != 1 else ''}")
@@ -374,12 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="remove every entry")
     p.set_defaults(func=cmd_cache)
 
+    from spft.experiments.slurm import add_slurm_arguments
+
     sweep_help = "KEY=VALUE overrides for every run (not seed or run.dir: the sweep sets them)"
     p = sub.add_parser("repeat", help="one run per seed, each in its own process; finished runs are skipped")
     p.add_argument("config", help="experiment YAML (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help=sweep_help)
     p.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-4 (default 0,1,2)")
     p.add_argument("--out", help="sweep directory (default runs/<config name>/repeat)")
+    add_slurm_arguments(p)
     p.set_defaults(func=cmd_repeat)
 
     p = sub.add_parser("ablate", help="an ablation study: every overlay x every seed, finished runs skipped")
@@ -388,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="ladder", help="ladder | depth | probe | path/to/study.yaml (default ladder)")
     p.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-4 (default 0,1,2)")
     p.add_argument("--out", help="sweep directory (default runs/<config name>/ablate-<study>)")
+    add_slurm_arguments(p)
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("report", help="tables (Markdown/CSV/LaTeX), figures and report.html from a sweep's runs")
