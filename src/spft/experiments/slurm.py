@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import re
@@ -325,8 +326,6 @@ def read_record(sweep: Sweep) -> dict:
     path = sweep.out / SLURM_JSON
     if not path.is_file():
         return {"arrays": [], "runs": {}}
-    import json
-
     record = json.loads(path.read_text())
     record.setdefault("arrays", [])
     record.setdefault("runs", {})
@@ -358,6 +357,13 @@ def submit_or_show(sweep: Sweep, args: argparse.Namespace) -> int:
     kind, params = executor_parameters(args, job_name=f"spft-{sweep.out.name}")
     require_submitit()
     folder = Path(args.slurm_folder) if args.slurm_folder else sweep.out / "slurm"
+    from spft.experiments.lock import RunLock
+
+    with RunLock(sweep.out, "spft submit"):  # two commands at once must not both submit the same runs
+        return _submit_or_show(sweep, kind, params, folder)
+
+
+def _submit_or_show(sweep: Sweep, kind: str, params: dict, folder: Path) -> int:
     record = read_record(sweep)
     todo = [r for r in sweep.runs if r.action in ("train", "resume")]
     known = {r.key: record["runs"][r.key] for r in todo if r.key in record["runs"]}
@@ -384,9 +390,8 @@ def submit_or_show(sweep: Sweep, args: argparse.Namespace) -> int:
             state = states.get(r.key)
             shown[r.key] = (state or "NEW", entry.get("job_id", "-"),
                             f"see {_log_path(sweep, r)}" if state else r.note)
-    if to_submit:  # refused before anything is written
+    if to_submit:  # refused before anything is submitted
         check_devices(sweep, params.get("gpus_per_task", params.get("gpus_per_node", 0)))
-    sweep.out.mkdir(parents=True, exist_ok=True)
     job_ids: list[str] = []
     if to_submit:
         executor = make_executor(kind, folder, params)
