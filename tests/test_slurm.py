@@ -27,8 +27,9 @@ def _args(*argv: str):
 
 
 def _fake_slurm(tmp_path: Path) -> dict[str, str]:
-    """sbatch / srun / sacct stand-ins on PATH: sbatch keeps each script and answers ``Submitted batch job N``
-    (4242, 4243 ...); sacct prints ``state/sacct.txt`` (``JOBID|STATE|NODE`` lines) under its header."""
+    """sbatch / srun / sacct / squeue stand-ins on PATH: sbatch keeps each script and answers ``Submitted batch job
+    N`` (4242, 4243 ...); sacct prints ``state/sacct.txt`` (``JOBID|STATE|NODE`` lines) under its header, squeue
+    ``state/squeue.txt`` (job ids)."""
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir()
     state.mkdir()
@@ -37,6 +38,7 @@ def _fake_slurm(tmp_path: Path) -> dict[str, str]:
                   'echo $n > "$FAKE_SLURM/counter"\ncp "$1" "$FAKE_SLURM/sbatch-$n.sh"\n'
                   'echo "Submitted batch job $n"\n',
         "sacct": 'echo "JobID|State|NodeList"\ncat "$FAKE_SLURM/sacct.txt" 2>/dev/null\nexit 0\n',
+        "squeue": 'cat "$FAKE_SLURM/squeue.txt" 2>/dev/null\nexit 0\n',
         "srun": "exit 0\n",
     }
     for name, body in scripts.items():
@@ -154,10 +156,14 @@ def test_submit_show_and_resubmit_only_the_failed_run(tmp_path):
     (state / "sacct.txt").write_text("4242_0|RUNNING|n1\n4243|PENDING|\n")
     proc = run_cli(*cmd, env=env)
     assert "nothing to submit" in proc.stdout and not (state / "sbatch-4244.sh").exists()
-    # sacct knows nothing (yet) and no result file: not resubmitted either (a duplicate would fight over the run)
+    # sacct knows neither job (no accounting record yet, or accounting off) and there is no result file: the one
+    # still queued is left alone (a duplicate would fight over the run), the one squeue does not know is resubmitted
     (state / "sacct.txt").write_text("")
+    (state / "squeue.txt").write_text("4242_0\n4242_7\n")
     proc = run_cli(*cmd, env=env)
-    assert "UNKNOWN" in proc.stdout and not (state / "sbatch-4244.sh").exists()
+    rows = {line.split()[1]: line.split()[2:4] for line in proc.stdout.splitlines() if line.startswith("  base")}
+    assert rows == {"0": ["UNKNOWN", "4242_0"], "1": ["SUBMITTED", "4244"], "2": ["DONE", "4242_2"]}
+    assert "resubmitted after GONE of 4243" in proc.stdout and not (state / "sbatch-4245.sh").exists()
 
 
 # --- the array task on its own ----------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ MAX_TIMEOUTS = 10  # requeues after a time-out (preemptions do not count) before
 
 # sacct states of a job that is not over: such a run is never resubmitted
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "RESIZING",
-          "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED", "READY", "UNKNOWN"}
+          "SUSPENDED", "STAGE_OUT", "SIGNALING", "READY", "UNKNOWN"}  # PREEMPTED without --requeue is final
 
 _OPTIONS = ("slurm_partition", "slurm_time", "slurm_gpus_per_run", "slurm_cpus_per_run", "slurm_mem",
             "slurm_array_parallelism", "slurm_opt", "slurm_folder", "slurm_executor")
@@ -297,8 +297,9 @@ def _local_state(folder: str, job_id: str) -> str:
 
 def job_states(entries: dict[str, dict]) -> dict[str, str]:
     """``run key -> state`` of each recorded job (``entries``: slurm.json's run entries): sacct's state for a SLURM
-    job (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT ...; UNKNOWN when sacct has no record, then the
-    job's result file decides if there is one), COMPLETED / FAILED / RUNNING / INTERRUPTED for a local job."""
+    job (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT ...; when sacct has no record, the job's result
+    file decides if there is one, else squeue: GONE when the job is not queued, UNKNOWN when it is or squeue cannot
+    say), COMPLETED / FAILED / RUNNING / INTERRUPTED for a local job."""
     states = {key: _local_state(e["folder"], e["job_id"]) for key, e in entries.items() if e["executor"] == "local"}
     slurm = {key: e for key, e in entries.items() if e["executor"] != "local"}
     if slurm:
@@ -312,12 +313,31 @@ def job_states(entries: dict[str, dict]) -> dict[str, str]:
             jobs = {key: SlurmJob(e["folder"], e["job_id"]) for key, e in slurm.items()}
             SlurmJob.watcher.update()  # one sacct call for all of them
             raw = {key: SlurmJob.watcher.get_state(job.job_id, mode="cache") for key, job in jobs.items()}
+        queued = None
         for key, state in raw.items():
             word = (state or "UNKNOWN").split()[0].upper().rstrip("+")
             if word == "UNKNOWN":
                 word = _result_state(slurm[key]["folder"], slurm[key]["job_id"]) or word
+            if word == "UNKNOWN":  # no accounting record (yet, or accounting is off): is it still in the queue?
+                queued = _queued() if queued is None else queued
+                word = "GONE" if queued is not None and slurm[key]["job_id"] not in queued else word
             states[key] = word
     return states
+
+
+def _queued() -> set[str] | None:
+    """Job ids in SLURM's queue for this user (array tasks one by one), or None when squeue cannot say."""
+    import getpass
+    import subprocess
+
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser()], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line.strip() for line in proc.stdout.splitlines() if line.strip()} if proc.returncode == 0 else None
 
 
 # --- the command ----------------------------------------------------------------------------------------------------
@@ -383,7 +403,7 @@ def _submit_or_show(sweep: Sweep, kind: str, params: dict, folder: Path) -> int:
         elif r.key in states and states[r.key] in ACTIVE:
             state = states[r.key]
             r.status = "running" if state == "RUNNING" else "submitted"
-            note = "not resubmitted: sacct has no record of the job yet" if state == "UNKNOWN" else ""
+            note = "not resubmitted: queued, but sacct has no record of the job yet" if state == "UNKNOWN" else ""
             shown[r.key] = (state, entry["job_id"], note)
         else:
             to_submit.append(r)
