@@ -103,6 +103,18 @@ def test_malformed_options_are_one_line_errors(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_each_new_run_must_use_the_gpus_it_asks_for(tmp_path):
+    from spft.experiments.sweep import plan_sweep
+
+    sweep = plan_sweep(CONFIG, [0], ("trainer.devices=2",), out=tmp_path / "s")
+    with pytest.raises(ConfigError, match=r"trainer.devices=2, but --slurm-gpus-per-run 1 .* trainer.devices=1"):
+        slurm.check_devices(sweep, 1)
+    slurm.check_devices(sweep, 2)
+    slurm.check_devices(plan_sweep(CONFIG, [0], ("trainer.devices=auto",), out=tmp_path / "a"), 4)
+    with pytest.raises(ConfigError, match="trainer.devices=4"):
+        slurm.check_devices(plan_sweep(CONFIG, [0], (), out=tmp_path / "b"), 4)
+
+
 def test_missing_submitit_or_sbatch_is_one_line(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
