@@ -10,6 +10,7 @@
     spft repeat CONFIG [KEY=VALUE ...] [--seeds 0,1,2] [--out DIR]     one run per seed; last line = sweep directory
     spft ablate CONFIG [KEY=VALUE ...] [--study ladder|depth|probe|FILE] [--seeds ...] [--out DIR]
     spft report SWEEP_DIR [--out DIR] [--bootstrap 1000]             tables, figures, report.html
+    spft track push RUN_OR_SWEEP [--uri URI]                         send what MLflow tracking could not send
     spft cache list | clean [--max-gb N] [--all]                     the stage-1 feature cache on disk
     spft predict RUN_OR_EXPORT INPUTS... [--out FILE] [--heatmaps DIR]   images/folders/globs/CSV -> table (+ maps)
     spft export RUN --out DIR [--format safetensors|onnx|torchscript]  a self-contained model folder
@@ -262,6 +263,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_track_push(args: argparse.Namespace) -> int:
+    """``spft track push DIR [--uri URI]``: send what a run (or sweep) left in tracking_unsent.jsonl, and the rest of
+    a run that was never tracked."""
+    from spft.tracking import push
+
+    done = push(args.folder, uri=args.uri)
+    print(f"MLflow run {done['run_id']} at {done['uri']}: {done['unsent_sent']} unsent record(s) sent, "
+          f"{done['epochs']} more epoch(s)")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """``spft config CONFIG [KEY=VALUE ...]``: the resolved config; ``spft config --keys [TASK]``: every key."""
     if args.keys is not None:
@@ -404,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap replicates per run (1000)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (0)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("track", help="experiment tracking (MLflow): send what a run could not send")
+    track_sub = p.add_subparsers(dest="track_command", required=True)
+    p = track_sub.add_parser("push", help="send a run's (or sweep's) tracking_unsent.jsonl; a run never tracked is "
+                                          "sent whole to --uri")
+    p.add_argument("folder", metavar="RUN_OR_SWEEP", help="a run directory or a sweep directory")
+    p.add_argument("--uri", help="tracking URI (default: the one in tracking.json, else the run's "
+                                 "tracking.mlflow.uri)")
+    p.set_defaults(func=cmd_track_push)
 
     p = sub.add_parser("config", help="print a resolved config (only what applies to its task), or --keys: every key")
     p.add_argument("config", nargs="?", help="experiment YAML (configs/*.yaml)")

@@ -62,6 +62,10 @@ class DependencyError(SpftError, ModuleNotFoundError):
     """An optional dependency a chosen feature needs is not installed."""
 
 
+class TrackingError(SpftError, ConnectionError):
+    """A tracking server (MLflow) did not take what ``spft track push`` sent; training itself never raises it."""
+
+
 class StorageError(SpftError, OSError):
     """The disk refused a write (full, read-only); the message names the file. Earlier good files are kept."""
 

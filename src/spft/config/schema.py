@@ -224,6 +224,26 @@ class EvaluationConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """MLflow tracking (the `track` extra): params, per-epoch metrics, tags and artifacts; off while uri is null.
+
+    A tracking server that fails never stops training: what could not be sent goes to tracking_unsent.jsonl."""
+
+    uri: Optional[str] = None  # tracking URI (http://host:5000, file:./mlruns, sqlite:///mlflow.db); null: no tracking
+    experiment: Optional[str] = None  # MLflow experiment; null: the config's name
+    run_name: Optional[str] = None  # MLflow run name; null: the run directory's name (in a sweep: <overlay>/seed<k>)
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags of the MLflow run, {name: value}
+    parent_run_id: Optional[str] = None  # set by spft repeat / ablate: the sweep's parent run (mlflow.parentRunId)
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking besides the run directory (which stays the record); valid for every task."""
+
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+@dataclass
 class SpftConfig:
     """An experiment: the common keys and every section (which apply depends on ``task``)."""
 
@@ -240,6 +260,7 @@ class SpftConfig:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # ---- which keys each task (engine) honours -----------------------------------------------------------------------
@@ -472,6 +493,7 @@ def validate(cfg: SpftConfig, explicit: set[str] | frozenset[str] = frozenset())
     _check_recipe(cfg)
     _check_trainer(cfg.trainer)
     _check_evaluation(cfg.evaluation)
+    _check_tracking(cfg.tracking)
 
 
 def _check_data(data: DataConfig) -> None:
@@ -551,6 +573,16 @@ def _check_evaluation(ev: EvaluationConfig) -> None:
                           f"{ev.threshold} in (0, 1), e.g. evaluation.target=0.9")
     if ev.target is not None and not 0.0 < ev.target < 1.0:
         raise ConfigError(f"'evaluation.target': expected a value in (0, 1), got {ev.target}")
+
+
+def _check_tracking(tracking: TrackingConfig) -> None:
+    ml = tracking.mlflow
+    for key in ("uri", "experiment", "run_name", "parent_run_id"):
+        value = getattr(ml, key)
+        if value is not None and not str(value).strip():
+            raise ConfigError(f"'tracking.mlflow.{key}': expected a non-empty string or null, got {value!r}")
+    if ml.uri is None and ml.parent_run_id is not None:
+        raise ConfigError("'tracking.mlflow.parent_run_id' needs tracking.mlflow.uri (the server of the parent run)")
 
 
 def _check_classification(cfg: SpftConfig) -> None:

@@ -20,6 +20,7 @@ from spft.config import ConfigError
 from spft.errors import RunDirError
 from spft.experiments.rundir import atomic_write_json, is_done
 from spft.experiments.studies import REPEAT, Study, validate_study
+from spft.tracking import attach_sweep, finish_sweep
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def plan_sweep(config: str | Path, seeds: list[int], overrides: tuple[str, ...] 
                                          status=entry.get("status", "pending"), returncode=entry.get("returncode"),
                                          seconds=entry.get("seconds"), note="not in --seeds this time"))
     sweep.seeds = sorted({r.seed for r in sweep.runs})
+    attach_sweep(sweep, next(iter(resolved.values())))  # MLflow (tracking.mlflow.uri): parent run, runs' overrides
     return sweep
 
 
@@ -257,9 +259,11 @@ def run_sweep(sweep: Sweep) -> Sweep:
     except KeyboardInterrupt:
         sweep.status = "interrupted"
         write_sweep_json(sweep)
+        finish_sweep(sweep)
         raise
     sweep.status = "failed" if sweep.failed else "finished"
     write_sweep_json(sweep)
+    finish_sweep(sweep)  # the MLflow parent run's status, when the sweep has one
     return sweep
 
 

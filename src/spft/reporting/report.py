@@ -239,7 +239,11 @@ def build_report(sweep_dir: str | Path, out: str | Path | None = None, n_boot: i
 
     root = Path(sweep_dir)
     task = sweep_task(root, read_entries(root)[2])  # from the runs' config.yaml; mixed tasks are refused
-    return get_task(task).report(root, out, n_boot=n_boot, seed=seed)  # each task's own tables
+    report_dir = get_task(task).report(root, out, n_boot=n_boot, seed=seed)  # each task's own tables
+    from spft.tracking import attach_report
+
+    attach_report(root, report_dir)  # report.html and tables on the sweep's MLflow parent run, when it has one
+    return report_dir
 
 
 def build_classification_report(root: Path, out: str | Path | None = None, n_boot: int = 1000, seed: int = 0) -> Path:

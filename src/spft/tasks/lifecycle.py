@@ -10,9 +10,10 @@ lock, which record files a resumed run rewrites, the clean-up of a failed start 
     with engine.guarded(run_dir, fresh) as guard:         signals -> RunInterrupted (Lightning); nothing (detection)
         attempt = engine.setup(cfg, run_dir, resume_from, guard)
         config.yaml (a new run) and attempt.records() (a new run, or files a kill at the start left out)
-        attempt.fit()
-        attempt.test(attempt.load_best())                 primary process only
-        DONE
+        with track_run(...):                              MLflow (tracking.mlflow.uri): params, epochs, end, status
+            attempt.fit()                                 attempt.epoch_listeners: called after each epoch
+            attempt.test(attempt.load_best())             primary process only
+            DONE
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Attempt(Protocol):
     """One process's go at a run, built by :meth:`Engine.setup` (data, model and trainer ready)."""
 
     primary: bool  # the process that writes records and tests (DDP rank 0; always True for detection)
+    epoch_listeners: list[Callable[[], None]]  # optional: called after each epoch's history row is written (tracking)
 
     def records(self) -> dict[str, Callable[[], dict]]:
         """The run's record files besides ``config.yaml`` (``env.json``, ``data.json`` ...): name -> JSON content."""
@@ -85,6 +87,7 @@ def write_records(cfg, run_dir: Path, records: dict[str, Callable[[], dict]], fr
 def run_to_done(engine: Engine, cfg, run_dir: Path, resume_from: Path | None) -> Path:
     """Records, fit, best weights, test, ``DONE``: the part shared by a new run and a resumed one."""
     from spft.experiments.rundir import mark_done
+    from spft.tracking import track_run
 
     fresh = resume_from is None
     with engine.guarded(run_dir, fresh) as guard:
@@ -92,11 +95,12 @@ def run_to_done(engine: Engine, cfg, run_dir: Path, resume_from: Path | None) ->
         if attempt.primary:  # a resumed run writes only what a kill at its start left out
             write_records(cfg, run_dir, attempt.records(), fresh)
         log.info("run directory: %s", run_dir)
-        attempt.fit()
-        if not attempt.primary:  # under DDP only rank 0 tests and finishes
-            return run_dir
-        attempt.test(attempt.load_best())
-        mark_done(run_dir)
+        with track_run(cfg, run_dir, attempt, guard, resumed=not fresh):  # MLflow, when tracking.mlflow.uri is set
+            attempt.fit()
+            if not attempt.primary:  # under DDP only rank 0 tests and finishes
+                return run_dir
+            attempt.test(attempt.load_best())
+            mark_done(run_dir)
     return run_dir
 
 
@@ -104,7 +108,9 @@ def start_run(cfg, engine: Engine) -> Path:
     """A new run: seed, create (and lock) the run directory, run it to ``DONE``. A start that fails before the first
     checkpoint removes the directory it created, so the same ``run.dir`` can be used again."""
     from spft.experiments.rundir import create_run_dir, discard_failed_start
+    from spft.tracking import require
 
+    require(cfg)  # tracking.mlflow.uri without the track extra: one line, before anything is created
     engine.seed(cfg)
     run_dir = create_run_dir(cfg)
     try:
@@ -124,6 +130,9 @@ def resume_run(run_dir: str | Path, engine: Engine) -> Path:
     cfg = config_to_resume(run_dir)  # takes the lock
     if cfg is None:
         return run_dir
+    from spft.tracking import require
+
+    require(cfg)
     engine.seed(cfg)
     return run_to_done(engine, cfg, run_dir, resume_point(run_dir, engine))
 

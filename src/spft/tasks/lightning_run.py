@@ -15,8 +15,10 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import lightning as L
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +63,12 @@ class LightningEngine:
         from spft.tasks.lightning_recipe import build_trainer
 
         table, prep, module, dm = self.build_run(cfg, run_dir)
+        listeners: list[Callable[[], None]] = []  # the lifecycle adds to it (tracking)
         trainer = build_trainer(cfg, run_dir, self.monitor, reload_dataloaders=bool(getattr(dm, "reload_every_epoch",
                                                                                             False)),
-                                extra_callbacks=(guard,))
+                                extra_callbacks=(guard, EpochEnd(listeners)))
         guard.trainer = trainer
-        return LightningAttempt(self, cfg, run_dir, resume_from, guard, table, prep, module, dm, trainer)
+        return LightningAttempt(self, cfg, run_dir, resume_from, guard, table, prep, module, dm, trainer, listeners)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class LightningAttempt:
     module: object
     dm: object
     trainer: object
+    epoch_listeners: list = field(default_factory=list)  # called after each epoch (spft.tasks.lifecycle)
 
     @property
     def primary(self) -> bool:
@@ -106,6 +110,25 @@ class LightningAttempt:
 
     def test(self, best_epoch: int | None) -> None:
         self.engine.test(self.module, self.dm, self.trainer.strategy.root_device, self.run_dir, best_epoch)
+
+
+class EpochEnd(L.Callback):
+    """Calls each of ``listeners`` once the epoch's ``history.csv`` row is written: after validation (not the sanity
+    check) and again at the training epoch's end, so listeners must be idempotent (tracking sends new rows only)."""
+
+    def __init__(self, listeners: list[Callable[[], None]]) -> None:
+        self.listeners = listeners
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._call()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._call()
+
+    def _call(self) -> None:
+        for listener in self.listeners:
+            listener()
 
 
 def _epoch_now(run_dir: Path, trainer) -> int:

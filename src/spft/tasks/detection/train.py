@@ -9,7 +9,7 @@ weights on the test split, drawing predicted vs ground-truth boxes and marking t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -126,6 +126,7 @@ class DetectionAttempt:
     data_yaml: Path
     overrides: dict
     primary: bool = True  # one process: Ultralytics' own DDP would drop the SPFT trainer subclass
+    epoch_listeners: list = field(default_factory=list)  # called after each epoch (spft.tasks.lifecycle)
 
     def records(self) -> dict:
         def env() -> dict:
@@ -144,7 +145,10 @@ class DetectionAttempt:
             if epoch is not None and epoch + 1 >= self.cfg.trainer.max_epochs:  # training over: finish only
                 return
             overrides["resume"] = str(self.resume_from)
-        _trainer_class(self.cfg)(overrides=overrides, spft_cfg=self.cfg, run_dir=self.run_dir).train()
+        trainer = _trainer_class(self.cfg)(overrides=overrides, spft_cfg=self.cfg, run_dir=self.run_dir)
+        for listener in self.epoch_listeners:  # after save_metrics (history.csv) and save_model of each epoch
+            trainer.add_callback("on_fit_epoch_end", lambda _trainer, listener=listener: listener())
+        trainer.train()
         for final in (self.run_dir / "checkpoints" / "last.pt", self.run_dir / "checkpoints" / "best.pt"):
             if final.is_file():  # Ultralytics rewrites both when training ends (optimizer stripped): record them again
                 record_digest(final)
