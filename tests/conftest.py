@@ -57,3 +57,20 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True, timeout: in
     if check and proc.returncode != 0:
         raise AssertionError(f"spft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+SWEEP_CONFIG = "configs/phantom_cxr.yaml"
+
+
+def sweep_overrides(epochs: int = 2) -> list[str]:
+    """The tiny-run overrides without run.dir (the sweep sets it)."""
+    return [o for o in tiny_overrides(Path("unused"), n_images=240, epochs=epochs) if not o.startswith("run.dir=")]
+
+
+@pytest.fixture(scope="session")
+def repeat_sweep(spft_cache, tmp_path_factory):
+    """A 3-seed ``spft repeat`` run one after the other through the CLI: (sweep dir, process, CLI args). Shared by
+    tests/test_sweep.py and tests/test_sweep_parallel.py (whose ``--jobs 2`` sweep must equal it)."""
+    out = tmp_path_factory.mktemp("sweeps") / "repeat"
+    args = ["repeat", SWEEP_CONFIG, *sweep_overrides(), "--seeds", "0,1,2", "--out", str(out)]
+    return out, run_cli(*args), args

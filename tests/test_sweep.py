@@ -12,20 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import run_cli, tiny_overrides
+from conftest import SWEEP_CONFIG as CONFIG
+from conftest import run_cli, sweep_overrides
 from sklearn.metrics import roc_auc_score
 
 from spft.config import ConfigError
 from spft.experiments.studies import BUILTIN, load_study
 from spft.experiments.sweep import parse_seeds, plan_sweep, run_sweep
 
-CONFIG = "configs/phantom_cxr.yaml"
 BOOT = 200
-
-
-def sweep_overrides(epochs: int = 2) -> list[str]:
-    """The tiny-run overrides without run.dir (the sweep sets it)."""
-    return [o for o in tiny_overrides(Path("unused"), n_images=240, epochs=epochs) if not o.startswith("run.dir=")]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -112,11 +107,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
 
 # --- real sweeps ------------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def repeat_sweep(spft_cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweeps") / "repeat"
-    args = ["repeat", CONFIG, *sweep_overrides(), "--seeds", "0,1,2", "--out", str(out)]
-    return out, run_cli(*args), args
+# repeat_sweep (a sequential 3-seed sweep, shared with test_sweep_parallel.py) is in conftest.py
 
 
 @pytest.fixture(scope="module")

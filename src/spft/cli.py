@@ -9,6 +9,7 @@
     spft prepare vindr-cxr|tbx11k CONFIG [KEY=VALUE ...]   real detection data -> Ultralytics dataset
     spft repeat CONFIG [KEY=VALUE ...] [--seeds 0,1,2] [--out DIR]     one run per seed; last line = sweep directory
     spft ablate CONFIG [KEY=VALUE ...] [--study ladder|depth|probe|FILE] [--seeds ...] [--out DIR]
+                 (repeat, ablate: [--jobs N] [--devices 0,1,2,3] [--gpus-per-run K]: N runs at once)
     spft report SWEEP_DIR [--out DIR] [--bootstrap 1000]             tables, figures, report.html
     spft track push RUN_OR_SWEEP [--uri URI]                         send what MLflow tracking could not send
     spft cache list | clean [--max-gb N] [--all]                     the stage-1 feature cache on disk
@@ -218,6 +219,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(args: argparse.Namespace, study) -> int:
+    from spft.experiments.parallel import device_overrides, sweep_slots
     from spft.experiments.sweep import parse_seeds, plan_sweep, primary_label, run_sweep, summary_rows
 
     sweep = plan_sweep(args.config, parse_seeds(args.seeds), tuple(args.overrides), study, args.out)
@@ -225,13 +227,18 @@ def _run_sweep(args: argparse.Namespace, study) -> int:
 
     if slurm.wanted(args):  # --launcher slurm: submit a job array (or show its state) and return
         return slurm.submit_or_show(sweep, args)
+    slots = sweep_slots(args.jobs, args.devices, args.gpus_per_run)  # refused here, before anything runs
+    extra = device_overrides(sweep, slots, explicit=args.gpus_per_run is not None)
     width = max([len("overlay")] + [len(r.overlay) for r in sweep.runs])
     print(f"sweep {sweep.out} ({sweep.study.name}, seeds {','.join(map(str, sweep.seeds))}): {len(sweep.runs)} "
           f"run{'s' if len(sweep.runs) != 1 else ''}")
     for r in sweep.runs:
         print(f"  {r.overlay:<{width}}  seed {r.seed:<4} {r.action:<8} {r.note}")
+    if len(slots) > 1 or slots[0]:
+        pinned = ", ".join(f"[{','.join(slot)}]" for slot in slots if slot)
+        print(f"  {len(slots)} at a time" + (f" on devices {pinned}" if pinned else " (CPU)"))
     try:
-        run_sweep(sweep)
+        run_sweep(sweep, slots, extra)
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to continue {sweep.out}", file=sys.stderr)
         return 130
@@ -390,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="remove every entry")
     p.set_defaults(func=cmd_cache)
 
+    from spft.experiments.parallel import add_parallel_options
     from spft.experiments.slurm import add_slurm_arguments
 
     sweep_help = "KEY=VALUE overrides for every run (not seed or run.dir: the sweep sets them)"
@@ -398,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=sweep_help)
     p.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-4 (default 0,1,2)")
     p.add_argument("--out", help="sweep directory (default runs/<config name>/repeat)")
+    add_parallel_options(p)
     add_slurm_arguments(p)
     p.set_defaults(func=cmd_repeat)
 
@@ -407,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="ladder", help="ladder | depth | probe | path/to/study.yaml (default ladder)")
     p.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-4 (default 0,1,2)")
     p.add_argument("--out", help="sweep directory (default runs/<config name>/ablate-<study>)")
+    add_parallel_options(p)
     add_slurm_arguments(p)
     p.set_defaults(func=cmd_ablate)
 

@@ -36,9 +36,15 @@ def ensure_phantoms(phantom_cfg, root: str | None = None) -> Path:
         / f"{p.kind}-v{phantoms.GENERATOR_VERSION}-n{p.n_images}-s{p.image_size}-seed{p.seed}")
     if (folder / "labels.csv").is_file():
         return folder
-    log.info("generating %d %s phantoms into %s", p.n_images, p.kind, folder)
-    generate = phantoms.generate_cxr if p.kind == "cxr" else phantoms.generate_lesions
-    generate(folder, n_images=p.n_images, image_size=p.image_size, seed=p.seed)
+    from spft.filelock import exclusive
+
+    # concurrent runs (spft repeat --jobs N) generate a set once: the others wait, then read it
+    with exclusive(folder.with_name(folder.name + ".lock"), f"generating the phantoms in {folder}"):
+        if (folder / "labels.csv").is_file():  # written last: complete
+            return folder
+        log.info("generating %d %s phantoms into %s", p.n_images, p.kind, folder)
+        generate = phantoms.generate_cxr if p.kind == "cxr" else phantoms.generate_lesions
+        generate(folder, n_images=p.n_images, image_size=p.image_size, seed=p.seed)
     return folder
 
 

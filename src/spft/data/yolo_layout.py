@@ -102,7 +102,6 @@ def build_phantom_detection(phantom_cfg, root: str | None = None) -> Path:
     Classes are :data:`spft.data.phantoms.CXR_FINDINGS` in order; the boxes come from ``boxes.csv`` and the splits
     from ``labels.csv`` (patient-grouped by the generator). Labels and lists go into ``<phantom folder>/yolo``.
     """
-    from spft.data import phantoms
     from spft.data.registry import ensure_phantoms
 
     if phantom_cfg.kind != "cxr":
@@ -111,6 +110,17 @@ def build_phantom_detection(phantom_cfg, root: str | None = None) -> Path:
     out = folder / "yolo"
     if (out / "dataset.yaml").is_file():
         return out / "dataset.yaml"
+    from spft.filelock import exclusive
+
+    with exclusive(folder / "yolo.lock", f"writing the detection layout {out}"):  # concurrent runs: one writes
+        if (out / "dataset.yaml").is_file():  # written last: complete
+            return out / "dataset.yaml"
+        return _write_phantom_detection(phantom_cfg, folder, out)
+
+
+def _write_phantom_detection(phantom_cfg, folder: Path, out: Path) -> Path:
+    from spft.data import phantoms
+
     class_id = {f: i for i, f in enumerate(phantoms.CXR_FINDINGS)}
     boxes: dict[str, list[Box]] = {}
     with open(folder / "boxes.csv", newline="") as fh:

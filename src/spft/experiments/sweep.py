@@ -3,14 +3,14 @@
 Layout: ``<sweep>/sweep.json`` (what the sweep is and where each run stands), ``<sweep>/<overlay>/seed<k>/`` (a
 normal run directory) and ``<sweep>/logs/<overlay>-seed<k>.log`` (the child's output). A run directory with
 ``DONE`` is skipped, one without is continued with ``spft train --resume``, so re-running an interrupted sweep
-picks up where it stopped. A failed run is recorded and the sweep goes on with the others.
+picks up where it stopped. A failed run is recorded and the sweep goes on with the others. ``--jobs N`` runs up to
+N of them at once, each pinned to its own devices (:mod:`spft.experiments.parallel`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +40,7 @@ class PlannedRun:
     returncode: int | None = None
     seconds: float | None = None
     note: str = ""
+    devices: str = ""  # the CUDA_VISIBLE_DEVICES it ran with ("" when nothing was pinned)
 
     @property
     def key(self) -> str:
@@ -165,7 +166,7 @@ def write_sweep_json(sweep: Sweep) -> Path:
     """Record the sweep (definition, seeds, every run with its status) in ``<sweep>/sweep.json``, atomically."""
     runs = [{"overlay": r.overlay, "seed": r.seed, "run_dir": _relative(r.run_dir, sweep.out), "status": r.status,
              "action": r.action, "returncode": r.returncode, "seconds": r.seconds, "note": r.note,
-             "log": _relative(_log_path(sweep, r), sweep.out)} for r in sweep.runs]
+             "devices": r.devices, "log": _relative(_log_path(sweep, r), sweep.out)} for r in sweep.runs]
     path = sweep.out / SWEEP_JSON
     atomic_write_json(path, {"definition": sweep.definition(), "seeds": sweep.seeds, "status": sweep.status,
                              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "runs": runs})
@@ -190,32 +191,6 @@ def _command(sweep: Sweep, run: PlannedRun) -> list[str]:
     return [*base, str(sweep.config), *run.overrides]
 
 
-def _execute(sweep: Sweep, run: PlannedRun) -> None:
-    """Run one ``spft train`` child with its output appended to the run's log; record status and time."""
-    log_path = _log_path(sweep, run)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    run.status = "running"
-    write_sweep_json(sweep)
-    with open(log_path, "a") as fh:
-        fh.write(f"\n$ {' '.join(_command(sweep, run))}\n")
-        fh.flush()
-        proc = subprocess.Popen(_command(sweep, run), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            run.returncode = proc.wait()
-        except KeyboardInterrupt:
-            proc.wait()  # the child got the same SIGINT; let it stop, record, then stop the sweep
-            run.status, run.seconds = "interrupted", round(time.time() - start, 1)
-            raise
-    run.seconds = round(time.time() - start, 1)
-    run.status = "done" if run.returncode == 0 and is_done(run.run_dir) else "failed"
-    if run.status == "failed":
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-8:]
-        run.note = f"exit code {run.returncode}; see {log_path}"
-        log.error("%s failed (exit code %s); last lines of %s:\n  %s", run.key, run.returncode, log_path,
-                  "\n  ".join(line if len(line) <= 300 else line[:300] + " ..." for line in tail))
-
-
 def _primary(sweep: Sweep, run_dir: Path) -> str:
     """The run's test value of its task's primary metric (macro AUC, mean Dice, mAP@50-95 ...), or ``n/a``."""
     from spft.tasks.registry import get_task
@@ -230,11 +205,23 @@ def primary_label(sweep: Sweep) -> str:
     return get_task(sweep.task).primary_label
 
 
-def run_sweep(sweep: Sweep) -> Sweep:
-    """Run every planned run in order (skipping finished ones); returns the sweep with each run's status.
+def run_sweep(sweep: Sweep, slots: list[tuple[str, ...]] | None = None,
+              extra: dict[str, tuple[str, ...]] | None = None, display: str = "auto") -> Sweep:
+    """Run every planned run (skipping finished ones); returns the sweep with each run's status.
+
+    Args:
+        slots: one tuple of device ids per run that may run at once (:func:`spft.experiments.parallel.sweep_slots`);
+            default one slot pinning nothing: the runs one after the other, as ``spft train`` would run them.
+        extra: overrides added to a new run of an overlay (``trainer.devices=K``:
+            :func:`spft.experiments.parallel.device_overrides`).
+        display: ``auto`` (a live table on a terminal when several runs go at once, else one line per change),
+            ``lines`` or ``table``.
 
     A failed run is logged with the tail of its output and the sweep continues; ``sweep.failed`` lists them.
+    SIGINT / SIGTERM stop the running children (recorded ``interrupted``) and raise KeyboardInterrupt.
     """
+    from spft.experiments.parallel import Scheduler
+
     sweep.out.mkdir(parents=True, exist_ok=True)
     todo = [r for r in sweep.runs if r.action in ("train", "resume")]
     for r in sweep.runs:
@@ -242,20 +229,12 @@ def run_sweep(sweep: Sweep) -> Sweep:
             r.status = "done"
         elif r.action == "blocked":
             r.status = "failed"
+    if len({r.run_dir.resolve() for r in todo}) != len(todo):  # never two children in one run directory
+        raise RunDirError(f"{sweep.out}: two runs of the sweep share a run directory")
     sweep.status = "running"
     write_sweep_json(sweep)
-    durations: list[float] = []
     try:
-        for i, run in enumerate(todo, 1):
-            eta = f", about {sum(durations) / len(durations) * (len(todo) - i + 1):.0f} s left" if durations else ""
-            log.info("[%d/%d] %s: %s%s", i, len(todo), run.key, "resuming" if run.action == "resume" else "training",
-                     eta)
-            _execute(sweep, run)
-            durations.append(run.seconds or 0.0)
-            if run.status == "done":
-                log.info("[%d/%d] %s: done in %.0f s, test %s %s", i, len(todo), run.key, run.seconds,
-                         primary_label(sweep), _primary(sweep, run.run_dir))
-            write_sweep_json(sweep)
+        Scheduler(_Hooks(sweep), todo, slots or [()], extra, display).run()
     except KeyboardInterrupt:
         sweep.status = "interrupted"
         write_sweep_json(sweep)
@@ -265,6 +244,30 @@ def run_sweep(sweep: Sweep) -> Sweep:
     write_sweep_json(sweep)
     finish_sweep(sweep)  # the MLflow parent run's status, when the sweep has one
     return sweep
+
+
+class _Hooks:
+    """What the scheduler (:mod:`spft.experiments.parallel`) asks of a sweep; looked up here at call time, so a test
+    can replace ``_command`` by a stand-in child."""
+
+    def __init__(self, sweep: Sweep):
+        self.sweep = sweep
+        self.primary_label = primary_label(sweep)
+
+    def command(self, run: PlannedRun) -> list[str]:
+        return _command(self.sweep, run)
+
+    def log_path(self, run: PlannedRun) -> Path:
+        return _log_path(self.sweep, run)
+
+    def record(self) -> None:
+        write_sweep_json(self.sweep)
+
+    def finished(self, run: PlannedRun) -> bool:
+        return is_done(run.run_dir)
+
+    def primary(self, run: PlannedRun) -> str:
+        return _primary(self.sweep, run.run_dir)
 
 
 def summary_rows(sweep: Sweep) -> list[tuple[str, int, str, str, str]]:

@@ -15,6 +15,7 @@ a stochastic encoder, switched off), and the run's log says so.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from spft.data.dataset import ShardSampler
 from spft.data.registry import cache_root
 from spft.errors import SpftError
 from spft.experiments.rundir import atomic_write_with
+from spft.filelock import exclusive
 from spft.models.encoders import hidden_size
 from spft.tasks.classification import feature_store
 
@@ -167,13 +169,32 @@ class FeatureCache:
             log.info("stage-1 feature cache: %s features read from %s", split, path)
             feature_store.touch(path.parent)
         else:
+            features = self._compute_once(split, path, dataset, device, batch_size, loader_options, rank, world,
+                                          precision)
+        self._features[split] = features
+        return features
+
+    def _compute_once(self, split: str, path: Path, dataset, device, batch_size, loader_options, rank, world,
+                      precision) -> torch.Tensor:
+        """Extract and persist one split's features while holding the entry's ``<key>.lock``, so that concurrent
+        runs of the same encoder and data (``spft repeat --jobs N``) compute them once: the others wait for the
+        lock, then read the finished file. Under DDP rank 0 holds the lock for its job and the other ranks wait
+        for it in a collective (bounded by the process group's timeout, 30 min by default)."""
+        lock = path.parent.with_name(path.parent.name + ".lock")
+        with exclusive(lock, "computing the same stage-1 features") if rank == 0 else contextlib.nullcontext():
+            _all_ranks_agree(True, world)  # every rank waits here until rank 0 holds the lock
+            features = _read(path, len(dataset))
+            if _all_ranks_agree(features is not None, world):  # another process wrote them while we waited
+                log.info("stage-1 feature cache: %s features read from %s (computed meanwhile by another process)",
+                         split, path)
+                feature_store.touch(path.parent)
+                return features
             parts = self._extract(split, dataset, device, batch_size, loader_options, rank, world, precision)
             features = torch.zeros(len(dataset), hidden_size(self.model.encoder))
             for index, values in parts:  # outside inference mode: the head will train on these
                 features[index] = values.clone()
             if rank == 0 and self._persist(path, features, dataset):
                 log.info("stage-1 feature cache: %d %s features written to %s", len(features), split, path)
-        self._features[split] = features
         return features
 
     def _persist(self, path: Path, features: torch.Tensor, dataset) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spft.errors import ConfigError
+from spft.filelock import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ def entries(root: Path | None = None) -> list[Entry]:
 
 
 def evict(limit: int | None, keep: tuple[str, ...] = (), root: Path | None = None) -> list[Entry]:
-    """Remove least-recently-used entries (never those in ``keep``) until the store holds at most ``limit`` bytes."""
+    """Remove least-recently-used entries (never those in ``keep``, nor one another process is writing: its
+    ``<key>.lock`` is held) until the store holds at most ``limit`` bytes."""
     if limit is None:
         return []
     current = entries(root)
@@ -101,7 +103,10 @@ def evict(limit: int | None, keep: tuple[str, ...] = (), root: Path | None = Non
             break
         if entry.key in keep:
             continue
-        shutil.rmtree(entry.folder, ignore_errors=True)
+        with exclusive(entry.folder.with_name(entry.key + ".lock"), wait=False) as free:
+            if not free:  # another run is writing this entry right now
+                continue
+            shutil.rmtree(entry.folder, ignore_errors=True)
         total -= entry.bytes
         removed.append(entry)
         log.info("feature cache: removed %s (%.1f MB, least recently used) to stay under %.1f GB", entry.folder,
