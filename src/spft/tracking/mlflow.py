@@ -478,6 +478,22 @@ def attach_report(folder: Path, out: Path) -> None:
         files += [[str(p.resolve()), "report/tables"] for p in sorted(tables.iterdir()) if p.is_file()]
     if m.call("artifacts", {"files": files}):
         log.info("report attached to MLflow run %s at %s", state.run_id, state.uri)
+    if state.status != "FINISHED" and _every_run_done(folder):  # e.g. a SLURM sweep: its launcher returned early
+        m.call("status", {"status": "FINISHED", "end_time": now_ms()})
+        m.state.status = "FINISHED"
+    m.save()
+
+
+def _every_run_done(folder: Path) -> bool:
+    import json
+
+    from spft.experiments.rundir import is_done
+
+    try:
+        runs = json.loads((folder / "sweep.json").read_text()).get("runs") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(runs) and all(is_done(folder / str(r.get("run_dir", ""))) for r in runs)
 
 
 # ---- spft track push -----------------------------------------------------------------------------------------------
