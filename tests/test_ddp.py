@@ -43,7 +43,7 @@ def test_ddp_training_keeps_ranks_identical_and_evaluation_equals_one_process(sp
     history = _rows(run / "history.csv")
     assert [r["stage"] for r in history] == ["1", "2", "2"] and int(history[-1]["open_blocks"]) == 2
     prints = {}
-    for rank, epoch, digest in re.findall(r"rank (\d) weights fingerprint after epoch (\d+): (\w+)", log):
+    for rank, epoch, digest in re.findall(r"rank (\d) weights digest after epoch (\d+): (\w+)", log):
         prints.setdefault(int(epoch), {})[int(rank)] = digest
     assert sorted(prints) == [0, 1, 2], log[-3000:]
     for epoch, by_rank in prints.items():

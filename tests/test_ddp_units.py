@@ -43,7 +43,7 @@ def _free_port() -> int:
 def _gather_worker(rank: int, world: int, port: int, n: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from spft.tasks.lightning_recipe import gather_by_index
+    from spft.distributed import gather_by_index
 
     values = torch.arange(n, dtype=torch.float64) * 10
     mine = list(ShardSampler(n, rank, world))

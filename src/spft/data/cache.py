@@ -36,13 +36,13 @@ import json
 import logging
 import os
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from spft.atomic import atomic_write_with
 from spft.data.contract import LabelTable
 from spft.data.io import load_image, row_ref
 from spft.errors import ConfigError, DataError
@@ -98,16 +98,13 @@ class ImageCache:
             return False
         source_st = os.stat(source)
         image = resize_crop(load_image(source, self.color))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}-{threading.get_ident()}")
-        try:
-            image.save(tmp, format="PNG", compress_level=1)
-            if os.stat(tmp).st_mtime_ns < source_st.st_mtime_ns:  # a source dated in the future: not older than it
+
+        def not_older_than_source(tmp: Path) -> None:  # a source dated in the future: the entry is not older than it
+            if os.stat(tmp).st_mtime_ns < source_st.st_mtime_ns:
                 os.utime(tmp, ns=(source_st.st_atime_ns, source_st.st_mtime_ns))
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+
+        atomic_write_with(target, lambda fh: image.save(fh, format="PNG", compress_level=1),
+                          before_rename=not_older_than_source)
         return True
 
     # -- both formats ------------------------------------------------------------------------------------------------
@@ -173,7 +170,8 @@ class ImageCache:
         """Delete what an interrupted preparation left behind (temporary files, unindexed parts); returns how many."""
         if self._npy is not None:
             return self._npy.remove_partial()
-        stale = list(self.folder.glob("*/*.png.tmp*")) if self.folder.is_dir() else []
+        # temp files: ``.<entry>.<random>.tmp`` (spft.atomic), ``<entry>.tmp<pid>-<thread>`` from older versions
+        stale = [p for p in self.folder.glob("*/*") if ".tmp" in p.name] if self.folder.is_dir() else []
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
@@ -199,13 +197,6 @@ _PART = re.compile(r"part-(\d{4,})\.npy")
 def _source_key(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
-
-
-def _atomic_write(target: Path, write) -> None:
-    """``write(file)`` into a temporary sibling, fsync, rename over ``target`` (one implementation for spft)."""
-    from spft.experiments.rundir import atomic_write_with
-
-    atomic_write_with(target, write)
 
 
 class _ArrayStore:
@@ -317,10 +308,10 @@ class _ArrayStore:
     def _write_index(self, entries: dict[str, list]) -> None:
         data = {"version": CACHE_VERSION, "size": self.size, "color": self.color, "preprocessing": self.preprocessing,
                 "entries": entries}
-        _atomic_write(self.index_path, lambda fh: fh.write(json.dumps(data).encode()))
+        atomic_write_with(self.index_path, lambda fh: fh.write(json.dumps(data).encode()))
 
     def _write_done(self, part: int, done: np.ndarray) -> None:
-        _atomic_write(self.done_path(part), lambda fh: np.save(fh, done))
+        atomic_write_with(self.done_path(part), lambda fh: np.save(fh, done))
 
     def remove_partial(self) -> int:
         """Delete temporary files and parts the index does not refer to (a preparation killed before its index)."""

@@ -207,7 +207,8 @@ def screen_images(cfg, table: LabelTable, run_dir: str | os.PathLike | None = No
     log.warning("leaving out %d unusable image(s) (data.on_bad_image=skip), first: %s",
                 len(table.paths) - len(keep), bad[first])
     if run_dir is not None:
-        from spft.experiments.rundir import atomic_write_csv, secondary_rank
+        from spft.atomic import atomic_write_csv
+        from spft.distributed import secondary_rank
 
         if not secondary_rank():
             rows = [{"path": p, "id": table.ids[i], "split": table.splits[i], "error": bad[p]}

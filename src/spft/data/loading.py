@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from spft.distributed import local_processes
 from spft.errors import DataError
 
 MAX_AUTO_WORKERS = 16
@@ -22,18 +23,6 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def local_processes(explicit: int | None = None) -> int:
-    """Training processes on this node: ``explicit`` (the trainer's devices), else what the launcher says
-    (torchrun: ``LOCAL_WORLD_SIZE``; SLURM: ``SLURM_NTASKS_PER_NODE``), else 1."""
-    if explicit:
-        return max(1, int(explicit))
-    for var in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
-        value = os.environ.get(var, "")
-        if value.isdigit():
-            return max(1, int(value))
-    return 1
 
 
 def resolve_workers(data_cfg, local_world: int | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from spft.atomic import atomic_write_text
 from spft.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -486,14 +488,13 @@ def _assign_splits(rng: np.random.Generator, n_groups: int) -> list[str]:
     return [str(x) for x in names[rng.permutation(n_groups)]]
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence], atomic: bool = False) -> None:
-    target = path.with_name(path.name + ".tmp") if atomic else path
-    with open(target, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    if atomic:
-        os.replace(target, path)
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    """The CSV at ``path``, atomically (``labels.csv`` is written last: absent = an incomplete dataset)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue(), injectable=False)
 
 
 def _prepare_dir(out_dir: str | os.PathLike, subdirs: Sequence[str]) -> Path:
@@ -572,7 +573,7 @@ def generate_cxr(
             box_rows.extend([rel, *box] for box in boxes)
             label_rows.append([rel, f"p{patient:05d}", splits[patient], *labels])
     _write_csv(out / "boxes.csv", BOX_COLUMNS, box_rows)
-    _write_csv(out / "labels.csv", ("image", "patient_id", "split", *CXR_FINDINGS), label_rows, atomic=True)
+    _write_csv(out / "labels.csv", ("image", "patient_id", "split", *CXR_FINDINGS), label_rows)
     logger.info("wrote %d CXR phantoms (%d patients, %d px) to %s", n_images, n_patients, image_size, out)
     return out
 
@@ -625,6 +626,6 @@ def generate_lesions(
             Image.fromarray(img).save(out / "images" / f"{image_id}.jpg", quality=95)
             onehot = [int(i == cls_idx) for i in range(len(LESION_CLASSES))]
             rows.append([f"images/{image_id}.jpg", f"L{idx:05d}", splits[idx], *onehot])
-    _write_csv(out / "labels.csv", ("image", "lesion_id", "split", *LESION_CLASSES), rows, atomic=True)
+    _write_csv(out / "labels.csv", ("image", "lesion_id", "split", *LESION_CLASSES), rows)
     logger.info("wrote %d lesion phantoms (%d lesions, %d px) to %s", n_images, n_lesions, image_size, out)
     return out

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from spft.atomic import atomic_write_image
 from spft.data.yolo_layout import Box, write_dataset, write_labels
 from spft.errors import DataError, MissingFileError, MissingKeyError
 
@@ -145,10 +146,7 @@ def _write_png(dicom: Path, target: Path, long_side: int) -> tuple[int, int, int
         img = Image.fromarray(read_dicom(dicom))
         if (new_w, new_h) != (width, height):
             img = img.resize((new_w, new_h), Image.BILINEAR)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp.png")
-        img.save(tmp)
-        os.replace(tmp, target)
+        atomic_write_image(target, img)
     return width, height, new_w, new_h
 
 

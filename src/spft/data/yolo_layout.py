@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from spft.atomic import atomic_write_text
 from spft.errors import DataError, MissingFileError
-from spft.experiments.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
 

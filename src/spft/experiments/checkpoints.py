@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -51,7 +50,7 @@ def recorded_digests(path: str | Path) -> list[str] | None:
 
 
 def _record(path: Path, digest: str) -> None:
-    from spft.experiments.rundir import atomic_write_json
+    from spft.atomic import atomic_write_json
 
     table_file = _digest_file(path)
     try:
@@ -75,9 +74,11 @@ def install(tmp: str | Path, target: str | Path) -> None:
     """Record ``tmp``'s digest under ``target``'s name, then move it there (the old digest stays recorded, so a crash
     between the two steps leaves a file that still verifies). For checkpoints another library serialised (the
     detection engine's ``.pt`` files)."""
+    from spft.atomic import move_into_place
+
     tmp, target = Path(tmp), Path(target)
     _record(target, file_digest(tmp))
-    os.replace(tmp, target)
+    move_into_place(tmp, target, sync=True)  # fsynced first: another library may have written it without
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
@@ -88,7 +89,7 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
     """
     import torch
 
-    from spft.experiments.rundir import write_temp
+    from spft.atomic import write_temp
 
     path = Path(path)
     tmp = write_temp(path, lambda fh: torch.save(checkpoint, fh))
@@ -100,7 +101,7 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
 
 def copy_checkpoint(source: str | Path, target: str | Path) -> None:
     """A full copy of ``source`` at ``target`` (never a hard link: one damaged block must not hit both files)."""
-    from spft.experiments.rundir import write_temp
+    from spft.atomic import write_temp
 
     source, target = Path(source), Path(target)
     tmp = write_temp(target, lambda fh: _copy_into(source, fh))
@@ -189,7 +190,7 @@ EPOCHS = "epochs.json"
 def record_epoch(path: str | Path, epoch: int) -> None:
     """Record which epoch the checkpoint at ``path`` holds (``checkpoints/epochs.json``), for files that spft must
     not unpickle to find out (the detection engine's ``.pt`` pickles)."""
-    from spft.experiments.rundir import atomic_write_json
+    from spft.atomic import atomic_write_json
 
     path = Path(path)
     table_file = path.parent / EPOCHS

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from spft.distributed import secondary_rank
 from spft.errors import RunDirError
-from spft.experiments.ranks import secondary_rank
 
 LOCK = "run.lock"
 

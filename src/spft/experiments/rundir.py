@@ -2,147 +2,25 @@
 
 Layout (docs/decisions.md, rule 9): ``config.yaml`` (resolved), ``env.json``, ``history.csv``, ``class_weights.json``,
 ``metrics.json``, ``predictions_test.csv``, ``checkpoints/{last,best}.ckpt``, ``logs/`` and ``DONE``.
-Every file is written atomically (temp file in the same folder + ``os.replace``) so a crash never leaves a
-truncated file behind.
+Every file is written atomically (:mod:`spft.atomic`: temp file in the same folder, fsync, ``os.replace``) so a
+crash never leaves a truncated file behind.
 """
 
 from __future__ import annotations
 
-import csv
-import errno
-import io
-import json
 import logging
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from spft.atomic import atomic_write_csv, atomic_write_json, atomic_write_text, clean_temp_files, storage_error
+from spft.distributed import launched_world, secondary_rank
 from spft.errors import ConfigError, MissingFileError, RunDirError
-from spft.experiments.ranks import secondary_rank
 
 DONE = "DONE"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-FAULT_POINT_ENV = "SPFT_FAULT_POINT"
-_writes = 0  # atomic writes this process has made, counted for the fault-injection hook
-
-
-def fault_point(path: Path) -> None:
-    """Test hook (fault injection): with ``SPFT_FAULT_POINT=N`` the process SIGKILLs itself during its N-th atomic
-    write — after the data went to the temp file, before it is synced and renamed — as a power cut or the OOM
-    killer would. Every file spft writes (checkpoints, stage-1 features, history, JSON records) passes here.
-    Used by tests/test_faults.py and scripts/fault_inject.py; unset, it costs one dictionary lookup."""
-    global _writes
-    target = os.environ.get(FAULT_POINT_ENV)
-    if not target:
-        return
-    _writes += 1
-    if _writes == int(target):
-        import signal
-
-        sys.stderr.write(f"spft: fault injection: SIGKILL during write {_writes} ({path})\n")
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def write_temp(path: str | Path, write) -> Path:
-    """Call ``write(file)`` on a new temp file beside ``path`` and fsync it; returns the temp file (not yet renamed).
-
-    The temp name is ``.<name>.<random>.tmp`` (:func:`clean_temp_files` removes those a killed process left). A full
-    or read-only disk becomes a :class:`~spft.errors.StorageError` naming ``path``, and the temp file is removed.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _storage_error(path, exc) from exc
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared like any file
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fault_point(path)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if _is_storage_failure(exc):
-            raise _storage_error(path, exc) from exc
-        raise
-    return Path(tmp)
-
-
-def atomic_write_with(path: str | Path, write) -> None:
-    """Call ``write(file)`` on a temp file in ``path``'s folder, fsync, then ``os.replace`` it onto ``path``."""
-    tmp = write_temp(path, write)
-    try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _storage_error(Path(path), exc) from exc
-
-
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
-
-
-def _is_storage_failure(exc: BaseException) -> bool:
-    """An OSError of a full / read-only disk, or torch.save's RuntimeError for a failed write ("unexpected pos")."""
-    if isinstance(exc, OSError):
-        return exc.errno in _STORAGE_ERRNOS
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("unexpected pos" in text or "file write failed" in text)
-
-
-def _storage_error(path: Path, exc: BaseException):
-    from spft.errors import StorageError
-
-    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StorageError(f"cannot write {path}: {exc.strerror or exc} (read-only or no permission)")
-    if not isinstance(exc, OSError) or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return StorageError(f"no space left writing {path}; the previous version of the file is kept — free space "
-                            "and resume (spft train --resume RUN_DIR)")
-    return StorageError(f"cannot write {path}: {exc}")
-
-
-def clean_temp_files(folder: str | Path) -> list[Path]:
-    """Remove the ``.*.tmp`` files a killed write left in ``folder`` and its subfolders; returns what was removed."""
-    removed = []
-    for tmp in Path(folder).rglob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    atomic_write_with(path, lambda fh: fh.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def atomic_write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
-    buf = io.StringIO()
-    names = fieldnames or (list(rows[0]) if rows else [])
-    for row in rows:  # later rows may add columns (e.g. a refinement); keep the union, in order
-        names += [k for k in row if k not in names]
-    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 def default_run_dir(name: str) -> Path:
@@ -214,11 +92,6 @@ def mark_done(run_dir: str | Path) -> None:
 RUN_DIR_ENV = "SPFT_RUN_DIR"  # set by rank 0; Lightning's DDP launcher copies it to the processes it starts
 
 
-def _launched_world() -> int:
-    env = os.environ
-    return max(int(env.get("WORLD_SIZE") or 1), int(env.get("SLURM_NTASKS") or 1) if "SLURM_PROCID" in env else 1)
-
-
 def _job_id() -> str | None:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     return os.environ.get("SLURM_JOB_ID") or (run_id if run_id and run_id != "none" else None)
@@ -241,9 +114,9 @@ def create_run_dir(cfg) -> Path:
         cfg.run.dir = shared
         Path(shared).mkdir(parents=True, exist_ok=True)
         return Path(shared)
-    if not cfg.run.dir and _launched_world() > 1:
+    if not cfg.run.dir and launched_world() > 1:
         if not _job_id():
-            raise ConfigError(f"{_launched_world()} processes were launched but run.dir is not set: set "
+            raise ConfigError(f"{launched_world()} processes were launched but run.dir is not set: set "
                               "run.dir=... so every rank writes to the same run")
         cfg.run.dir = str(Path("runs") / (cfg.name or "run") / _job_id())
     run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg.name or "run")
@@ -251,7 +124,7 @@ def create_run_dir(cfg) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _storage_error(run_dir, exc) from exc
+        raise storage_error(run_dir, exc) from exc
     from spft.experiments.lock import LOCK, lock_run
 
     lock_run(run_dir, "train")  # first: a process still writing there is named as the holder

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import spft
+from spft.atomic import atomic_write_json, atomic_write_text
 from spft.errors import MissingFileError
-from spft.experiments.rundir import atomic_write_json, atomic_write_text
 from spft.reporting import figures
 from spft.reporting.collect import SkippedRun, _read_history, _status_reason, read_entries
 from spft.reporting.html import Figure, render_html

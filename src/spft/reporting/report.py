@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import spft
-from spft.experiments.rundir import atomic_write_json, atomic_write_text
+from spft.atomic import atomic_write_json, atomic_write_text
 from spft.reporting import figures, paper
 from spft.reporting.bootstrap import BootstrapResult, bootstrap_ap, bootstrap_auc
 from spft.reporting.collect import RunRecord, SweepData, collect, read_entries

@@ -14,8 +14,9 @@ from pathlib import Path
 import yaml
 
 import spft
+from spft.atomic import atomic_write_json, atomic_write_text
 from spft.errors import MissingFileError
-from spft.experiments.rundir import atomic_write_json, atomic_write_text, is_done
+from spft.experiments.rundir import is_done
 from spft.reporting.collect import _entries, read_entries
 from spft.reporting.html import render_html
 from spft.reporting.provenance import overrides_table, overrides_text, provenance, summary_lines, sweep_task

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spft.experiments.rundir import atomic_write_text
+from spft.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -18,25 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spft.data.dataset import EpochSeededSampler, ShardSampler
 from spft.data.loading import loader_options
-
-
-def init_from_launcher() -> tuple[int, int]:
-    """(rank, world) for code that runs outside a Lightning Trainer (``spft evaluate``): when torchrun or SLURM
-    launched several processes, join their process group (NCCL on GPUs, gloo on CPUs) once; else (0, 1)."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE") or 1)
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK") or 0))
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size()
+from spft.distributed import rank_and_world
 
 
 def worker_init(worker_id: int) -> None:
@@ -121,13 +103,6 @@ class FreshEpochOrder(L.Callback):
             for loader in _loaders_of(trainer.train_dataloader):
                 for s in epoch_samplers(loader):
                     self._trained[id(s)] = s.iterated_epoch
-
-
-def rank_and_world(trainer) -> tuple[int, int]:
-    """(global rank, world size) of ``trainer``, (0, 1) when there is none."""
-    if trainer is None:
-        return 0, 1
-    return int(trainer.global_rank), int(trainer.world_size)
 
 
 class SplitDataModule(L.LightningDataModule):

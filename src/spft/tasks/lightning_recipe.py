@@ -31,9 +31,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from spft.atomic import atomic_write_csv, atomic_write_json
+from spft.devices import resolve_precision, trains_on_gpu
+from spft.distributed import average_gradients, check_ranks_agree
 from spft.errors import DataError, MissingFileError
 from spft.experiments.checkpoints import copy_checkpoint, load_checkpoint, newest_intact, save_checkpoint
-from spft.experiments.rundir import atomic_write_csv, atomic_write_json
 from spft.recipe import (
     ClassWeights,
     StagePlan,
@@ -70,45 +72,6 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
             "python": random.getstate()}
-
-
-def gather_by_index(parts: dict[str, list], world: int, per_batch: tuple[str, ...] = ("loss",)) -> dict:
-    """Concatenate per-batch lists of tensors from every DDP rank and put the samples back in dataset order.
-
-    ``parts["index"]`` holds each sample's position in the split; every other per-sample key is reordered by it,
-    keys in ``per_batch`` (e.g. summed losses) are just concatenated. Evaluation shards carry no padding
-    (:class:`~spft.data.dataset.ShardSampler`), so the result is exactly the single-process evaluation set.
-    """
-    local = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items() if v or k == "index"}
-    if world > 1:
-        gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, local)
-        local = {k: torch.cat([g[k] for g in gathered]) for k in local}
-    order = torch.argsort(local["index"].long())
-    return {k: (v if k in per_batch else v[order]) for k, v in local.items()}
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's bytes: equal on all DDP ranks exactly when they hold the same weights."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def check_ranks_agree(model: torch.nn.Module, epoch: int) -> None:
-    """After each DDP epoch: every rank's weights fingerprint, logged and compared; divergence stops the run
-    (a silent divergence would make the saved rank-0 model one of several different models)."""
-    mine = weights_fingerprint(model)
-    rank = torch.distributed.get_rank()
-    prints: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(prints, mine)
-    log.info("rank %d weights fingerprint after epoch %d: %s", rank, epoch, mine)
-    if len(set(prints)) > 1:
-        raise RuntimeError(f"DDP ranks hold different weights after epoch {epoch}: fingerprints {prints}")
 
 
 def clean_row(row: dict) -> dict:
@@ -220,13 +183,7 @@ class RecipeModule(L.LightningModule):
             return
         late = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None
                 and id(p) not in self._ddp_registered]
-        if late:
-            grads = [p.grad for p in late]
-            flat = torch._utils._flatten_dense_tensors(grads)
-            torch.distributed.all_reduce(flat)
-            flat /= self.trainer.world_size
-            for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-                g.copy_(synced)
+        average_gradients(late, self.trainer.world_size)
 
     # ---- divergence: a non-finite loss or gradient norm stops the run at its step ---------------------------------
     def on_before_backward(self, loss: torch.Tensor) -> None:
@@ -613,15 +570,6 @@ class SignalGuard(L.Callback):
         return RunInterrupted(f"interrupted at epoch {epoch}; resume with spft train --resume {run_dir}", signum)
 
 
-def resolve_precision(cfg) -> str:
-    """``trainer.precision``, else bf16-mixed on a GPU that supports it (16-mixed otherwise), else fp32."""
-    if cfg.trainer.precision:
-        return cfg.trainer.precision
-    if trains_on_gpu(cfg):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
 def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = False,
                   extra_callbacks: tuple = ()) -> L.Trainer:
     """The Lightning Trainer every Lightning task uses: best/last checkpoints and early stopping on ``monitor``
@@ -684,15 +632,6 @@ def load_checkpoint_into(module: RecipeModule, ckpt: Path) -> int | None:
 def load_best_weights(module: RecipeModule, run_dir: Path) -> int | None:
     """Load ``best.ckpt`` (else, with a warning, ``last.ckpt``) into ``module``; returns the saved epoch."""
     return load_checkpoint_into(module, run_dir / "checkpoints" / "best.ckpt")
-
-
-def trains_on_gpu(cfg) -> bool:
-    """Whether the trainer will run on a CUDA GPU (decides pinned memory and precision defaults)."""
-    return cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def eval_device(cfg) -> str:
-    return "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
 
 
 def split_counts(table) -> dict:

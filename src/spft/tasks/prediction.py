@@ -31,7 +31,7 @@ class Predictions:
 
     def write(self, out: str | Path) -> tuple[Path, Path | None]:
         """Write the table (and the failures' sidecar, when any); returns both paths (``None``: no failures)."""
-        from spft.experiments.rundir import atomic_write_csv, atomic_write_text
+        from spft.atomic import atomic_write_csv, atomic_write_text
 
         out = Path(out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)

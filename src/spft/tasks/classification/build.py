@@ -13,12 +13,13 @@ from spft.config import SpftConfig
 from spft.data.augment import Augment
 from spft.data.registry import build_table
 from spft.data.transforms import ImageTransform
+from spft.devices import trains_on_gpu
 from spft.models.classifier import build_classifier
 from spft.recipe import ClassWeights
 from spft.tasks.classification.datamodule import ClassificationDataModule
 from spft.tasks.classification.feature_cache import FeatureCache, cache_blocker
 from spft.tasks.classification.module import ClassificationModule
-from spft.tasks.lightning_recipe import preprocessing_record, split_counts, stage_plan, trains_on_gpu
+from spft.tasks.lightning_recipe import preprocessing_record, split_counts, stage_plan
 
 log = logging.getLogger(__name__)
 

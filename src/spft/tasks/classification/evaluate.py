@@ -53,9 +53,9 @@ def evaluate_module(module, loader, split: str, device: torch.device | str = "cp
     """Predict ``loader`` with the module's evaluation weights (EMA when enabled) and score it.
 
     With ``world > 1`` each rank predicts its shard and every rank gets the whole split back in dataset order
-    (:func:`~spft.tasks.lightning_recipe.gather_by_index`), so the AUC equals a single-process evaluation.
+    (:func:`~spft.distributed.gather_by_index`), so the AUC equals a single-process evaluation.
     """
-    from spft.tasks.lightning_recipe import gather_by_index
+    from spft.distributed import gather_by_index, gather_objects
 
     model = module.eval_model().to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
@@ -70,9 +70,7 @@ def evaluate_module(module, loader, split: str, device: torch.device | str = "cp
             parts["index"].append(batch["index"])
             names.update(zip(batch["index"].tolist(), zip(batch["id"], batch["group"])))
     if world > 1:
-        shards: list = [None] * world
-        torch.distributed.all_gather_object(shards, names)
-        names = {k: v for shard in shards for k, v in shard.items()}
+        names = {k: v for shard in gather_objects(names, world) for k, v in shard.items()}
     merged = gather_by_index(parts, world)
     order = merged["index"].tolist()
     p, y = merged["probs"].numpy(), merged["labels"].numpy()
@@ -204,7 +202,7 @@ def refuse_unlabelled(labels: np.ndarray, data_file: str) -> None:
 
 
 def _write_files(metrics_path: Path, predictions_path: Path, ev: Evaluation, best_epoch: int | None) -> None:
-    from spft.experiments.rundir import atomic_write_csv, atomic_write_json
+    from spft.atomic import atomic_write_csv, atomic_write_json
 
     atomic_write_csv(predictions_path, prediction_rows(ev))
     metrics = ev.metrics()
@@ -228,11 +226,12 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     from spft.data.csv_dataset import check_missing, subset_table
     from spft.data.io import set_max_pixels
     from spft.data.registry import load_table
+    from spft.devices import eval_device
+    from spft.distributed import init_from_launcher
     from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.classification.build import build_run
     from spft.tasks.classification.operating import apply_run_records
-    from spft.tasks.lightning_data import init_from_launcher
-    from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
+    from spft.tasks.lightning_recipe import load_checkpoint_into
 
     run_dir = Path(run_dir)
     split_given = split is not None

@@ -213,7 +213,7 @@ def write_heatmaps(model, items: list, item_ids: list[str], table: pd.DataFrame,
         bar.close()
     frame = pd.DataFrame(listing, columns=["id", "class", "prob", "npy", "png"])
     listing_file = out / LISTING
-    from spft.experiments.rundir import atomic_write_text
+    from spft.atomic import atomic_write_text
 
     atomic_write_text(listing_file, frame.to_csv(index=False, lineterminator="\n"))
     log.info("%d heatmap(s) (%s) of %d image(s) -> %s", len(frame), method, frame["id"].nunique(), out)

@@ -27,11 +27,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from spft.atomic import atomic_write_with
 from spft.data.dataset import ShardSampler
 from spft.data.registry import cache_root
+from spft.distributed import all_ranks_agree, gather_objects
 from spft.errors import SpftError
-from spft.experiments.rundir import atomic_write_with
 from spft.filelock import exclusive
+from spft.models.digest import weights_digest
 from spft.models.encoders import hidden_size
 from spft.tasks.classification import feature_store
 
@@ -54,16 +56,6 @@ def cache_blocker(cfg, model: nn.Module) -> str | None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             return f"the encoder has batch norm ({name}), whose statistics move in training mode"
     return None
-
-
-def weights_digest(module: nn.Module) -> str:
-    """SHA-256 over every tensor of ``module.state_dict()`` (name, dtype, shape and bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def files_digest(paths: list[str]) -> str:
@@ -165,7 +157,7 @@ class FeatureCache:
         precision = "bf16" if device.type == "cuda" else "fp32"
         path = self.folder / self.key(dataset, precision) / f"{split}.npy"
         features = _read(path, len(dataset))
-        if _all_ranks_agree(features is not None, world):
+        if all_ranks_agree(features is not None, world):
             log.info("stage-1 feature cache: %s features read from %s", split, path)
             feature_store.touch(path.parent)
         else:
@@ -182,9 +174,9 @@ class FeatureCache:
         for it in a collective (bounded by the process group's timeout, 30 min by default)."""
         lock = path.parent.with_name(path.parent.name + ".lock")
         with exclusive(lock, "computing the same stage-1 features") if rank == 0 else contextlib.nullcontext():
-            _all_ranks_agree(True, world)  # every rank waits here until rank 0 holds the lock
+            all_ranks_agree(True, world)  # every rank waits here until rank 0 holds the lock
             features = _read(path, len(dataset))
-            if _all_ranks_agree(features is not None, world):  # another process wrote them while we waited
+            if all_ranks_agree(features is not None, world):  # another process wrote them while we waited
                 log.info("stage-1 feature cache: %s features read from %s (computed meanwhile by another process)",
                          split, path)
                 feature_store.touch(path.parent)
@@ -201,7 +193,7 @@ class FeatureCache:
         """Write one split's features, its entry's ``meta.json`` and keep the store under its cap. A cache that
         cannot be written (read-only, full, not a folder) is a warning: the run trains on from memory."""
         try:
-            _atomic_save(path, features.numpy())
+            atomic_write_with(path, lambda fh: np.save(fh, features.numpy()))
             if not (path.parent / "meta.json").is_file():
                 feature_store.write_meta(path.parent, {"describe": f"{type(self.model.encoder).__name__}, "
                                                        f"{len(dataset)} {path.stem} images, {self.color}",
@@ -235,7 +227,7 @@ class FeatureCache:
             self.model.train(was_training)
         mine = (torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long),
                 torch.cat(rows) if rows else torch.zeros(0, hidden_size(self.model.encoder)))
-        return _gather(mine, world)
+        return gather_objects(mine, world)
 
 
 def _read(path: Path, n_rows: int) -> torch.Tensor | None:
@@ -253,24 +245,3 @@ def _read(path: Path, n_rows: int) -> torch.Tensor | None:
                     tuple(array.shape), n_rows)
         return None
     return torch.from_numpy(array)
-
-
-def _all_ranks_agree(flag: bool, world: int) -> bool:
-    """True only when ``flag`` holds on every rank (so all ranks take the same branch of a collective step)."""
-    if world <= 1:
-        return flag
-    flags = [None] * world
-    torch.distributed.all_gather_object(flags, bool(flag))
-    return all(flags)
-
-
-def _gather(obj, world: int) -> list:
-    if world <= 1:
-        return [obj]
-    out = [None] * world
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    atomic_write_with(path, lambda fh: np.save(fh, array))

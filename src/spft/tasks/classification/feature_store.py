@@ -67,7 +67,7 @@ def touch(folder: Path) -> None:
 
 
 def write_meta(folder: Path, meta: dict) -> None:
-    from spft.experiments.rundir import atomic_write_json
+    from spft.atomic import atomic_write_json
 
     atomic_write_json(folder / "meta.json", {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 

@@ -12,14 +12,10 @@ import logging
 
 import torch
 
+from spft.distributed import gather_by_index
 from spft.metrics import multilabel_auc
 from spft.recipe import trainable_at, weighted_bce, weighted_ce
-from spft.tasks.lightning_recipe import (  # noqa: F401  (re-exported for callers of the old location)
-    RecipeModule,
-    gather_by_index,
-    seed_everything_for_epoch,
-    stage_plan,
-)
+from spft.tasks.lightning_recipe import RecipeModule
 
 log = logging.getLogger(__name__)
 

@@ -125,7 +125,7 @@ def fit_and_apply(run_dir: Path, cfg, val, test) -> None:
 
     ``val`` is None when the run has no validation images: ``T = 1`` and no threshold is defined.
     """
-    from spft.experiments.rundir import atomic_write_json
+    from spft.atomic import atomic_write_json
 
     multiclass = cfg.loss == "ce"
     ev_cfg = cfg.evaluation

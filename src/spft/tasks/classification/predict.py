@@ -27,6 +27,7 @@ import torch
 
 from spft.data.inputs import Failure, InputImage, collect_inputs
 from spft.data.io import array_to_image
+from spft.devices import resolve_device
 from spft.errors import ConfigError, DataError, SpftError
 from spft.tasks.classification.source import LoadedClassifier, load_source
 from spft.tasks.prediction import Predictions, decode_ahead, error_text
@@ -34,17 +35,6 @@ from spft.tasks.prediction import Predictions, decode_ahead, error_text
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here (use cpu or auto)")
-    if name.split(":")[0] not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: expected cpu, cuda or auto, got {name!r}")
-    return torch.device(name)
 
 
 def default_workers() -> int:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
+from spft.atomic import atomic_write_json
 from spft.data.loading import resolve_workers
 from spft.data.yolo_layout import read_dataset, split_image_list
+from spft.devices import eval_device, ultralytics_device
 from spft.errors import MissingFileError
 from spft.experiments.checkpoints import newest_intact
-from spft.experiments.rundir import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,6 @@ def is_rtdetr(cfg) -> bool:
     return "rtdetr" in Path(str(cfg.model.name)).name.lower()
 
 
-def device_of(cfg) -> str:
-    """Ultralytics device string: ``cpu`` or ``0`` (first GPU)."""
-    if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
-        return "cpu"
-    return "0"
-
-
 def _iou40(base):
     """A validator class that scores at the single IoU threshold 0.4 (its "mAP50" is then mAP@40)."""
 
@@ -73,7 +67,7 @@ def _iou40(base):
 def _val(model, cfg, dataset_yaml: Path, split: str, out: Path, validator=None):
     kwargs = {"data": str(dataset_yaml), "split": split, "imgsz": cfg.detection.imgsz, "plots": False,
               "batch": cfg.trainer.eval_batch_size or cfg.trainer.batch_size, "conf": cfg.detection.conf,
-              "device": device_of(cfg), "workers": resolve_workers(cfg.data), "verbose": False,
+              "device": ultralytics_device(eval_device(cfg)), "workers": resolve_workers(cfg.data), "verbose": False,
               "project": str(out.parent), "name": out.name, "exist_ok": True}
     return model.val(validator=validator, **kwargs) if validator else model.val(**kwargs)
 

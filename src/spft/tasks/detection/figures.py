@@ -33,8 +33,9 @@ def draw_predictions(weights: Path, cfg, dataset_yaml: Path, out_dir: Path, n_im
     """Draw ground truth and predictions of ``weights`` on the first ``n_images`` validation images with boxes."""
     from ultralytics import RTDETR, YOLO
 
+    from spft.devices import eval_device, ultralytics_device
     from spft.tasks.detection import restore_pil_open
-    from spft.tasks.detection.evaluate import device_of, is_rtdetr
+    from spft.tasks.detection.evaluate import is_rtdetr
 
     restore_pil_open()
     names = read_dataset(dataset_yaml)["names"]
@@ -44,7 +45,7 @@ def draw_predictions(weights: Path, cfg, dataset_yaml: Path, out_dir: Path, n_im
         return []
     model = (RTDETR if is_rtdetr(cfg) else YOLO)(str(weights))
     results = model.predict([str(p) for p in images], imgsz=cfg.detection.imgsz, conf=conf, verbose=False,
-                            device=device_of(cfg))
+                            device=ultralytics_device(eval_device(cfg)))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for image, result in zip(images, results):

@@ -74,20 +74,12 @@ class DetectionPredictions(Predictions):
                 "categories": [{"id": category[c], "name": c} for c in self.classes]}
 
     def write(self, out: str | Path) -> tuple[Path, Path | None]:
-        from spft.experiments.rundir import atomic_write_text
+        from spft.atomic import atomic_write_text
 
         table_file, failed_file = super().write(out)
         atomic_write_text(self.coco_path(table_file), json.dumps(self.coco(), indent=1) + "\n")
         log.info("COCO results -> %s", self.coco_path(table_file))
         return table_file, failed_file
-
-
-def ultralytics_device(device: str = "auto") -> str:
-    """``--device`` (auto / cpu / cuda / cuda:N) as Ultralytics names it: ``cpu`` or a GPU index."""
-    from spft.tasks.classification.predict import resolve_device
-
-    resolved = resolve_device(device)
-    return "cpu" if resolved.type == "cpu" else str(resolved.index or 0)
 
 
 def nms_settings() -> dict:
@@ -108,6 +100,7 @@ class Detector:
     task = "detection"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str = "auto"):
+        from spft.devices import ultralytics_device
         from spft.experiments.checkpoints import newest_intact
         from spft.experiments.rundir import load_run_config
         from spft.tasks.detection.evaluate import is_rtdetr

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from spft.atomic import atomic_write_csv, atomic_write_json
 from spft.errors import ConfigError
-from spft.experiments.rundir import atomic_write_csv, atomic_write_json
 from spft.recipe import ClassWeights, LayerGroups, apply_heuristics, detection_initial_weights
 
 log = logging.getLogger(__name__)

@@ -12,33 +12,29 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import ultralytics  # the `detect` extra: the task registry turns its absence into an install hint
 import yaml
 
+from spft.atomic import atomic_write_json
 from spft.config import SpftConfig
 from spft.data.loading import resolve_workers
+from spft.devices import eval_device, ultralytics_amp, ultralytics_device
 from spft.errors import MissingFileError
 from spft.experiments.checkpoints import newest_intact, record_digest, recorded_epoch
-from spft.experiments.rundir import atomic_write_json, environment
+from spft.experiments.rundir import environment
 from spft.tasks.detection import restore_pil_open
 from spft.tasks.detection.checks import check_detection_config
 from spft.tasks.detection.dataset import dataset_yaml_for, resolve_model
-from spft.tasks.detection.evaluate import device_of, evaluate_weights, is_rtdetr
+from spft.tasks.detection.evaluate import evaluate_weights, is_rtdetr
 from spft.tasks.lifecycle import Unguarded, resume_run, start_run
 
 log = logging.getLogger(__name__)
 restore_pil_open()
 
-def _amp(device: str):
-    if device == "cpu":
-        return False
-    return "bf16" if torch.cuda.is_bf16_supported() else True
-
 
 def trainer_overrides(cfg: SpftConfig, run_dir: Path, data_yaml: Path) -> dict:
     """Ultralytics train arguments; everything the recipe decides is left to the SPFT trainer's overrides."""
-    device = device_of(cfg)
+    device = ultralytics_device(eval_device(cfg))
     det = cfg.detection
     return {
         "model": resolve_model(cfg.model.name), "data": str(data_yaml), "epochs": cfg.trainer.max_epochs,
@@ -47,7 +43,7 @@ def trainer_overrides(cfg: SpftConfig, run_dir: Path, data_yaml: Path) -> dict:
         "optimizer": "AdamW", "lr0": cfg.optim.lr_head, "weight_decay": cfg.optim.weight_decay,
         "nbs": cfg.trainer.batch_size,  # one optimizer step per batch, as in the recipe
         "warmup_epochs": 0.0,  # the recipe's warm-up (optim.warmup_steps) is in the scheduler
-        "cos_lr": True, "mosaic": det.mosaic, "fliplr": det.fliplr, "conf": det.conf, "amp": _amp(device),
+        "cos_lr": True, "mosaic": det.mosaic, "fliplr": det.fliplr, "conf": det.conf, "amp": ultralytics_amp(device),
         "plots": False, "val": True, "verbose": False, "exist_ok": True,
         # True keeps the weights of a .pt model.name (False would discard them); a path loads detection.weights
         "pretrained": resolve_model(det.weights) if det.weights else True,

@@ -11,9 +11,10 @@ import torch
 
 from spft.config import SpftConfig
 from spft.data.masks import build_mask_table, pixel_prevalence
+from spft.devices import trains_on_gpu
 from spft.models.sam2 import build_sam2
 from spft.recipe import ClassWeights
-from spft.tasks.lightning_recipe import preprocessing_record, split_counts, trains_on_gpu
+from spft.tasks.lightning_recipe import preprocessing_record, split_counts
 from spft.tasks.segmentation.datamodule import SegmentationDataModule
 from spft.tasks.segmentation.module import SegmentationModule
 

@@ -138,10 +138,12 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     record and earlier evaluations of other data are never overwritten."""
     import dataclasses
 
+    from spft.atomic import atomic_write_csv, atomic_write_json
     from spft.data.masks import MaskDataset, load_mask_table
-    from spft.experiments.rundir import atomic_write_csv, atomic_write_json, checked_split, load_run_config
+    from spft.devices import eval_device
+    from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.classification.evaluate import data_file_of, is_other_data, output_paths
-    from spft.tasks.lightning_recipe import eval_device, load_checkpoint_into
+    from spft.tasks.lightning_recipe import load_checkpoint_into
     from spft.tasks.segmentation.build import build_run
 
     run_dir = Path(run_dir)

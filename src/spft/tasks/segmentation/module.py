@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from spft.distributed import gather_by_index
 from spft.metrics import dice_score, mean_dice
 from spft.recipe import ClassWeights
-from spft.tasks.lightning_recipe import RecipeModule, gather_by_index
+from spft.tasks.lightning_recipe import RecipeModule
 from spft.tasks.segmentation.loss import weighted_dice_bce
 
 log = logging.getLogger(__name__)

@@ -73,6 +73,7 @@ class SegmentationPredictions(Predictions):
         """The table at ``out`` (with ``mask_file``), the failures' sidecar, and the PNGs in ``<out stem>_masks/``."""
         from PIL import Image
 
+        from spft.atomic import atomic_write_image
         from spft.data.mask_contract import decode_chexmask_rle
 
         out = Path(out).expanduser()
@@ -86,9 +87,7 @@ class SegmentationPredictions(Predictions):
                 stems[row["id"]] = safe_stem(row["id"], taken)
             name = f"{stems[row['id']]}_{row['structure']}.png"
             mask = decode_chexmask_rle(row["rle"], int(row["height"]), int(row["width"]))
-            tmp = folder / f".{name}.tmp.png"
-            Image.fromarray(mask * np.uint8(255)).save(tmp)
-            os.replace(tmp, folder / name)
+            atomic_write_image(folder / name, Image.fromarray(mask * np.uint8(255)))
             files.append(f"{folder.name}/{name}")
         self.table["mask_file"] = files if files else pd.Series([], dtype=str)
         log.info("%d mask PNG(s) -> %s", len(files), folder)
@@ -200,10 +199,10 @@ class Segmenter:
     task = "segmentation"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str = "auto"):
+        from spft.devices import resolve_device
         from spft.experiments.checkpoints import load_checkpoint
         from spft.experiments.rundir import load_run_config
         from spft.models.sam2 import build_sam2
-        from spft.tasks.classification.predict import resolve_device
         from spft.tasks.classification.source import _eval_state, checkpoint_file
 
         run_dir = Path(run_dir).expanduser()
