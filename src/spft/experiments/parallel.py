@@ -246,7 +246,7 @@ class LineDisplay:
         elif run.status == "interrupted":
             log.info("[%d/%d] %s: interrupted after %.0f s", job.number, s.total, run.key, run.seconds)
         else:
-            log.error("[%d/%d] %s failed (%s); last lines of %s:\n  %s", job.number, s.total, run.key, run.note,
+            log.error("[%d/%d] %s failed: %s; last lines of %s:\n  %s", job.number, s.total, run.key, job.why(),
                       job.log_path, "\n  ".join(job.tail()))
 
     def tick(self) -> None:
@@ -273,7 +273,7 @@ class TableDisplay(LineDisplay):
         if job.run.status == "failed":
             self.clear()
             run = job.run
-            self.stream.write(f"spft: {run.key} failed ({run.note}); last lines of {job.log_path}:\n  "
+            self.stream.write(f"spft: {run.key} failed: {job.why()}; last lines of {job.log_path}:\n  "
                               + "\n  ".join(job.tail()) + "\n")
         self.draw()
 
@@ -310,6 +310,11 @@ class Job:
     log_path: Path
     proc: subprocess.Popen | None = None
     started: float = 0.0
+    error: str | None = None  # the child's one-line ``spft train: error: ...``, when it printed one
+
+    def why(self) -> str:
+        code = self.run.returncode
+        return f"{self.error} (exit code {code})" if self.error else f"exit code {code}"
 
     def tail(self, n: int = 8) -> list[str]:
         try:
@@ -333,6 +338,7 @@ class Scheduler:
                  display: str = "auto"):
         self.hooks = hooks
         self.waiting = list(todo)
+        self.plan = list(todo)
         self.total = len(todo)
         self.slots = list(slots) or [()]
         self.free = list(range(len(self.slots)))
@@ -375,7 +381,7 @@ class Scheduler:
         jobs = {id(j.run): j for j in [*self.finished, *self.running.values()]}
         order = {"training": 0, "resuming": 0, "failed": 1, "interrupted": 1, "done": 2, "waiting": 3}
         rows = []
-        for run in [*(j.run for j in self.finished), *(j.run for j in self.running.values()), *self.waiting]:
+        for run in self.plan:  # in plan order, so rows stay where they are; too many: running and failed first
             job = jobs.get(id(run))
             if job is None:
                 state, devices, elapsed = "waiting", "", ""
@@ -467,8 +473,8 @@ class Scheduler:
             run.status, run.note = "interrupted", "stopped with the sweep: run the sweep again to resume it"
         else:
             run.status = "failed"
-            error = next((m.group(1) for line in reversed(job.tail(20)) if (m := _ERROR_LINE.match(line))), None)
-            run.note = f"{error} (exit code {code}; see {job.log_path})" if error else \
+            job.error = next((m.group(1) for line in reversed(job.tail(20)) if (m := _ERROR_LINE.match(line))), None)
+            run.note = f"{job.error} (exit code {code}; see {job.log_path})" if job.error else \
                 f"exit code {code}; see {job.log_path}"
         self.finished.append(job)
         self.display.finished(job)
