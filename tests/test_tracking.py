@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_cli, tiny_overrides
+from conftest import run_cli, tiny_overrides
+from run_hooks import crash_after_epoch
 
 from spft.config import ConfigError, load_config
 from spft.errors import DependencyError
@@ -82,10 +83,6 @@ def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
     return {a.path for a in client.list_artifacts(run_id, path)}
 
 
-def _git_head() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-
 # --- what is sent (no server) ---------------------------------------------------------------------------------------
 
 def test_records_flat_params_metrics_and_artifacts(tmp_path):
@@ -108,7 +105,11 @@ def test_records_flat_params_metrics_and_artifacts(tmp_path):
     (tmp_path / "figures" / "val").mkdir(parents=True)
     (tmp_path / "figures" / "val" / "a.png").write_bytes(b"png")
     (tmp_path / "chart.png").write_bytes(b"png")
+    (tmp_path / "predictions_test").mkdir()
+    for name in ("x_overlay.png", "x_heart.png"):  # segmentation: the overlay is a figure, the mask is not
+        (tmp_path / "predictions_test" / name).write_bytes(b"png")
     assert artifact_files(tmp_path) == [["metrics.json", None], ["history.csv", None], ["chart.png", None],
+                                        ["predictions_test/x_overlay.png", "predictions_test"],
                                         ["figures/val/a.png", "figures/val"]]
 
 
@@ -135,7 +136,7 @@ def test_train_is_tracked_live_and_resume_continues_the_same_run(spft_cache, mlf
     args = ["train", CONFIG, *tiny_overrides(run, n_images=160, epochs=2), f"tracking.mlflow.uri={mlflow_uri}",
             "tracking.mlflow.experiment=spft-tests", "tracking.mlflow.tags={team: imaging}"]
     # killed (os._exit) once epoch 0's checkpoint is written: epoch 0 is already on the server
-    proc = run_cli(*args, env={"SPFT_CRASH_AFTER_EPOCH": "0"}, check=False)
+    proc = run_cli(*args, env=crash_after_epoch(0), check=False)
     assert proc.returncode == 17, proc.stderr
     run_id = json.loads((run / "tracking.json").read_text())["run_id"]
     assert client.get_run(run_id).info.status == "RUNNING"
@@ -143,6 +144,7 @@ def test_train_is_tracked_live_and_resume_continues_the_same_run(spft_cache, mlf
 
     proc = run_cli("train", "--resume", str(run))
     assert "warning" not in proc.stderr.lower() and not (run / UNSENT_FILE).exists()
+    assert proc.stdout.strip().splitlines()[-1] == str(run)  # MLflow prints nothing on stdout
     state = json.loads((run / "tracking.json").read_text())
     assert state["run_id"] == run_id and state["epochs"] == [0, 1] and state["status"] == "FINISHED"
     got = client.get_run(run_id)
@@ -164,7 +166,8 @@ def test_train_is_tracked_live_and_resume_continues_the_same_run(spft_cache, mlf
     assert got.data.metrics["test_macro_auc"] == pytest.approx(metrics["macro_auc"])
     assert len(client.get_metric_history(run_id, "test_macro_auc")) == 1
     tags = got.data.tags
-    assert tags["mlflow.source.git.commit"] == _git_head()
+    sha = json.loads((run / "env.json").read_text())["git_sha"]  # the checkout's HEAD when the run started
+    assert tags["mlflow.source.git.commit"] == sha and len(sha) == 40
     assert (tags["spft.task"], tags["spft.dataset"], tags["team"]) == ("classification", "phantom", "imaging")
     assert tags["spft.stage2_start_epoch"] == "1" and tags["spft.run_dir"] == str(run.resolve())
     assert {"metrics.json", "history.csv", "config.yaml", "class_weights.json", "thresholds.json",
@@ -223,7 +226,7 @@ class _Attempt:
             for listener in self.epoch_listeners:
                 listener()
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-            (self.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+            (self.run_dir / "checkpoints" / "stand-in.ckpt").write_bytes(b"x")  # keeps a failed run's folder
         if self.fail:
             raise RuntimeError("boom")
 
@@ -260,6 +263,35 @@ def test_the_shared_lifecycle_tracks_segmentation_and_wires_detection(mlflow_uri
         assert _steps(client, state["run_id"], "val_dice_ema") == [0, 1]
         assert got.info.status == ("FAILED" if fail else "FINISHED")
         assert ("test_mean_dice" in got.data.metrics) is not fail
+    # the server down for a first attempt (killed by an error), back for --resume: what was queued goes out first,
+    # into one MLflow run, and no epoch twice
+    import requests
+    from mlflow.tracking import MlflowClient
+
+    from spft.tasks.lifecycle import resume_run
+
+    down = [True]
+    search = MlflowClient.search_experiments
+
+    def flaky(self, *args, **kwargs):
+        if down[0]:
+            raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "search_experiments", flaky)
+    run = tmp_path / "seg_resumed"
+    cfg = load_config("configs/phantom_segment_sam2.yaml", [f"run.dir={run}", f"tracking.mlflow.uri={mlflow_uri}"])
+    with pytest.raises(RuntimeError, match="boom"):
+        start_run(cfg, Engine(fail=True))
+    assert json.loads((run / "tracking.json").read_text())["run_id"] is None
+    assert [json.loads(line)["kind"] for line in (run / UNSENT_FILE).read_text().splitlines()] == [
+        "run", "params", "metrics", "metrics", "tags", "artifacts", "status"]
+    down[0] = False
+    resume_run(run, Engine(fail=False))
+    state = json.loads((run / "tracking.json").read_text())
+    assert not (run / UNSENT_FILE).exists() and state["status"] == "FINISHED"
+    assert client.get_run(state["run_id"]).info.status == "FINISHED"
+    assert _steps(client, state["run_id"], "val_dice_ema") == [0, 1]
     # detection: the lifecycle's listeners become Ultralytics on_fit_epoch_end callbacks
     from spft.tasks.detection import train as detection_train
 

@@ -132,10 +132,13 @@ def final_metrics(run_dir: Path, timestamp_ms: int) -> list[dict]:
 
 def artifact_files(run_dir: Path) -> list[list]:
     """``[relative path, artifact folder or None]`` of the files sent at the end: the record files present
-    (:data:`RECORD_FILES`), ``*.png`` beside them and every ``*.png`` under ``figures/`` (its folders kept)."""
+    (:data:`RECORD_FILES`), ``*.png`` beside them, segmentation's overlays (``predictions_test/*_overlay.png``) and
+    every ``*.png`` under ``figures/`` (its folders kept)."""
     run_dir = Path(run_dir)
     files: list[list] = [[name, None] for name in RECORD_FILES if (run_dir / name).is_file()]
     files += [[p.name, None] for p in sorted(run_dir.glob("*.png")) if p.is_file()]
+    files += [[f"predictions_test/{p.name}", "predictions_test"]
+              for p in sorted((run_dir / "predictions_test").glob("*_overlay.png")) if p.is_file()]
     figures = run_dir / "figures"
     if figures.is_dir():
         for p in sorted(figures.rglob("*.png")):
