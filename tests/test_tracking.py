@@ -217,7 +217,7 @@ class _Attempt:
         return {}
 
     def fit(self) -> None:
-        from spft.experiments.rundir import atomic_write_csv
+        from spft.atomic import atomic_write_csv
 
         rows = []
         for epoch in range(2):

@@ -184,7 +184,7 @@ class TrackingState:
         return state
 
     def write(self, folder: Path) -> None:
-        from spft.experiments.rundir import atomic_write_json
+        from spft.atomic import atomic_write_json
 
         atomic_write_json(Path(folder) / STATE_FILE, asdict(self))
 
@@ -221,6 +221,6 @@ class UnsentLog:
         if not records:
             self.path.unlink(missing_ok=True)
             return
-        from spft.experiments.rundir import atomic_write_text
+        from spft.atomic import atomic_write_text
 
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
