@@ -131,6 +131,7 @@ def spft_loop(cfg, batches: list[dict], n_classes: int, device: str) -> tuple[fl
     from spft.models.classifier import build_classifier
     from spft.recipe import ClassWeights
     from spft.tasks.classification.module import ClassificationModule
+    from spft.tasks.recipe_callbacks import recipe_callbacks
 
     torch.manual_seed(0)
     _reset_peak(device)
@@ -149,7 +150,7 @@ def spft_loop(cfg, batches: list[dict], n_classes: int, device: str) -> tuple[fl
     trainer = L.Trainer(max_epochs=1, accelerator="gpu" if device == "cuda" else "cpu", devices=1,
                         precision=cfg.trainer.precision, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[Timer()], num_sanity_val_steps=0)
+                        callbacks=[Timer(), *recipe_callbacks(cfg, None)], num_sanity_val_steps=0)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     warmup = 3 if cfg.trainer.compile else 2
@@ -163,7 +164,7 @@ def stage1_epochs(cfg, epochs: int = 4) -> tuple[float, list[float]]:
     import lightning as L
 
     from spft.tasks.classification.train import MONITOR, build_run
-    from spft.tasks.lightning_recipe import build_trainer
+    from spft.tasks.lightning_trainer import build_trainer
 
     times: list[float] = []
     setup: list[float] = []

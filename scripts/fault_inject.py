@@ -7,7 +7,7 @@ Then runs of the same config are attacked until ``--kills`` kill points were sur
 ``spft train --resume``) is killed by one of
 
 * ``write``   — SIGKILL inside the N-th atomic file write (``SPFT_FAULT_POINT=N``, the hook in
-  :func:`spft.experiments.rundir.fault_point`): checkpoints, digests, history, JSON records, stage-1 features;
+  :func:`spft.atomic.fault_point`): checkpoints, digests, history, JSON records, stage-1 features;
 * ``sigkill`` — SIGKILL at a random training batch of a random epoch (:class:`KillAt`);
 * ``sigterm`` — SIGTERM at a random training batch (:class:`KillAt`): spft must exit 143 with the
   ``interrupted at epoch N; resume with ...`` line;

@@ -22,3 +22,33 @@ class HoldUntilReleased(L.Callback):
         deadline = time.time() + 300
         while not release.exists() and time.time() < deadline:
             time.sleep(0.1)
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def crash_after_epoch(epoch: int) -> dict:
+    """The environment of an ``spft train`` that kills itself (exit 17) once epoch ``epoch``'s checkpoint is
+    written: :class:`CrashAfterEpoch` injected, with this folder on ``PYTHONPATH``."""
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "SPFT_TEST_CALLBACK": "run_hooks:CrashAfterEpoch", "SPFT_CRASH_AFTER_EPOCH": str(epoch)}
+
+
+class CrashAfterEpoch(L.Callback):
+    """``SPFT_CRASH_AFTER_EPOCH=k`` kills the process (``os._exit(17)``) once epoch k's checkpoint is written, as a
+    power cut would. Lightning: at the start of epoch k+1, i.e. after ``last.ckpt`` for epoch k exists. Detection:
+    Ultralytics' ``on_model_save`` of epoch k (after the ``.pt`` files and their digests are in place)."""
+
+    def __init__(self):
+        self.epoch = int(os.environ["SPFT_CRASH_AFTER_EPOCH"])
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch + 1:
+            os._exit(17)
+
+    def ultralytics_callbacks(self) -> dict:
+        return {"on_model_save": self._saved}
+
+    def _saved(self, trainer) -> None:
+        if trainer.epoch == self.epoch:
+            os._exit(17)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import run_cli, tiny_overrides
+from run_hooks import crash_after_epoch
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +111,7 @@ def test_evaluate_reproduces_test_metrics(finished_run):
 def test_kill_and_resume_equals_uninterrupted(finished_run, tmp_path):
     straight, _ = finished_run
     run_dir = tmp_path / "killed"
-    proc = run_cli("train", CONFIG, *tiny_overrides(run_dir), env={"SPFT_CRASH_AFTER_EPOCH": "1"}, check=False)
+    proc = run_cli("train", CONFIG, *tiny_overrides(run_dir), env=crash_after_epoch(1), check=False)
     assert proc.returncode == 17, proc.stderr
     assert not (run_dir / "DONE").exists() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert len(_rows(run_dir / "history.csv")) == 2

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from run_hooks import crash_after_epoch
 
 # Not imported here: only the CLI subprocesses import Ultralytics (it patches PIL.Image.open process-wide).
 pytestmark = pytest.mark.slow  # needs the detect extra, which `make install` installs
@@ -58,7 +59,7 @@ def check_run(run_dir: Path) -> None:
 def test_yolov8_spft_crash_resume_and_evaluate(tmp_path, spft_cache):
     run_dir = tmp_path / "yolo"
     proc = run_cli("train", "configs/phantom_detect_yolov8.yaml", *overrides(run_dir, "yolov8n.yaml"),
-                   env={"SPFT_CRASH_AFTER_EPOCH": "0"}, check=False)
+                   env=crash_after_epoch(0), check=False)
     assert proc.returncode == 17, proc.stderr[-2000:]
     assert (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "DONE").exists()
     assert len(read_history(run_dir)) == 1

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_MODEL, run_cli, tiny_overrides
+from run_hooks import crash_after_epoch
 
 
 def _history(run: Path) -> list[dict]:
@@ -125,7 +126,7 @@ def test_kill_in_stage1_and_resume_on_cached_features_equals_uninterrupted(spft_
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(straight, epochs=3, extra=extra))
     proc = run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(killed, epochs=3, extra=extra),
-                   env={"SPFT_CRASH_AFTER_EPOCH": "0"}, check=False)
+                   env=crash_after_epoch(0), check=False)
     assert proc.returncode == 17, proc.stderr
     assert len(_history(killed)) == 1  # killed after the first stage-1 epoch
     proc = run_cli("train", "--resume", str(killed))

@@ -40,7 +40,7 @@ def evaluated(run, tmp_path_factory):
     (the dataset's input-pixel boxes scaled to the image's pixels)."""
     from spft.data.masks import load_mask_table
     from spft.experiments.rundir import load_run_config
-    from spft.tasks.lightning_recipe import load_checkpoint_into
+    from spft.tasks.lightning_trainer import load_checkpoint_into
     from spft.tasks.segmentation.evaluate import evaluate_module
     from spft.tasks.segmentation.train import build_run
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, run_cli, tiny_overrides
+from run_hooks import crash_after_epoch
 
 from spft.experiments import checkpoints as ck
 from spft.experiments.lock import LOCK, RunLock
@@ -98,7 +99,7 @@ def test_damaged_best_falls_back_to_intact_last_with_a_warning(trained, tmp_path
 @pytest.mark.slow
 def test_truncated_last_ckpt_resumes_from_best(spft_cache, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("train", CONFIG, *_small(run_dir, epochs=3), env={"SPFT_CRASH_AFTER_EPOCH": "1"}, check=False)
+    proc = run_cli("train", CONFIG, *_small(run_dir, epochs=3), env=crash_after_epoch(1), check=False)
     assert proc.returncode != 0 and not (run_dir / "DONE").exists()
     last = run_dir / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])
@@ -188,7 +189,7 @@ def test_full_disk_while_writing_a_checkpoint(spft_cache, tmp_path):
     file, non-zero exit, the last good checkpoint kept; after "freeing space" --resume finishes the run."""
     run_dir = tmp_path / "run"
     run_cli("train", CONFIG, *_small(run_dir, epochs=3), "trainer.feature_cache=false",
-            env={"SPFT_CRASH_AFTER_EPOCH": "0"}, check=False)
+            env=crash_after_epoch(0), check=False)
     last = run_dir / "checkpoints" / "last.ckpt"
     good = last.read_bytes()
     # stage 2 adds optimizer state for the opened block: the next checkpoint is larger than this limit allows

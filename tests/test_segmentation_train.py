@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_cli
+from run_hooks import crash_after_epoch
 from segmentation_fixtures import TINY_SAM2
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def _overrides(run_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def resumed_run(spft_cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("seg") / "run"
-    proc = run_cli("train", CONFIG, *_overrides(run_dir), env={"SPFT_CRASH_AFTER_EPOCH": "0"}, check=False)
+    proc = run_cli("train", CONFIG, *_overrides(run_dir), env=crash_after_epoch(0), check=False)
     assert proc.returncode == 17, proc.stderr
     assert not (run_dir / "DONE").exists()
     epoch0 = run_dir.parent / "epoch0.ckpt"

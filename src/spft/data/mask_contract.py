@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spft.data.contract import SPLITS
+from spft.data.contract import SPLITS, SplitRows
 from spft.errors import DataError, MissingFileError
 
 
@@ -66,7 +66,7 @@ class RleMask:
 
 
 @dataclass
-class MaskTable:
+class MaskTable(SplitRows):
     """One row per image: path, id, group, split and one mask entry (PNG path, RleMask or None) per structure."""
 
     structures: list[str]
@@ -87,19 +87,16 @@ class MaskTable:
         if bad:
             raise DataError(f"row {bad[0]}: {len(self.masks[bad[0]])} masks for {len(self.structures)} structures")
 
-    def indices(self, split: str) -> np.ndarray:
-        return np.flatnonzero(np.asarray(self.splits) == split)
-
     def check(self, files: bool = True) -> None:
         """Refuse empty splits, leaked groups and (``files``) missing image or mask files of any row (the error
         names the first offender). What training needs; evaluation checks only its rows (:meth:`check_files`)."""
         for split in SPLITS:
             if not len(self.indices(split)):
                 raise DataError(f"{self.source}: the {split} split is empty")
-        seen: dict[str, str] = {}
-        for group, split in zip(self.groups, self.splits):
-            if seen.setdefault(group, split) != split:
-                raise DataError(f"{self.source}: group {group!r} is in both {seen[group]} and {split}")
+        leaks = self.leaks()
+        if leaks:
+            group, first, other = leaks[0]
+            raise DataError(f"{self.source}: group {group!r} is in both {first} and {other}")
         if files:
             self.check_files()
 

@@ -27,6 +27,7 @@ from spft.recipe.stages import (
     opening_epoch,
     part_opening_epoch,
     stage_at,
+    stage_plan,
     trainable_at,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "part_opening_epoch",
     "refine",
     "stage_at",
+    "stage_plan",
     "trainable_at",
     "weighted_bce",
     "weighted_ce",

@@ -40,6 +40,16 @@ class StagePlan:
             raise ConfigError(f"top_k must be None or an integer >= 1, got {self.top_k!r}")
 
 
+def stage_plan(cfg) -> StagePlan:
+    """The stage plan of an spft config: ``cfg.recipe.stage1_epochs`` and ``cfg.recipe.unfreeze`` (``enabled``,
+    ``top_k``, ``blocks_per_epoch``, ``embeddings``), read by attribute (the recipe imports no config module).
+    Every engine calls this one function."""
+    r = cfg.recipe
+    u = r.unfreeze
+    return StagePlan(stage1_epochs=r.stage1_epochs, unfreeze=u.enabled, top_k=u.top_k,
+                     blocks_per_epoch=u.blocks_per_epoch, embeddings=u.embeddings)
+
+
 @dataclass(frozen=True)
 class TrainableState:
     """Which encoder parts train at one epoch (the head always trains).

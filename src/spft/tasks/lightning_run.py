@@ -45,7 +45,8 @@ class LightningEngine:
         :class:`~spft.errors.RunInterrupted` naming the epoch."""
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        from spft.tasks.lightning_recipe import SignalGuard, _Stop, quiet_lightning
+        from spft.tasks.lightning_trainer import quiet_lightning
+        from spft.tasks.signals import SignalGuard, SignalStop
 
         guard = SignalGuard()
         try:
@@ -54,13 +55,13 @@ class LightningEngine:
         except BaseException as exc:
             if guard.signum is None:
                 raise
-            if not isinstance(exc, (_Stop, SIGTERMException, SystemExit, KeyboardInterrupt)):
+            if not isinstance(exc, (SignalStop, SIGTERMException, SystemExit, KeyboardInterrupt)):
                 # e.g. DataLoader workers the same SIGTERM killed (SLURM signals every process of the job step)
                 log.debug("after %s: %r", signal.Signals(guard.signum).name, exc)
             raise guard.interrupted(run_dir, _epoch_now(run_dir, guard.trainer), fresh=fresh) from None
 
     def setup(self, cfg, run_dir: Path, resume_from: Path | None, guard) -> LightningAttempt:
-        from spft.tasks.lightning_recipe import build_trainer
+        from spft.tasks.lightning_trainer import build_trainer
 
         table, prep, module, dm = self.build_run(cfg, run_dir)
         listeners: list[Callable[[], None]] = []  # the lifecycle adds to it (tracking)
@@ -96,15 +97,15 @@ class LightningAttempt:
                 "data.json": lambda: self.engine.describe_data(self.table, self.prep)}
 
     def fit(self) -> None:
-        from spft.tasks.lightning_recipe import _Stop
+        from spft.tasks.signals import SignalStop
 
         ckpt_path = None if self.resume_from is None else str(self.resume_from)
         self.trainer.fit(self.module, datamodule=self.dm, ckpt_path=ckpt_path)
         if self.guard.signum is not None:  # a signal the loop saw at its very end, or before Lightning's handler
-            raise _Stop()
+            raise SignalStop()
 
     def load_best(self) -> int | None:
-        from spft.tasks.lightning_recipe import load_best_weights
+        from spft.tasks.lightning_trainer import load_best_weights
 
         return load_best_weights(self.module, self.run_dir)
 

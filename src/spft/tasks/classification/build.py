@@ -15,11 +15,10 @@ from spft.data.registry import build_table
 from spft.data.transforms import ImageTransform
 from spft.devices import trains_on_gpu
 from spft.models.classifier import build_classifier
-from spft.recipe import ClassWeights
+from spft.recipe import ClassWeights, stage_plan
 from spft.tasks.classification.datamodule import ClassificationDataModule
 from spft.tasks.classification.feature_cache import FeatureCache, cache_blocker
 from spft.tasks.classification.module import ClassificationModule
-from spft.tasks.lightning_recipe import preprocessing_record, split_counts, stage_plan
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def build_run(cfg: SpftConfig, run_dir: Path | None, table=None):
 
         reading = image_cache_for(cfg, prep).redirect(table)
     module.feature_cache_blocker = cache_blocker(cfg, model)
-    if module.feature_cache_blocker is None and stage_plan(cfg.recipe).stage1_epochs > 0 and run_dir is not None:
+    if module.feature_cache_blocker is None and stage_plan(cfg).stage1_epochs > 0 and run_dir is not None:
         log.info("stage 1 trains the head on cached encoder features (computed once; trainer.feature_cache)")
     elif module.feature_cache_blocker is not None and cfg.recipe.stage1_epochs > 0 and run_dir is not None:
         log.info("stage-1 feature cache bypassed: %s", module.feature_cache_blocker)
@@ -69,4 +68,4 @@ def describe_data(table, prep) -> dict:
 
     return {"classes": table.classes, "split_policy": table.split_policy,
             "split_method": split_method(table.split_policy), "label_policy": table.label_policy,
-            **split_counts(table), "preprocessing": preprocessing_record(prep)}
+            **table.split_sizes(), "preprocessing": prep.record()}

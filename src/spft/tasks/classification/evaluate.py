@@ -231,7 +231,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.classification.build import build_run
     from spft.tasks.classification.operating import apply_run_records
-    from spft.tasks.lightning_recipe import load_checkpoint_into
+    from spft.tasks.lightning_trainer import load_checkpoint_into
 
     run_dir = Path(run_dir)
     split_given = split is not None

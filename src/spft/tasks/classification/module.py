@@ -1,9 +1,10 @@
 """The SPFT classification LightningModule: task-specific parts only (forward, loss, AUC validation).
 
-The recipe itself — stage plan, freezing, reseeding, EMA, optimizer groups, schedule, class weights in
-checkpoints and the history rows — lives in :class:`spft.tasks.lightning_recipe.RecipeModule`, shared with
-segmentation. Per validation: AUC over the whole split for the raw and the EMA weights, then the class-weight
-refinement from the monitored (EMA) AUC in stage 2.
+The recipe itself — optimizer groups, schedule, EMA weights and checkpoint extras in
+:class:`spft.tasks.lightning_recipe.RecipeModule`; freezing, reseeding, the EMA update, class-weight refinement and
+the history rows in :mod:`spft.tasks.recipe_callbacks` — is shared with segmentation. Per validation: AUC over the
+whole split for the raw and the EMA weights, handed to the recipe (:class:`~spft.tasks.recipe_callbacks.EpochScores`),
+which refines the class weights from the monitored (EMA) AUC in stage 2.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from spft.distributed import gather_by_index
 from spft.metrics import multilabel_auc
 from spft.recipe import trainable_at, weighted_bce, weighted_ce
 from spft.tasks.lightning_recipe import RecipeModule
+from spft.tasks.recipe_callbacks import EpochScores
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +88,8 @@ class ClassificationModule(RecipeModule):
         self.log("val/loss", val_loss)
         if self.trainer.sanity_checking:
             return
-        state, refined = self.refine_weights(monitored.as_list())
-        self.record_epoch(state, refined, val_loss, {"val_auc_raw": raw.macro,
-                                                     "val_auc_ema": ema.macro if ema is not None else None},
-                          weight_log="class_weight")
+        self.validation_scored(EpochScores(monitored.as_list(), val_loss, {
+            "val_auc_raw": raw.macro, "val_auc_ema": ema.macro if ema is not None else None}, "class_weight"))
         ema_text = f"{ema.macro:.4f} (EMA), " if ema is not None and ema.macro is not None else ""
         log.info("epoch %d: val macro AUC %s%s (raw)", self.current_epoch, ema_text,
                  f"{raw.macro:.4f}" if raw.macro is not None else "undefined")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 from torch import nn
@@ -23,16 +22,17 @@ from spft.errors import ConfigError
 from spft.experiments.checkpoints import install, record_epoch
 from spft.recipe import (
     LayerGroups,
-    StagePlan,
     apply_trainable,
     build_optimizer,
     build_scheduler,
     ema_decay_at,
     stage_at,
+    stage_plan,
     trainable_at,
 )
 from spft.tasks.detection import restore_pil_open
 from spft.tasks.detection.records import DetectionClassWeights, RunRecorder
+from spft.tasks.hooks import injected_callbacks
 
 restore_pil_open()
 
@@ -47,13 +47,6 @@ class RecipeEmaDecay:
 
     def __call__(self, updates: int) -> float:
         return ema_decay_at(int(updates), self.decay, self.warmup) if self.enabled else 0.0
-
-
-def stage_plan(cfg) -> StagePlan:
-    """The recipe's stage plan from the config (the same keys as classification)."""
-    u = cfg.recipe.unfreeze
-    return StagePlan(stage1_epochs=cfg.recipe.stage1_epochs, unfreeze=u.enabled, top_k=u.top_k,
-                     blocks_per_epoch=u.blocks_per_epoch, embeddings=False)
 
 
 def layer_groups(model: nn.Module, n_backbone: int | None) -> LayerGroups:
@@ -76,6 +69,9 @@ class SpftTrainerMixin:
         self.class_weights: DetectionClassWeights | None = None
         self.recorder = RunRecorder(self.run_dir)
         super().__init__(*args, **kwargs)
+        for hook in injected_callbacks():  # SPFT_TEST_CALLBACK: a test's or a fault harness's code
+            for event, function in hook.ultralytics_callbacks().items():
+                self.add_callback(event, function)
         self.wdir = self.run_dir / "checkpoints"
         self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
 
@@ -202,9 +198,6 @@ class SpftTrainerMixin:
             if tmp.is_file():
                 install(tmp, final)  # digest recorded first: --resume and evaluate verify it
                 record_epoch(final, self.epoch)
-        crash = os.environ.get("SPFT_CRASH_AFTER_EPOCH")
-        if crash and int(crash) == self.epoch:  # test hook: a power cut right after epoch k's checkpoint
-            os._exit(17)
         return saved
 
 

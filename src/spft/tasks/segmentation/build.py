@@ -14,7 +14,6 @@ from spft.data.masks import build_mask_table, pixel_prevalence
 from spft.devices import trains_on_gpu
 from spft.models.sam2 import build_sam2
 from spft.recipe import ClassWeights
-from spft.tasks.lightning_recipe import preprocessing_record, split_counts
 from spft.tasks.segmentation.datamodule import SegmentationDataModule
 from spft.tasks.segmentation.module import SegmentationModule
 
@@ -59,5 +58,5 @@ def build_run(cfg: SpftConfig, run_dir: Path | None, table=None):
 
 def describe_data(table, prep) -> dict:
     return {"task": "segmentation", "structures": table.structures, "classes": table.structures,
-            "source": table.source, "split_policy": table.split_policy, **split_counts(table),
-            "preprocessing": preprocessing_record(prep)}
+            "source": table.source, "split_policy": table.split_policy, **table.split_sizes(),
+            "preprocessing": prep.record()}

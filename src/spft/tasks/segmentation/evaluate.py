@@ -143,7 +143,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     from spft.devices import eval_device
     from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.classification.evaluate import data_file_of, is_other_data, output_paths
-    from spft.tasks.lightning_recipe import load_checkpoint_into
+    from spft.tasks.lightning_trainer import load_checkpoint_into
     from spft.tasks.segmentation.build import build_run
 
     run_dir = Path(run_dir)

@@ -1,10 +1,11 @@
 """The SPFT segmentation LightningModule: SAM2 with box prompts, trained by the recipe in :mod:`spft.recipe`.
 
-The recipe (stage plan, freezing, reseeding, EMA, optimizer groups, schedule, checkpoint extras, history rows) comes
-from :class:`spft.tasks.lightning_recipe.RecipeModule`, shared with classification: per epoch the stage plan opens
-Hiera blocks (stage 1: mask decoder only), per step a structure-weighted Dice + BCE and an EMA update, per
-validation the mean Dice over the whole split for raw and EMA weights, structure-weight refinement from per-structure
-Dice in stage 2 (``ClassWeights.refine`` takes any "higher is better" score) and one history row.
+The recipe (optimizer groups, schedule, EMA weights, checkpoint extras:
+:class:`spft.tasks.lightning_recipe.RecipeModule`; freezing, reseeding, the EMA update, weight refinement, history
+rows: :mod:`spft.tasks.recipe_callbacks`) is shared with classification: per epoch the stage plan opens Hiera
+blocks (stage 1: mask decoder only), per step a structure-weighted Dice + BCE and an EMA update, per validation the
+mean Dice over the whole split for raw and EMA weights, structure-weight refinement from per-structure Dice in
+stage 2 (``ClassWeights.refine`` takes any "higher is better" score) and one history row.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from spft.distributed import gather_by_index
 from spft.metrics import dice_score, mean_dice
 from spft.recipe import ClassWeights
 from spft.tasks.lightning_recipe import RecipeModule
+from spft.tasks.recipe_callbacks import EpochScores
 from spft.tasks.segmentation.loss import weighted_dice_bce
 
 log = logging.getLogger(__name__)
@@ -97,10 +99,10 @@ class SegmentationModule(RecipeModule):
         self.log("val/loss", val_loss)
         if self.trainer.sanity_checking:
             return
-        state, refined = self.refine_weights([monitored[1][s] for s in self.structures])
         metrics = {"val_dice_raw": raw[0], "val_dice_ema": ema[0] if ema is not None else None}
         metrics.update({f"val_dice_{s}": monitored[1][s] for s in self.structures})
-        self.record_epoch(state, refined, val_loss, metrics, weight_log="structure_weight")
+        self.validation_scored(EpochScores([monitored[1][s] for s in self.structures], val_loss, metrics,
+                                           "structure_weight"))
         shown = f"{monitored[0]:.4f}" if monitored[0] is not None else "undefined"
         log.info("epoch %d: val mean Dice %s (%s); weights %s", self.current_epoch, shown,
                  "EMA" if ema is not None else "raw",

@@ -1,0 +1,238 @@
+"""The Lightning Trainer every Lightning task uses, and what it is built from: :func:`build_trainer` (best/last
+checkpoints, early stopping, the recipe's callbacks from :mod:`spft.tasks.recipe_callbacks`, CSV + TensorBoard
+logs, the progress bar on stderr), the checkpoint files (:class:`LastCheckpoint` after every epoch,
+:class:`AtomicCheckpointIO`: atomic writes with a recorded digest, verified loads), the CSV log that survives
+``--resume``, :func:`quiet_lightning` and :func:`load_checkpoint_into` for evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from spft.atomic import atomic_write_csv
+from spft.devices import resolve_precision
+from spft.errors import DataError, MissingFileError
+from spft.experiments.checkpoints import copy_checkpoint, load_checkpoint, newest_intact, save_checkpoint
+from spft.tasks.hooks import injected_callbacks
+from spft.tasks.lightning_data import FreshEpochOrder
+from spft.tasks.recipe_callbacks import recipe_callbacks
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` after every epoch — Lightning's ``save_last`` only writes it when a monitored checkpoint was
+    saved, so a crash after a non-improving epoch would lose every epoch since the best. When ``best.ckpt`` was
+    written at this very step, last.ckpt is a byte copy of it (no second serialisation) — a copy, not a hard link,
+    so that one damaged file never takes the other with it and ``--resume`` can fall back to the intact one."""
+
+    def __init__(self, best: ModelCheckpoint, dirpath):
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                         enable_version_counter=False)
+        self._best = best
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        best = self._best
+        if best._last_global_step_saved == trainer.global_step and best._last_checkpoint_saved:
+            if trainer.is_global_zero:
+                copy_checkpoint(best._last_checkpoint_saved, filepath)
+            trainer.strategy.barrier()
+            self._last_global_step_saved = trainer.global_step
+            self._last_checkpoint_saved = filepath
+        else:
+            super()._save_checkpoint(trainer, filepath)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints through :mod:`spft.experiments.checkpoints`: atomic writes with a recorded digest, and loads that
+    verify the digest and never unpickle code (``weights_only=True``) — Lightning's resume reads through here too."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        save_checkpoint(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load_checkpoint(path, map_location="cpu" if map_location is None else map_location)
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer without its delete-on-start: a resumed run appends to the earlier epochs' rows."""
+
+    def __init__(self, log_dir: str):
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+                self.metrics_keys = list(csv.DictReader(fh).fieldnames or [])
+
+    def _check_log_dir_exists(self) -> None:  # Lightning warns and deletes metrics.csv here
+        pass
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        """Drop the rows of epochs >= ``epoch`` (an epoch an interruption cut short is trained and logged again)."""
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+            reader = csv.DictReader(fh)
+            names, rows = list(reader.fieldnames or []), list(reader)
+
+        def before(row: dict) -> bool:
+            cell = row.get("epoch") or ""
+            return not cell or float(cell) < epoch
+
+        kept = [r for r in rows if before(r)]
+        if len(kept) != len(rows):
+            atomic_write_csv(self.metrics_file_path, kept, fieldnames=names)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``logs/metrics.csv`` that survives ``--resume``: Lightning's CSVLogger deletes the file when a run starts in
+    an existing log folder; this one keeps the rows of the epochs the checkpoint holds and appends the rest (see
+    :class:`FlushCSVLog`, which also flushes the rows before each epoch's checkpoint)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _KeepingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        self.experiment.keep_epochs_before(epoch)
+
+
+class FlushCSVLog(L.Callback):
+    """Write the CSV log's buffered rows at each validation end, before the epoch's checkpoints (Lightning runs
+    checkpoint callbacks last): a run killed later keeps in metrics.csv every epoch its checkpoint holds. When a
+    resumed run starts training, the log keeps the rows of the epochs before it and drops those of the epoch the
+    interruption cut short (they are logged again)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, ResumableCSVLogger):
+                    logger.keep_epochs_before(trainer.current_epoch)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                logger.save()
+
+
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bars on stderr (Lightning writes them to stdout, which holds spft's results and, as its
+    last line, the run directory)."""
+
+    @staticmethod
+    def _to_stderr(make):
+        with contextlib.redirect_stdout(sys.stderr):  # Lightning passes file=sys.stdout, read at call time
+            return make()
+
+    def init_sanity_tqdm(self):
+        return self._to_stderr(super().init_sanity_tqdm)
+
+    def init_train_tqdm(self):
+        return self._to_stderr(super().init_train_tqdm)
+
+    def init_validation_tqdm(self):
+        return self._to_stderr(super().init_validation_tqdm)
+
+    def init_test_tqdm(self):
+        return self._to_stderr(super().init_test_tqdm)
+
+    def init_predict_tqdm(self):
+        return self._to_stderr(super().init_predict_tqdm)
+
+
+# Lightning warnings a user of spft cannot act on (spft chose the setting, or it is Lightning's own business).
+_UNACTIONABLE_WARNINGS = (
+    r".*does not have many workers",  # data.num_workers is the user's explicit choice (0 in tests, on laptops)
+    r".*overridden `transfer_batch_to_device` in `LightningModule` but have passed in a `LightningDataModule`",
+    r"Checkpoint directory .* exists and is not empty",  # every --resume
+    r"Experiment logs directory .* exists and is not empty",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning vs torch versions
+    r"Trying to infer the `batch_size` from an ambiguous collection",
+)
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Ignore :data:`_UNACTIONABLE_WARNINGS` inside the block only (never a process-wide filter)."""
+    with warnings.catch_warnings():
+        for pattern in _UNACTIONABLE_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
+def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = False,
+                  extra_callbacks: tuple = ()) -> L.Trainer:
+    """The Lightning Trainer every Lightning task uses: best/last checkpoints and early stopping on ``monitor``
+    (an EMA metric when EMA is on), the recipe's callbacks, progress bar, CSV + TensorBoard logs, atomic checkpoint
+    files.
+
+    ``reload_dataloaders`` asks the DataModule for its loaders every epoch (the stage-1 feature cache switches
+    from feature batches to images at stage 2; the DataModule hands back the same loader objects otherwise)."""
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+                           save_top_k=1, enable_version_counter=False)
+    callbacks = [
+        best,  # before last: last.ckpt must carry the best-tracking state this epoch updated
+        LastCheckpoint(best, dirpath=run_dir / "checkpoints"),
+        EarlyStopping(monitor=monitor, mode="max", patience=cfg.trainer.patience, check_finite=False),
+        FreshEpochOrder(),  # each epoch its own sample order, whatever the worker count (resume included)
+        FlushCSVLog(),
+        *extra_callbacks,
+    ]
+    if cfg.trainer.progress_bar:
+        callbacks.append(StderrProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
+    callbacks += injected_callbacks()
+    callbacks += recipe_callbacks(cfg, run_dir)  # last: their hooks run after the others', as module hooks would
+    loggers = [ResumableCSVLogger(run_dir, name="logs", version=""),
+               TensorBoardLogger(run_dir, name="logs", version="tb")]
+    return L.Trainer(
+        default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=cfg.trainer.strategy,
+        use_distributed_sampler=False,  # spft.tasks.lightning_data shards itself: no padded evaluation sets
+        precision=resolve_precision(cfg), callbacks=callbacks, logger=loggers,
+        plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.trainer.log_every_n_steps, num_sanity_val_steps=0,
+        enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
+        reload_dataloaders_every_n_epochs=1 if reload_dataloaders else 0,
+        deterministic=cfg.trainer.deterministic,
+        limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
+    )
+
+
+def load_checkpoint_into(module, ckpt: Path) -> int | None:
+    """Load raw and EMA weights from ``ckpt`` into ``module``; the labels must be the run's. Returns the epoch.
+
+    The file is verified against its recorded digest and loaded without unpickling code
+    (:func:`spft.experiments.checkpoints.load_checkpoint`). When ``best.ckpt`` / ``last.ckpt`` is missing or damaged,
+    the other one is used with a warning naming the damaged file."""
+    ckpt = Path(ckpt)
+    other = {"best.ckpt": "last.ckpt", "last.ckpt": "best.ckpt"}.get(ckpt.name)
+    if other is not None:
+        found = newest_intact(ckpt.parent, (ckpt.name, other))
+        if found is None:
+            raise MissingFileError(f"{ckpt} not found (has the run finished its first epoch?)")
+        ckpt = found
+    state = load_checkpoint(ckpt)
+    saved = state.get("spft", {}).get("classes")
+    if saved is not None and list(saved) != list(module.classes):
+        raise DataError(f"the data's classes/structures {module.classes} differ from the run's {list(saved)} "
+                        f"({ckpt})")
+    module.load_state_dict(state["state_dict"])
+    return state.get("epoch")
+
+
+def load_best_weights(module, run_dir: Path) -> int | None:
+    """Load ``best.ckpt`` (else, with a warning, ``last.ckpt``) into ``module``; returns the saved epoch."""
+    return load_checkpoint_into(module, run_dir / "checkpoints" / "best.ckpt")
