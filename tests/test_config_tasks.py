@@ -14,7 +14,7 @@ from spft.cli import main
 from spft.config import ConfigError, dump_yaml, load_config, to_dict
 from spft.config.keys import key_docs, keys_markdown
 from spft.config.loader import all_keys
-from spft.config.schema import NOT_APPLICABLE, TASKS, not_applicable
+from spft.config.schema import not_applicable, not_applicable_table, task_names
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECT = ROOT / "configs" / "phantom_detect_yolov8.yaml"
@@ -57,7 +57,7 @@ def test_a_non_applicable_key_in_the_file_is_refused(tmp_path):
 def test_config_yaml_holds_only_what_applies_and_round_trips(config, tmp_path):
     cfg = load_config(config, ["trainer.max_epochs=3"])
     tree = yaml.safe_load(dump_yaml(cfg))
-    for key in NOT_APPLICABLE[cfg.task]:
+    for key in not_applicable_table(cfg.task):
         node = tree
         for part in key.split(".")[:-1]:
             node = node[part]
@@ -137,8 +137,8 @@ def test_every_key_has_a_type_default_and_doc():
 
 def test_every_not_applicable_entry_names_a_schema_key_and_a_reason():
     keys = set(all_keys())
-    for task in TASKS:
-        for key, why in NOT_APPLICABLE[task].items():
+    for task in task_names():
+        for key, why in not_applicable_table(task).items():
             assert key in keys and why, (task, key)
     assert not_applicable("detection", "segmentation.structures") is not None
     assert not_applicable("classification", "trainer.devices") is None

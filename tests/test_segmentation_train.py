@@ -125,7 +125,8 @@ def test_structure_weights_from_pixel_prevalence_and_refined(resumed_run):
 
 def test_evaluate_reproduces_test_metrics(resumed_run):
     run_dir, _, _ = resumed_run
-    from spft.tasks.registry import task_api, task_of_run
+    from spft.experiments.rundir import task_of_run
+    from spft.tasks.registry import task_api
 
     api = task_api(task_of_run(run_dir))  # what `spft evaluate RUN_DIR` calls (in-process: one import less)
     ev = api.evaluate_run(run_dir, (), split="test", checkpoint="best")

@@ -22,6 +22,7 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "auto"):
     detection a :class:`spft.tasks.detection.predict.Detector` (``predict(paths)``: one row per box); for segmentation
     a :class:`spft.tasks.segmentation.predict.Segmenter` (``predict(paths, prompts=BOXES_CSV_OR_TABLE)``: RLE masks).
     """
-    from spft.tasks.registry import predict_api, task_of_model
+    from spft.experiments.rundir import task_of_model
+    from spft.tasks.registry import predict_api
 
     return predict_api(task_of_model(source)).load(source, checkpoint=checkpoint, device=device)

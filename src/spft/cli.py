@@ -52,7 +52,8 @@ def find_demo_config() -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from spft.tasks.registry import get_task, task_of_run
+    from spft.experiments.rundir import task_of_run
+    from spft.tasks.registry import get_task
 
     if args.resume:
         if args.config:
@@ -75,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_result(run_dir: Path) -> None:
-    from spft.tasks.registry import get_task, task_of_run
+    from spft.experiments.rundir import task_of_run
+    from spft.tasks.registry import get_task
 
     metrics_file = Path(run_dir) / "metrics.json"
     if metrics_file.is_file():  # the task says how its test metrics read
@@ -83,7 +85,8 @@ def _print_result(run_dir: Path) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from spft.tasks.registry import get_task, task_of_run
+    from spft.experiments.rundir import task_of_run
+    from spft.tasks.registry import get_task
 
     # split None: the task decides (its own data: test; other data: every row)
     ev = get_task(task_of_run(args.run_dir)).evaluate(args.run_dir, tuple(args.overrides), split=args.split,
@@ -174,7 +177,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import inspect
 
-    from spft.tasks.registry import predict_api, task_of_model
+    from spft.experiments.rundir import task_of_model
+    from spft.tasks.registry import predict_api
 
     source = Path(args.source).expanduser()
     api = predict_api(task_of_model(source))
@@ -211,7 +215,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from spft.tasks.registry import predict_api, task_of_run
+    from spft.experiments.rundir import task_of_run
+    from spft.tasks.registry import predict_api
 
     out = predict_api(task_of_run(args.run_dir)).export(args.run_dir, args.out, args.format, args.checkpoint)
     print(out)

@@ -264,7 +264,7 @@ def _leaf_keys(tree: dict, cls: type, prefix: str = "") -> set[str]:
 
 def to_dict(cfg: SpftConfig, full: bool = False) -> dict:
     """The resolved config as plain data (what ``config.yaml`` in a run directory holds): only the keys that apply to
-    ``cfg.task`` (:data:`spft.config.schema.NOT_APPLICABLE`), or every key with ``full``."""
+    ``cfg.task`` (:func:`spft.config.schema.not_applicable_table`), or every key with ``full``."""
     tree = dataclasses.asdict(cfg)
     return tree if full else _prune(tree, cfg.task, "")
 

@@ -5,9 +5,10 @@ and the project's choice where it is silent (docs/deviations.md). `spft.config.l
 overrides into these objects and rejects anything that is not declared here.
 
 The trailing ``#`` comment of each field is its documentation (``spft config --keys``, docs/config-keys.md), read
-from this file by :func:`field_docs`. One :class:`SpftConfig` serves three engines; :data:`NOT_APPLICABLE` says
-which keys a task cannot honour (and why), and :func:`validate` — every cross-field check, run once by the loader —
-refuses such a key when it is not at its default.
+from this file by :func:`field_docs`. One :class:`SpftConfig` serves every engine; each registered task
+(:mod:`spft.tasks.registry`) declares which keys it cannot honour and which are its own, with why
+(:func:`not_applicable_table`), and :func:`validate` — every cross-field check, run once by the loader, the task's
+own ones included — refuses such a key when it is not at its default.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from spft.errors import ConfigError
+from spft.tasks.registry import TASKS, get_task
 
 
 @dataclass
@@ -248,7 +250,7 @@ class SpftConfig:
     """An experiment: the common keys and every section (which apply depends on ``task``)."""
 
     name: Optional[str] = None  # experiment name; default: the config file's stem
-    task: Literal["classification", "detection", "segmentation"] = "classification"  # picks the engine
+    task: str = "classification"  # picks the engine
     seed: int = 0  # seed of everything random in the run (splits default to it too)
     loss: Literal["bce", "ce"] = "bce"  # bce: multi-label (sigmoid per class); ce: one class per image (softmax)
     run: RunConfig = field(default_factory=RunConfig)
@@ -264,114 +266,32 @@ class SpftConfig:
 
 
 # ---- which keys each task (engine) honours -----------------------------------------------------------------------
+# Declared by the tasks themselves (spft.tasks.base.Task: own_keys, not_applicable, datasets, check_config) and read
+# through the registry, so that adding a task does not touch this file (unless it brings a config section).
 
-TASKS = ("classification", "detection", "segmentation")
+def task_names() -> tuple[str, ...]:
+    """The registered tasks (:data:`spft.tasks.registry.TASKS`): the values ``task`` accepts."""
+    return tuple(TASKS)
 
-_SEG_SECTION = "segmentation settings, used by task: segmentation only"
-_DET_SECTION = "detection settings, used by task: detection only"
-_CHEXMASK = "CheXmask segmentation data, used by task: segmentation only"
-_LABELS = "classification labels; read by classification datasets only"
-_OPERATING = "operating points and calibration are fitted for classification runs only"
-_HEAD = "classification head settings"
-_FEATURE_CACHE = "the stage-1 feature cache is a classification feature"
-_IMAGE_CHECK = "the pre-training image check runs for classification only"
 
-# task -> {dotted key or section: why the task's engine cannot honour it}. A key set explicitly (config file or
-# KEY=VALUE) under one of these is a ConfigError; one read back from a run's config.yaml only when not at its default.
-NOT_APPLICABLE: dict[str, dict[str, str]] = {
-    "classification": {
-        "detection": _DET_SECTION,
-        "segmentation": _SEG_SECTION,
-        "data.masks_csv": _CHEXMASK,
-        "data.images_root": _CHEXMASK,
-        "data.source": _CHEXMASK,
-        "data.min_rca": _CHEXMASK,
-    },
-    "detection": {
-        "segmentation": _SEG_SECTION,
-        "evaluation": _OPERATING,
-        "loss": "Ultralytics' own detection loss is used (class-weighted by recipe.class_weights)",
-        "trainer.devices": "Ultralytics runs on one device (its multi-GPU DDP relaunches a stock trainer that would "
-                           "drop the SPFT recipe)",
-        "trainer.num_nodes": "Ultralytics runs on one device; there is no multi-node training",
-        "trainer.strategy": "a Lightning strategy; Ultralytics runs on one device",
-        "trainer.compile": "torch.compile is wired into the Lightning engine only",
-        "trainer.feature_cache": _FEATURE_CACHE,
-        "trainer.precision": "Ultralytics chooses its AMP itself (bf16 on a GPU that supports it, 32-bit on a CPU)",
-        "trainer.log_every_n_steps": "Ultralytics logs once per epoch",
-        "trainer.progress_bar": "a Lightning switch; Ultralytics prints its own progress",
-        "trainer.limit_train_batches": "Ultralytics trains and validates on every batch; leave it null and use a "
-                                       "smaller dataset for a quick run",
-        "trainer.limit_val_batches": "Ultralytics trains and validates on every batch; leave it null and use a "
-                                     "smaller dataset for a quick run",
-        "model.config": "detection builds the model from model.name (an Ultralytics model YAML or weights)",
-        "model.pooling": _HEAD,
-        "model.head_hidden": _HEAD,
-        "model.head_dropout": _HEAD,
-        "model.attn_implementation": "a transformers encoder option; Ultralytics models do not read it",
-        "model.gradient_checkpointing": "a transformers encoder option; Ultralytics models do not read it",
-        "model.channels_last": "a Lightning-engine speed option; Ultralytics does not read it",
-        "data.csv": "detection data comes from phantom_detect, vindr_cxr or tbx11k (data.root), not a CSV",
-        "data.image_column": "detection data comes from phantom_detect, vindr_cxr or tbx11k, not a CSV",
-        "data.id_column": "detection data comes from phantom_detect, vindr_cxr or tbx11k, not a CSV",
-        "data.label_columns": _LABELS,
-        "data.split_column": "detection splits are made by `spft prepare` / the phantom generator",
-        "data.patient_column": "detection splits are made by `spft prepare` / the phantom generator",
-        "data.image_size": "detection.imgsz sets the detector's input size",
-        "data.color": "Ultralytics decodes images itself",
-        "data.pin_memory": "Ultralytics builds its own data loaders (only data.num_workers is passed)",
-        "data.prefetch_factor": "Ultralytics builds its own data loaders (only data.num_workers is passed)",
-        "data.augment": "Ultralytics augments detection images (detection.mosaic, detection.fliplr)",
-        "data.views": _LABELS,
-        "data.uncertain": _LABELS,
-        "data.blank": _LABELS,
-        "data.official_test": _LABELS,
-        "data.image_cache": "`spft prepare cache` images feed classification runs only",
-        "data.image_cache_format": "`spft prepare cache` images feed classification runs only",
-        "data.masks_csv": _CHEXMASK,
-        "data.images_root": _CHEXMASK,
-        "data.source": _CHEXMASK,
-        "data.min_rca": _CHEXMASK,
-        "data.check_images": _IMAGE_CHECK,
-        "data.on_bad_image": _IMAGE_CHECK,
-        "data.max_image_pixels": "Ultralytics reads the images itself; the pixel limit is not applied",
-        "data.allow_outside_root": "a rule of the csv classification dataset",
-    },
-    "segmentation": {
-        "detection": _DET_SECTION,
-        "evaluation": _OPERATING,
-        "loss": "segmentation trains Dice + BCE per structure (segmentation.dice_weight, segmentation.bce_weight)",
-        "trainer.feature_cache": _FEATURE_CACHE,
-        "model.pooling": _HEAD + "; SAM2 has its own mask decoder",
-        "model.head_hidden": _HEAD + "; SAM2 has its own mask decoder",
-        "model.head_dropout": _HEAD + "; SAM2 has its own mask decoder",
-        "data.label_columns": _LABELS,
-        "data.image_size": "SAM2's prompt encoder fixes the input size",
-        "data.augment": "segmentation augments only the box prompts (segmentation.box_jitter)",
-        "data.val_fraction": "segmentation splits come from data.split_column or data.split_fractions",
-        "data.views": _LABELS,
-        "data.uncertain": _LABELS,
-        "data.blank": _LABELS,
-        "data.official_test": _LABELS,
-        "data.image_cache": "`spft prepare cache` images feed classification runs only",
-        "data.image_cache_format": "`spft prepare cache` images feed classification runs only",
-        "data.check_images": _IMAGE_CHECK,
-        "data.on_bad_image": _IMAGE_CHECK,
-        "data.allow_outside_root": "a rule of the csv classification dataset",
-    },
-}
-
-# data.name values each task can train on (the adapters of spft.data.registry, spft.data.masks, detection)
-TASK_DATASETS: dict[str, tuple[str, ...]] = {
-    "classification": ("csv", "phantom", "chestxray14", "chexpert", "ham10000"),
-    "detection": ("phantom_detect", "vindr_cxr", "tbx11k"),
-    "segmentation": ("phantom_segment", "mask_folder", "chexmask"),
-}
+def not_applicable_table(task: str) -> dict[str, str]:
+    """``{dotted key or section: why}`` for every key ``task``'s engine cannot honour: what the task declares
+    (``Task.not_applicable``), then the keys other tasks declare as their own (``Task.own_keys``). A key set
+    explicitly (config file or KEY=VALUE) under one of these is a ConfigError; one read back from a run's
+    config.yaml only when not at its default."""
+    mine = get_task(task)
+    table = dict(mine.not_applicable)
+    for other in task_names():
+        if other != task:
+            for key, why in get_task(other).own_keys.items():
+                if key not in mine.own_keys:
+                    table.setdefault(key, why)
+    return table
 
 
 def not_applicable(task: str, key: str) -> str | None:
     """Why ``key`` (dotted) does not apply to ``task`` — the reason of it or of a section above it — else None."""
-    table = NOT_APPLICABLE.get(task, {})
+    table = not_applicable_table(task)
     parts = key.split(".")
     for i in range(len(parts), 0, -1):
         reason = table.get(".".join(parts[:i]))
@@ -458,12 +378,14 @@ def value_at(cfg: Any, dotted: str) -> Any:
 
 def check_applicable(cfg: SpftConfig, explicit: set[str] | frozenset[str] = frozenset()) -> None:
     """Refuse a key that ``cfg.task`` cannot honour: any of ``explicit`` (dotted keys the user set) under
-    :data:`NOT_APPLICABLE`, and any such key whose value is not its default (e.g. in an old run's config.yaml)."""
+    :func:`not_applicable_table`, and any such key whose value is not its default (e.g. in an old run's
+    config.yaml)."""
+    table = not_applicable_table(cfg.task)
     for key in sorted(explicit):
         reason = not_applicable(cfg.task, key)
         if reason is not None:
             raise ConfigError(f"'{key}': not available for {cfg.task}: {reason} — remove it from the config")
-    for key in NOT_APPLICABLE.get(cfg.task, {}):
+    for key in table:
         value = value_at(cfg, key)
         value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         default = _default(key)
@@ -471,7 +393,7 @@ def check_applicable(cfg: SpftConfig, explicit: set[str] | frozenset[str] = froz
             where = key
             if isinstance(value, dict):
                 where = next(f"{key}.{k}" for k in value if value[k] != default.get(k))
-            raise ConfigError(f"'{where}': not available for {cfg.task}: {NOT_APPLICABLE[cfg.task][key]} — got "
+            raise ConfigError(f"'{where}': not available for {cfg.task}: {table[key]} — got "
                               f"{value_at(cfg, where)!r}; leave it at its default {_default(where)!r}")
 
 
@@ -481,13 +403,9 @@ def validate(cfg: SpftConfig, explicit: set[str] | frozenset[str] = frozenset())
     ``explicit``: the dotted keys set by the config file or overrides (a non-applicable one is refused even at its
     default). Raises :class:`ConfigError` naming the key.
     """
+    task = get_task(cfg.task)  # an unknown task: one line naming the registered ones
     check_applicable(cfg, explicit)
-    if cfg.task == "detection":
-        _check_detection(cfg)
-    elif cfg.task == "segmentation":
-        _check_segmentation(cfg)
-    else:
-        _check_classification(cfg)
+    task.check_config(cfg)
     _check_data(cfg.data)
     _check_model(cfg)
     _check_recipe(cfg)
@@ -583,34 +501,3 @@ def _check_tracking(tracking: TrackingConfig) -> None:
             raise ConfigError(f"'tracking.mlflow.{key}': expected a non-empty string or null, got {value!r}")
     if ml.uri is None and ml.parent_run_id is not None:
         raise ConfigError("'tracking.mlflow.parent_run_id' needs tracking.mlflow.uri (the server of the parent run)")
-
-
-def _check_classification(cfg: SpftConfig) -> None:
-    if cfg.data.name == "csv" and cfg.data.csv is None:
-        raise ConfigError("'data.csv' must be set when data.name is csv (a CSV with one row per image)")
-
-
-def _check_detection(cfg: SpftConfig) -> None:
-    """The ``detection`` keys (formerly spft.tasks.detection.checks); no Ultralytics import."""
-    det = cfg.detection
-    if not cfg.model.name:
-        raise ConfigError("'model.name': detection needs an Ultralytics model YAML or weights (e.g. yolov8n.yaml)")
-    if cfg.data.name not in TASK_DATASETS["detection"]:
-        raise ConfigError(f"data.name: detection needs one of {', '.join(TASK_DATASETS['detection'])}, "
-                          f"got {cfg.data.name!r}")
-    checks = [("detection.imgsz", det.imgsz >= 32, "an integer >= 32"),
-              ("detection.long_side", det.long_side >= 32, "an integer >= 32"),
-              ("detection.iou_thr", 0.0 < det.iou_thr < 1.0, "a value in (0, 1)"),
-              ("detection.no_finding_share", 0.0 <= det.no_finding_share <= 1.0, "a value in [0, 1]"),
-              ("detection.backbone_lr_ratio", det.backbone_lr_ratio is None or det.backbone_lr_ratio >= 0,
-               "null or >= 0"),
-              ("detection.figures", det.figures >= 0, "an integer >= 0")]
-    for key, ok, expected in checks:
-        if not ok:
-            raise ConfigError(f"'{key}': expected {expected}, got {value_at(cfg, key)!r}")
-
-
-def _check_segmentation(cfg: SpftConfig) -> None:
-    if cfg.data.name not in TASK_DATASETS["segmentation"]:
-        raise ConfigError(f"data.name: {cfg.data.name!r} is not a segmentation dataset "
-                          f"({', '.join(TASK_DATASETS['segmentation'])})")

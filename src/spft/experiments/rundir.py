@@ -230,3 +230,33 @@ def checked_split(split: str) -> str:
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split: expected train, val or test, got {split!r}")
     return split
+
+
+def task_of_model(source: str | Path) -> str:
+    """The task of a run directory (``config.yaml``) or of an ``spft export`` folder (``config.json``'s ``spft``
+    block)."""
+    source = Path(source).expanduser()
+    if not source.is_dir():
+        raise MissingFileError(f"{source}: no such run directory or export folder")
+    if (source / "config.yaml").is_file():
+        return task_of_run(source)
+    config_json = source / "config.json"
+    if config_json.is_file():
+        import json
+
+        try:
+            block = json.loads(config_json.read_text(encoding="utf-8")).get("spft")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            block = None
+        if isinstance(block, dict) and block.get("task"):
+            return str(block["task"])
+    raise MissingFileError(f"{source} is neither a run directory (no config.yaml) nor an spft export folder "
+                           f"(no config.json with an spft block)")
+
+
+def task_of_run(run_dir: str | Path) -> str:
+    """The task recorded in a run directory's ``config.yaml``."""
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        raise MissingFileError(f"{run_dir} is not a run directory (no config.yaml)")
+    return read_run_yaml(config_file).get("task", "classification")

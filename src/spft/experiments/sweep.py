@@ -94,7 +94,8 @@ def run_action(run_dir: Path) -> tuple[str, str]:
 
     Whether a resume continues or starts again is read from the run's task's last checkpoint (``last.ckpt``,
     ``last.pt`` ...: :attr:`spft.tasks.base.Task.checkpoint_names`)."""
-    from spft.tasks.registry import get_task, task_of_run
+    from spft.experiments.rundir import task_of_run
+    from spft.tasks.registry import get_task
 
     if is_done(run_dir):
         return "skip", "finished (DONE)"

@@ -3,7 +3,9 @@
 
 A task is one object (a :class:`Task` subclass) named in :data:`spft.tasks.registry.TASKS` (or given to
 :func:`spft.tasks.registry.register`). Its module must stay light: the task's engine (Lightning, Ultralytics) is
-imported inside the methods, so that a classification run never imports Ultralytics.
+imported inside the methods, so that a classification run never imports Ultralytics — and the config schema reads
+a task's config declarations (:attr:`Task.datasets`, :attr:`Task.own_keys`, :attr:`Task.not_applicable`,
+:meth:`Task.check_config`) when a config is loaded.
 
     class MyTask(Task):
         name = "mytask"
@@ -11,6 +13,9 @@ imported inside the methods, so that a classification run never imports Ultralyt
         primary_metric, primary_label = "mean_iou", "mean IoU"   # the metrics.json key that ranks runs
         train_module = "spft.tasks.mytask.train"          # train(cfg) / resume(run_dir) via spft.tasks.lifecycle
         evaluate_module = "spft.tasks.mytask.evaluate"    # evaluate_run, format_table, prediction_rows
+        datasets = ("mytask_phantom",)                    # its config: the data.name values it trains on,
+        not_applicable = {"trainer.compile": "why"}       # common keys its engine cannot honour, own_keys (keys only
+        def check_config(self, cfg): ...                  # it reads) and its checks, read by spft.config.schema
         # or override train(cfg), resume(run_dir), evaluate(run_dir, overrides, split, checkpoint, out, name)
         # optional, with defaults: summary(metrics), report(...), data_check(...), prepare_cache(...), predict_api()
 """
@@ -58,6 +63,14 @@ class Task:
     extra: str | None = None  # the pip extra the task's engine needs (named in the error when it is missing)
     train_module: str = ""  # module with train(cfg) and resume(run_dir), imported on first use
     evaluate_module: str = ""  # module with evaluate_run(...), format_table(ev) and (optional) prediction_rows(ev)
+    # --- the task's config (read by spft.config.schema at load time: keep them plain data) ---
+    datasets: tuple[str, ...] = ()  # the data.name values the task trains on
+    own_keys: dict[str, str] = {}  # dotted keys / sections only this task reads -> why every other task refuses them
+    not_applicable: dict[str, str] = {}  # common keys this task's engine cannot honour -> why
+
+    def check_config(self, cfg) -> None:
+        """The task's own cross-field checks of a loaded config (:func:`spft.config.schema.validate` calls it once,
+        after refusing the keys the task cannot honour); raise :class:`~spft.errors.ConfigError` naming the key."""
 
     def module(self, name: str):
         """Import one of the task's (heavy) modules; a missing third-party package names the extra to install."""

@@ -3,7 +3,8 @@ evaluates, reports, checks data and predicts.
 
 Registration: each task is one line of :data:`TASKS`, ``name -> "package:ATTRIBUTE"`` of its Task object, imported
 on first use (:func:`get_task`), so that a classification run never imports Ultralytics and this module imports no
-task (which keeps it out of every import cycle). A task defined elsewhere (a plugin, a test) is added with
+task (which keeps it out of every import cycle: the config schema reads the task names and each task's config
+declarations through it). A task defined elsewhere (a plugin, a test) is added with
 :func:`register`. The CLI, sweeps, ``spft data check``, ``spft prepare cache`` and ``spft report`` ask the Task and
 never branch on task names or metric keys.
 """
@@ -11,10 +12,9 @@ never branch on task names or metric keys.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from types import SimpleNamespace
 
-from spft.errors import ConfigError, MissingFileError
+from spft.errors import ConfigError
 
 # task -> "package:ATTRIBUTE" of its Task object (or the object itself, once registered or loaded)
 TASKS: dict = {
@@ -52,35 +52,3 @@ def predict_api(task: str) -> SimpleNamespace:
     """``load``, ``predict`` and ``export`` of ``task`` (``spft predict``, ``spft export``, ``spft.load``): the
     Task's predict slot (:meth:`spft.tasks.base.Task.predict_api`; one line when the task has none yet)."""
     return get_task(task).predict_api()
-
-
-def task_of_model(source: str | Path) -> str:
-    """The task of a run directory (``config.yaml``) or of an ``spft export`` folder (``config.json``'s ``spft``
-    block)."""
-    source = Path(source).expanduser()
-    if not source.is_dir():
-        raise MissingFileError(f"{source}: no such run directory or export folder")
-    if (source / "config.yaml").is_file():
-        return task_of_run(source)
-    config_json = source / "config.json"
-    if config_json.is_file():
-        import json
-
-        try:
-            block = json.loads(config_json.read_text(encoding="utf-8")).get("spft")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            block = None
-        if isinstance(block, dict) and block.get("task"):
-            return str(block["task"])
-    raise MissingFileError(f"{source} is neither a run directory (no config.yaml) nor an spft export folder "
-                           f"(no config.json with an spft block)")
-
-
-def task_of_run(run_dir: str | Path) -> str:
-    """The task recorded in a run directory's ``config.yaml``."""
-    config_file = Path(run_dir) / "config.yaml"
-    if not config_file.is_file():
-        raise MissingFileError(f"{run_dir} is not a run directory (no config.yaml)")
-    from spft.experiments.rundir import read_run_yaml
-
-    return read_run_yaml(config_file).get("task", "classification")

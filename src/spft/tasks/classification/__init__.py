@@ -9,6 +9,11 @@ from pathlib import Path
 
 from spft.tasks.base import Task
 
+_LABELS = "classification labels; read by classification datasets only"
+_HEAD = "classification head settings"
+_IMAGE_CHECK = "the pre-training image check runs for classification only"
+_IMAGE_CACHE = "`spft prepare cache` images feed classification runs only"
+
 
 class ClassificationTask(Task):
     name = "classification"
@@ -17,6 +22,30 @@ class ClassificationTask(Task):
     predict_module = "spft.tasks.classification.predict"
     export_module = "spft.tasks.classification.export"
     train_module, evaluate_module = "spft.tasks.classification.train", "spft.tasks.classification.evaluate"
+    datasets = ("csv", "phantom", "chestxray14", "chexpert", "ham10000")
+    own_keys = {
+        "evaluation": "operating points and calibration are fitted for classification runs only",
+        "trainer.feature_cache": "the stage-1 feature cache is a classification feature",
+        "model.pooling": _HEAD,
+        "model.head_hidden": _HEAD,
+        "model.head_dropout": _HEAD,
+        "data.label_columns": _LABELS,
+        "data.views": _LABELS,
+        "data.uncertain": _LABELS,
+        "data.blank": _LABELS,
+        "data.official_test": _LABELS,
+        "data.image_cache": _IMAGE_CACHE,
+        "data.image_cache_format": _IMAGE_CACHE,
+        "data.check_images": _IMAGE_CHECK,
+        "data.on_bad_image": _IMAGE_CHECK,
+        "data.allow_outside_root": "a rule of the csv classification dataset",
+    }
+
+    def check_config(self, cfg) -> None:
+        from spft.errors import ConfigError
+
+        if cfg.data.name == "csv" and cfg.data.csv is None:
+            raise ConfigError("'data.csv' must be set when data.name is csv (a CSV with one row per image)")
 
     def summary(self, metrics: dict) -> str:
         """Per-class test AUC from ``metrics.json`` (``spft train``, ``spft demo``)."""

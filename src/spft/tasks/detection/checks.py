@@ -1,6 +1,7 @@
 """Checks of the ``detection`` config keys that types alone cannot express (no Ultralytics import, so
-``spft prepare`` can use them too). They live in the schema's validation (:func:`spft.config.schema.validate`, run
-once when a config is loaded); this entry point re-runs it for a config built or changed in code."""
+``spft prepare`` can use them too). They live in the task's ``check_config``, which the schema's validation
+(:func:`spft.config.schema.validate`, run once when a config is loaded) calls; this entry point re-runs it for a
+config built or changed in code."""
 
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def read_prompts(spec, structures: list[str], items: list[InputImage] | None = N
         return prompts_from_table(spec, structures, "prompts", None)
     path = Path(spec).expanduser()
     if path.is_dir():
-        from spft.tasks.registry import task_of_run
+        from spft.experiments.rundir import task_of_run
 
         if task_of_run(path) != "detection":
             raise ConfigError(f"--prompts {spec}: a run directory must be a detection run (it is a "
