@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config, args.overrides)
         run_dir = get_task(cfg.task).train(cfg)
-    from spft.experiments.rundir import secondary_rank
+    from spft.distributed import secondary_rank
 
     if not secondary_rank():
         _print_result(run_dir)
@@ -91,7 +91,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # split None: the task decides (its own data: test; other data: every row)
     ev = get_task(task_of_run(args.run_dir)).evaluate(args.run_dir, tuple(args.overrides), split=args.split,
                                                       checkpoint=args.checkpoint, out=args.out, name=args.name)
-    from spft.experiments.rundir import secondary_rank
+    from spft.distributed import secondary_rank
 
     if secondary_rank():  # under torchrun every rank evaluated its shard; rank 0 prints the gathered result
         return 0

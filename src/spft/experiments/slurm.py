@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from spft.atomic import atomic_write_json
 from spft.errors import ConfigError, DependencyError, SpftError
-from spft.experiments.rundir import atomic_write_json
 from spft.experiments.sweep import PlannedRun, Sweep, _log_path, write_sweep_json
 
 SLURM_JSON = "slurm.json"

@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spft.atomic import atomic_write_json
 from spft.config import ConfigError
 from spft.errors import RunDirError
-from spft.experiments.rundir import atomic_write_json, is_done
+from spft.experiments.rundir import is_done
 from spft.experiments.studies import REPEAT, Study, validate_study
 from spft.tracking import attach_sweep, finish_sweep
 

@@ -74,8 +74,8 @@ class Unguarded:
 
 def write_records(cfg, run_dir: Path, records: dict[str, Callable[[], dict]], fresh: bool) -> None:
     """``config.yaml`` for a new run; each record file for a new run, or when a kill at the start left it out."""
+    from spft.atomic import atomic_write_json, atomic_write_text
     from spft.config import dump_yaml
-    from spft.experiments.rundir import atomic_write_json, atomic_write_text
 
     if fresh:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
