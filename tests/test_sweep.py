@@ -83,6 +83,21 @@ def test_another_sweep_in_the_same_directory_is_refused(tmp_path):
         plan_sweep(CONFIG, [0], ("optim.lr_head=2e-4",), out=tmp_path)
 
 
+def test_a_second_process_on_the_same_sweep_is_refused_naming_the_first(tmp_path, monkeypatch):
+    from spft.errors import RunDirError
+    from spft.experiments.lock import RunLock
+
+    plan = plan_sweep(CONFIG, [0], ("optim.lr_head=1e-4",), out=tmp_path)
+    started = []
+    monkeypatch.setattr("spft.experiments.sweep._run_locked", lambda *a: started.append(a))
+    with RunLock(tmp_path, "spft repeat"):  # what the first sweep process holds while it runs
+        with pytest.raises(RunDirError, match=r"in use by PID \d+ .*spft repeat"):
+            run_sweep(plan)
+    assert started == [] and not (tmp_path / "run.lock").exists()
+    run_sweep(plan)  # once the first one is gone, the same command goes on
+    assert len(started) == 1
+
+
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     (out / "base" / "seed2").mkdir(parents=True)

@@ -221,10 +221,19 @@ def run_sweep(sweep: Sweep, slots: list[tuple[str, ...]] | None = None,
 
     A failed run is logged with the tail of its output and the sweep continues; ``sweep.failed`` lists them.
     SIGINT / SIGTERM stop the running children (recorded ``interrupted``) and raise KeyboardInterrupt.
+    A second sweep process on the same directory (local or ``--launcher slurm`` submitting) raises
+    :class:`~spft.errors.RunDirError` naming the holder, before any run starts.
     """
+    from spft.experiments.lock import RunLock
+
+    # one sweep process per sweep directory (sweep.json has one writer); its runs lock their own directories
+    with RunLock(sweep.out, f"spft {sweep.kind}"):
+        return _run_locked(sweep, slots, extra, display)
+
+
+def _run_locked(sweep: Sweep, slots, extra, display) -> Sweep:
     from spft.experiments.parallel import Scheduler
 
-    sweep.out.mkdir(parents=True, exist_ok=True)
     todo = [r for r in sweep.runs if r.action in ("train", "resume")]
     for r in sweep.runs:
         if r.action == "skip":
