@@ -263,3 +263,27 @@ def test_a_start_killed_before_config_yaml_leaves_a_reusable_folder(tmp_path):
     with pytest.raises(FileExistsError, match="already holds a run"):
         create_run_dir(load_config(REPO / CONFIG, [f"run.dir={run_dir}"]))
     release_run_locks()
+
+
+def test_a_killed_holder_frees_the_run_even_while_its_forked_workers_live(tmp_path):
+    """kill -9 of `spft train` with DataLoader workers: the lock dies with the holder, not with the last orphaned
+    worker (which shares the locked file through fork), so an immediate --resume is not refused."""
+    run_dir = tmp_path / "run"
+    ready_r, ready_w = os.pipe()
+    holder = os.fork()
+    if holder == 0:  # the `spft train` stand-in: lock the run, fork a long-lived worker, then die at once
+        try:
+            from spft.experiments.lock import lock_run
+
+            lock_run(run_dir, "train")
+            if os.fork() == 0:  # the worker: keeps living (and keeps its inherited descriptors, if any)
+                time.sleep(5)
+                os._exit(0)
+            os.write(ready_w, b"x")
+        finally:
+            os._exit(0)  # like kill -9: no atexit, no release
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"x"
+    os.waitpid(holder, 0)
+    with RunLock(run_dir, "resume"):  # refused (RunDirError naming the dead PID) while a worker held the lock
+        pass

@@ -102,6 +102,25 @@ def lock_run(run_dir: str | Path, purpose: str) -> None:
     _HELD[key] = RunLock(run_dir, purpose).acquire()
 
 
+def _forget_in_forked_child() -> None:
+    """A forked child (a DataLoader worker) drops its copy of every run lock's descriptor, without unlocking.
+
+    ``flock`` belongs to the open file, which a forked child shares: if workers kept their copies, a ``kill -9`` of
+    ``spft train`` would leave the run locked until its orphaned workers noticed and exited (seconds), and an
+    immediate ``--resume`` would be refused. Closing the child's copy leaves the parent's lock as it is."""
+    for lock in _HELD.values():
+        if lock._fd is not None:
+            try:
+                os.close(lock._fd)
+            except OSError:
+                pass
+            lock._fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_forked_child)
+
+
 def release_run_locks() -> None:
     """Release every run lock this process holds (the CLI calls it when a command ends)."""
     while _HELD:
