@@ -38,7 +38,7 @@ def test_ddp_training_keeps_ranks_identical_and_evaluation_equals_one_process(sp
     proc = run_cli("train", "configs/phantom_cxr.yaml",
                    *tiny_overrides(run, n_images=256, epochs=3, extra=(
                        "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp")),
-                   env={"OMP_NUM_THREADS": "1"})
+                   env={"OMP_NUM_THREADS": "1"}, fresh=True)  # Lightning launches the second rank as a new process
     log = proc.stdout + proc.stderr
     history = _rows(run / "history.csv")
     assert [r["stage"] for r in history] == ["1", "2", "2"] and int(history[-1]["open_blocks"]) == 2

@@ -38,7 +38,8 @@ def references(spft_cache, tmp_path_factory) -> dict:
     out = {}
     for variant in VARIANTS:
         run_dir = tmp_path_factory.mktemp("ref") / variant
-        proc = run_cli("train", CONFIG, *_overrides(run_dir, variant), "trainer.progress_bar=true")
+        # fresh processes: what stderr shows must include whatever importing torch / Lightning prints
+        proc = run_cli("train", CONFIG, *_overrides(run_dir, variant), "trainer.progress_bar=true", fresh=True)
         out[variant] = (run_dir, proc)
     return out
 
