@@ -5,17 +5,21 @@ Every map is a float32 array ``[B, H, W]`` (``H, W``: ``size``, default the inpu
 evidence, bilinearly upsampled from the encoder's token / feature grid. Raw scale (not normalised per image), so
 maps of one image for different classes are comparable; :func:`overlay` normalises for display.
 
-* :func:`vit_gradcam` (Dinov2, ViT): the patch tokens ``A`` [N, D] entering the last block (CLS and register
-  tokens, :func:`~spft.models.encoders.n_prefix_tokens`, excluded) and the gradient ``G`` of the class logit w.r.t.
-  them; channel weights ``w = mean over tokens of G``, map ``ReLU(A @ w)`` on the patch grid. The block's *input*,
-  as pytorch-grad-cam's ViT recipe does (its ``norm1``), not its output: with ``pooling: cls`` the output patch
+* :func:`vit_gradcam` (Dinov2, ViT): the patch tokens ``A`` [N, D] entering the last block (CLS and register tokens,
+  :func:`~spft.models.encoders.n_prefix_tokens`, excluded) and the gradient ``G`` of the class logit w.r.t. them;
+  channel weights ``w = mean over tokens of G``, map ``ReLU(A @ w)`` on the patch grid. ``A`` is the block's
+  *input*, the residual stream before any normalisation (a forward pre-hook on the block). This is not
+  pytorch-grad-cam's ViT recipe: that one targets ``blocks[-1].norm1`` and so takes norm1's *output* — the per-token
+  LayerNorm of these tokens, scaled by its affine weights — whose gradient is only the attention branch's, where the
+  gradient spft uses also carries the residual path and the MLP branch; and it does not subtract the mean (below).
+  The two give different maps. Why the input and not the block's output: with ``pooling: cls`` the output patch
   tokens do not reach the logit at all, and with ``pooling: mean`` they reach it only through the final LayerNorm
-  and the mean, so ``G`` is nearly the same for every token and the map has no spatial selectivity — measured on
-  the phantom pointing game (``benchmarks/pointing_game.py``, 8-epoch demo config): 0.10 hit rate from the output
-  tokens (chance 0.10), 0.54 from the input tokens. The token scores ``A @ w`` have their mean over the image
-  subtracted before the ReLU: the tokens share a large common component that shifts every score alike (on small
-  models often below zero everywhere, an all-zero map: 77% of maps on a 4-block width-64 model); the peak is
-  unchanged wherever the plain map had a positive one.
+  and the mean, so ``G`` is nearly the same for every token and the map has no spatial selectivity — measured on the
+  phantom pointing game (``benchmarks/pointing_game.py``, 8-epoch demo config): 0.10 hit rate from the output tokens
+  (chance 0.10), 0.54 from the input tokens. The token scores ``A @ w`` have their mean over the image subtracted
+  before the ReLU: the tokens share a large common component that shifts every score alike (on small models often
+  below zero everywhere, an all-zero map: 77% of maps on a 4-block width-64 model); the peak is unchanged wherever
+  the plain map had a positive one.
 * :func:`cnn_gradcam` (ResNet, ConvNeXt ...): the same on the last stage's 4-D feature map ``[C, h, w]``.
 * :func:`attention_rollout` (Abnar & Zuidema 2020): per layer the head-averaged attention plus the identity (the
   residual), rows renormalised, multiplied from the first layer to the last; the map is the row of the pooled
