@@ -52,3 +52,14 @@ class CrashAfterEpoch(L.Callback):
     def _saved(self, trainer) -> None:
         if trainer.epoch == self.epoch:
             os._exit(17)
+
+
+class SaveInitialWeights(L.Callback):
+    """``SPFT_INIT_WEIGHTS=FILE``: the model's weights as training starts (before the first step), saved with
+    ``torch.save`` — what a plain loop must start from to be compared with the run (tests/test_plain_loop.py)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import torch
+
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
+        torch.save(state, os.environ["SPFT_INIT_WEIGHTS"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from spft.errors import ConfigError
 from spft.recipe import (
     LayerGroups,
     StagePlan,
@@ -160,6 +161,23 @@ def test_lr_factor_formula():
     assert lr_factor_at(12, 100, 10, 4) == pytest.approx(_cos(12, 100) * 0.75)
     assert lr_factor_at(13, 100, 10, 4) == pytest.approx(_cos(13, 100))
     assert lr_factor_at(50, 100, None, 4) == 0.0
+
+
+def test_constant_schedule_keeps_each_groups_lr_and_its_warmup(model):
+    for step in (0, 17, 50, 99, 100, 150):
+        assert lr_factor_at(step, 100, 0, 0, schedule="constant") == 1.0
+        assert lr_factor_at(step, 100, 0, 0, min_factor=0.1, schedule="constant") == 1.0
+    assert lr_factor_at(9, 100, 10, 4, schedule="constant") == 0.0  # not open yet
+    assert lr_factor_at(11, 100, 10, 4, schedule="constant") == pytest.approx(0.5)  # warm-up still applies
+    opt = build_optimizer(model.groups(), lr_encoder=1e-3, lr_head=1e-2)
+    sched = build_scheduler(opt, StagePlan(stage1_epochs=0, top_k=None, blocks_per_epoch=4, embeddings=True),
+                            n_blocks=4, steps_per_epoch=5, total_steps=20, schedule="constant")
+    for _ in range(20):
+        assert [g["lr"] for g in opt.param_groups] == [g["base_lr"] for g in opt.param_groups]
+        opt.step()
+        sched.step()
+    with pytest.raises(ConfigError, match="optim.schedule"):
+        lr_factor_at(0, 100, 0, 0, schedule="linear")
 
 
 def _opt_and_sched(model, warmup=3):

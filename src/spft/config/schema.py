@@ -155,6 +155,8 @@ class OptimConfig:
     lr_encoder: float = 3e-6  # learning rate of the encoder blocks
     lr_head: float = 5e-5  # learning rate of the head (detection: neck and head)
     weight_decay: float = 0.05  # AdamW weight decay (not on biases and norms)
+    # cosine over the run (the paper), or constant learning rates (a plain fine-tune); detection keeps its cosine
+    schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 0  # linear warm-up after each unfreeze step (and at the start for the head)
     min_lr_factor: float = 0.0  # floor of the cosine schedule, as a fraction of each group's learning rate
 

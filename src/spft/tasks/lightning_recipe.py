@@ -131,7 +131,7 @@ class RecipeModule(L.LightningModule):
         total = self._estimated_steps()
         steps_per_epoch = max(1, math.ceil(total / max(1, self.trainer.max_epochs)))
         scheduler = build_scheduler(optimizer, self.plan, self.n_blocks, steps_per_epoch, total,
-                                    warmup_steps=o.warmup_steps, min_factor=o.min_lr_factor)
+                                    warmup_steps=o.warmup_steps, min_factor=o.min_lr_factor, schedule=o.schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _estimated_steps(self) -> int:
