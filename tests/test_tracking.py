@@ -340,3 +340,51 @@ def test_a_sweep_has_a_parent_run_with_the_report_attached(spft_cache, mlflow_ur
     assert json.loads((out / "tracking.json").read_text())["run_id"] == parent
     run_cli("report", str(out), "--bootstrap", "20")
     assert {"report/report.html", "report/report.json", "report/tables"} <= _artifacts(client, parent, "report")
+
+
+# --- an untrusted queue (a run directory from elsewhere) ------------------------------------------------------------
+
+def _tracked_folder(tmp_path: Path, client, mlflow_uri: str, records: list[dict]) -> tuple[Path, str]:
+    """A sweep-like folder tracked as a real MLflow run, whose tracking_unsent.jsonl holds ``records``."""
+    folder = tmp_path / "from_elsewhere"
+    folder.mkdir()
+    experiment = client.create_experiment(f"untrusted-{time.time_ns()}")
+    run_id = client.create_run(experiment).info.run_id
+    (folder / "tracking.json").write_text(json.dumps({"uri": mlflow_uri, "experiment_id": experiment,
+                                                      "run_id": run_id}))
+    (folder / UNSENT_FILE).write_text("".join(json.dumps({"kind": k, "payload": p}) + "\n" for k, p in records))
+    return folder, run_id
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "link"])
+def test_push_never_sends_a_file_outside_the_folder(where, tmp_path, client, mlflow_uri):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    rel = {"absolute": str(secret), "dotdot": "../secret.txt", "link": "innocent.txt"}[where]
+    folder, run_id = _tracked_folder(tmp_path, client, mlflow_uri, [
+        ("metrics", {"metrics": [{"key": "x", "value": 1.0, "timestamp": 0, "step": 0}]}),
+        ("artifacts", {"files": [[rel, None]]})])
+    if where == "link":
+        (folder / "innocent.txt").symlink_to(secret)
+    proc = run_cli("track", "push", str(folder), check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "record 2 (artifacts)" in lines[0] and "nothing was sent" in lines[0], lines
+    assert _artifacts(client, run_id) == set()
+    assert client.get_metric_history(run_id, "x") == []  # refused before anything went out
+    assert len((folder / UNSENT_FILE).read_text().splitlines()) == 2  # the queue is left for the user to inspect
+
+
+def test_push_sends_a_file_inside_the_folder(tmp_path, client, mlflow_uri):
+    folder, run_id = _tracked_folder(tmp_path, client, mlflow_uri, [("artifacts", {"files": [["notes.txt", None]]}),
+                                                                  ("status", {"status": "FINISHED"})])
+    (folder / "notes.txt").write_text("inside")
+    run_cli("track", "push", str(folder))
+    assert _artifacts(client, run_id) == {"notes.txt"} and client.get_run(run_id).info.status == "FINISHED"
+    assert not (folder / UNSENT_FILE).exists()
+
+
+def test_push_refuses_an_unknown_record_kind(tmp_path, client, mlflow_uri):
+    folder, run_id = _tracked_folder(tmp_path, client, mlflow_uri, [("shell", {"cmd": "rm -rf ~"})])
+    proc = run_cli("track", "push", str(folder), check=False)
+    assert proc.returncode == 2 and "record 1 (shell) is not a record spft writes" in proc.stderr

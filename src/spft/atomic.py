@@ -4,7 +4,11 @@ beside the target (``.<name>.<random>.tmp``), are fsynced, and the temp file is 
 sees the old file or the new one. A full or read-only disk becomes one :class:`~spft.errors.StorageError` naming
 the file. :func:`clean_temp_files` removes the temp files a killed process left.
 
-Also here: :func:`fault_point`, the fault-injection hook every atomic write passes (``SPFT_FAULT_POINT``).
+Also here: :func:`fault_point`, the fault-injection hook every atomic write passes (``SPFT_FAULT_POINT``), and the
+rule for files that are opened in place rather than replaced (lock files, appended logs and queues):
+:func:`open_regular` never follows a symbolic link and refuses anything but a regular file, and
+:func:`check_tree` refuses a run, sweep or export folder holding a link or a special file — a run directory from
+elsewhere (a colleague's share, an archive) is untrusted data and must never make spft write outside it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import errno
 import io
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -165,3 +170,58 @@ def atomic_write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] |
 def atomic_write_image(path: str | Path, image, format: str = "PNG", **options) -> None:
     """Save a PIL ``image`` atomically (``format`` and ``options`` as ``Image.save`` takes them)."""
     atomic_write_with(path, lambda fh: image.save(fh, format=format, **options))
+
+
+def _unsafe(path: Path, what: str):
+    from spft.errors import RunDirError
+
+    return RunDirError(f"{path} is {what}: spft never follows links or writes to special files inside a run, sweep "
+                       "or cache folder (one from elsewhere could point anywhere) — remove it and run again")
+
+
+def open_regular(path: str | Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open(path, flags)`` for a file opened in place (a lock, an appended log or queue), never through a link.
+
+    ``O_NOFOLLOW`` refuses a symbolic link at ``path`` (``ln -s ~/victim RUN/run.lock`` must not truncate the victim);
+    ``O_NONBLOCK`` keeps a FIFO planted there from blocking the open, and anything that is not a regular file is
+    refused. Both refusals are one :class:`~spft.errors.RunDirError` naming the file. Returns a blocking descriptor."""
+    path = Path(path)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _unsafe(path, "a symbolic link") from None
+        if exc.errno == errno.ENXIO:  # O_WRONLY on a FIFO without a reader
+            raise _unsafe(path, "not a regular file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _unsafe(path, "not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def open_append(path: str | Path, encoding: str | None = "utf-8"):
+    """``open(path, "a")`` through :func:`open_regular` (text with ``encoding``, binary with ``None``)."""
+    fd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    return os.fdopen(fd, "a" if encoding else "ab", encoding=encoding)
+
+
+def check_tree(folder: str | Path) -> None:
+    """Refuse ``folder`` when anything below it (``folder`` itself may be a link) is a symbolic link or a special
+    file: every write spft makes there — atomic replaces, Lightning's and TensorBoard's logs, Ultralytics' files —
+    would otherwise land wherever the link points. One :class:`~spft.errors.RunDirError` naming the entry."""
+    root = Path(folder)
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root):  # never follows links to folders
+        for name in (*dirnames, *filenames):
+            entry = Path(dirpath) / name
+            try:
+                mode = os.lstat(entry).st_mode
+            except FileNotFoundError:  # removed meanwhile (a temp file another process renamed)
+                continue
+            if stat.S_ISLNK(mode):
+                raise _unsafe(entry, "a symbolic link")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise _unsafe(entry, "not a regular file")

@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from spft.atomic import open_regular
+
 log = logging.getLogger(__name__)
 
 
@@ -56,8 +58,8 @@ def _acquire(path: Path, what: str, wait: bool) -> int | None:
     for _ in range(1000):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
+            fd = open_regular(path, os.O_RDWR | os.O_CREAT)  # a link planted in the cache is never followed
+        except OSError as exc:  # incl. the RunDirError of a link or special file
             log.debug("no lock at %s (%s): going on without one", path, exc)
             return -1
         try:

@@ -42,7 +42,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from spft.atomic import atomic_write_with
+from spft.atomic import atomic_write_with, open_regular
 from spft.data.contract import LabelTable
 from spft.data.io import load_image, row_ref
 from spft.errors import ConfigError, DataError
@@ -294,7 +294,7 @@ class _ArrayStore:
         except ImportError:  # Windows
             yield
             return
-        with open(self.folder / ".lock", "w") as fh:
+        with os.fdopen(open_regular(self.folder / ".lock", os.O_WRONLY | os.O_CREAT), "w") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -2,7 +2,9 @@
 
 The lock is ``fcntl.flock`` on ``RUN_DIR/run.lock``, so the kernel releases it when the holder dies (kill -9, power
 loss on a local disk): a lock from a dead process never blocks. The file records the holder (PID, host, command,
-start time) for the message the second process prints; it is removed on release. After taking the lock the holder
+start time) for the message the second process prints; it is removed on release. The lock file is opened without
+following links, and the folder is refused when it holds a link or special file (:func:`spft.atomic.check_tree`):
+a run or sweep directory from elsewhere must not make spft write outside it. After taking the lock the holder
 checks that the path still names the file it locked (another process may have removed it in between) and retries
 if not — the usual way to make delete-on-release safe with ``flock``.
 """
@@ -18,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from spft.atomic import check_tree, open_regular
 from spft.distributed import secondary_rank
 from spft.errors import RunDirError
 
@@ -35,7 +38,7 @@ class RunLock:
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)  # never through a link planted there
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -48,6 +51,11 @@ class RunLock:
                 same = False
             if same:
                 self._fd = fd
+                try:
+                    check_tree(self.path.parent)  # nothing in the folder may lead a write outside it
+                except BaseException:
+                    self.release()
+                    raise
                 self._write_owner()
                 return self
             os.close(fd)  # the file was removed by its previous holder between our open and our lock: try again

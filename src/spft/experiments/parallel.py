@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from spft.atomic import open_append
 from spft.errors import ConfigError
 
 log = logging.getLogger("spft.experiments.sweep")  # the sweep's own lines, as before the scheduler existed
@@ -441,7 +442,7 @@ class Scheduler:
         self.display.started(job)
         run.status = "running"
         self.hooks.record()
-        with open(job.log_path, "a") as fh:
+        with open_append(job.log_path) as fh:  # never through a link planted in the sweep folder
             pinned = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} " if job.devices else ""
             threads = f"OMP_NUM_THREADS={self.threads} " if self.threads else ""
             fh.write(f"\n$ {pinned}{threads}{' '.join(command)}\n")

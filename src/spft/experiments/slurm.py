@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from spft.atomic import atomic_write_json
+from spft.atomic import atomic_write_json, open_regular
 from spft.errors import ConfigError, DependencyError, SpftError
 from spft.experiments.sweep import PlannedRun, Sweep, _log_path, write_sweep_json
 
@@ -234,7 +234,7 @@ def _background(log: Path):
     log.parent.mkdir(parents=True, exist_ok=True)
     saved = [os.dup(fd) for fd in (0, 1, 2)]
     null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    out = open_regular(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # never through a link planted there
     try:
         os.dup2(null, 0)
         os.dup2(out, 1)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from spft.atomic import open_append
+
 # The variables that make a process one task of a SLURM step: the child must not see them, so that Lightning runs
 # it as a plain process on the GPUs of this allocation (and launches its own DDP processes for trainer.devices > 1)
 # instead of waiting for SLURM to have started one process per device.
@@ -100,7 +102,7 @@ class SweepRun(Checkpointable):
         command = train_command(self.config, self.overrides, self.run_dir, resume)
         env = {k: v for k, v in os.environ.items() if k not in _TASK_VARS and not k.startswith("SUBMITIT_")}
         Path(self.log).parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "a") as fh:
+        with open_append(self.log) as fh:  # never through a link planted in the sweep folder
             fh.write(f"\n$ {shlex.join(command)}\n# {_job_label()}\n")
             fh.flush()
             self._proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -147,7 +149,7 @@ class SweepRun(Checkpointable):
 
     def _note(self, text: str) -> None:
         try:
-            with open(self.log, "a") as fh:
+            with open_append(self.log) as fh:
                 fh.write(f"# spft launcher: {text}\n")
         except OSError:
             pass

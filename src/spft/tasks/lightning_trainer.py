@@ -29,7 +29,40 @@ from spft.tasks.lightning_data import FreshEpochOrder
 from spft.tasks.recipe_callbacks import recipe_callbacks
 
 
-class LastCheckpoint(ModelCheckpoint):
+class RelocatableCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose saved state survives a moved or copied run directory.
+
+    Lightning stores the absolute ``dirpath`` in a checkpoint and, when a resumed run's folder differs, drops
+    ``best_model_score`` and the top-k record (only a warning says so): a worse epoch after ``--resume`` in a moved
+    run would then become "best". Run directories are relocatable, so the paths in the saved state are read as
+    *names inside the checkpoint folder*: each one is re-rooted in this run's ``dirpath`` before Lightning loads it,
+    whatever folder the run was in when it was saved."""
+
+    # The name in the callback's state key (Lightning uses the class name): "ModelCheckpoint", as before this class
+    # existed, so the best-tracking state of checkpoints written by earlier versions still loads.
+    state_name = "ModelCheckpoint"
+
+    def _generate_state_key(self, **kwargs) -> str:
+        return f"{self.state_name}{kwargs!r}"
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        if self.dirpath is not None and state.get("dirpath") not in (None, self.dirpath):
+            here = Path(self.dirpath)
+
+            def moved(path):
+                return str(here / Path(path).name) if path else path
+
+            state["dirpath"] = self.dirpath
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state:
+                    state[key] = moved(state[key])
+            if isinstance(state.get("best_k_models"), dict):
+                state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
+        super().load_state_dict(state)
+
+
+class LastCheckpoint(RelocatableCheckpoint):
     """``last.ckpt`` after every epoch — Lightning's ``save_last`` only writes it when a monitored checkpoint was
     saved, so a crash after a non-improving epoch would lose every epoch since the best. When ``best.ckpt`` was
     written at this very step, last.ckpt is a byte copy of it (no second serialisation) — a copy, not a hard link,
@@ -39,6 +72,8 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                          enable_version_counter=False)
         self._best = best
+
+    state_name = "LastCheckpoint"
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         best = self._best
@@ -182,7 +217,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = F
 
     ``reload_dataloaders`` asks the DataModule for its loaders every epoch (the stage-1 feature cache switches
     from feature batches to images at stage 2; the DataModule hands back the same loader objects otherwise)."""
-    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+    best = RelocatableCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                            save_top_k=1, enable_version_counter=False)
     callbacks = [
         best,  # before last: last.ckpt must carry the best-tracking state this epoch updated

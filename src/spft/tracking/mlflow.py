@@ -55,6 +55,7 @@ RETRIES, TIMEOUT = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEO
 HTTP_DEFAULTS = {RETRIES: "2", TIMEOUT: "30", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 PROBE = {RETRIES: "0", TIMEOUT: "5"}
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+KINDS = ("run", "params", "tags", "metrics", "artifacts", "status")  # the calls spft queues
 
 
 @contextlib.contextmanager
@@ -237,7 +238,7 @@ class MlflowTracker:
                     client.log_batch(run_id, metrics=part, synchronous=True)
         elif kind == "artifacts":
             for rel, artifact_path in payload["files"]:
-                path = self.folder / rel
+                path = inside(self.folder, rel)
                 if path.is_file():
                     client.log_artifact(run_id, str(path), artifact_path)
         elif kind == "status":
@@ -264,8 +265,13 @@ class MlflowTracker:
 
     def replay(self) -> tuple[int, int]:
         """Send the records of ``tracking_unsent.jsonl`` in order, stopping at the first that fails (it and the
-        rest stay in the file); returns (sent, left). Raises TrackingError when strict."""
+        rest stay in the file); returns (sent, left). Raises TrackingError when strict.
+
+        The queue is untrusted (a run directory from elsewhere): before anything is sent, every artifact it names
+        must be a file inside this folder once links are resolved — else nothing is sent and one line names the
+        record (:func:`check_records`)."""
         records = self.unsent.records()
+        check_records(self.folder, records, self.unsent.path)
         for i, record in enumerate(records):
             try:
                 with _quiet():
@@ -287,6 +293,42 @@ class MlflowTracker:
 
     def has_unsent_run(self) -> bool:
         return any(r.get("kind") == "run" for r in self.unsent.records())
+
+
+def inside(folder: Path, rel) -> Path:
+    """``folder / rel`` when that names something inside ``folder`` after links are resolved; else a
+    :class:`~spft.errors.TrackingError` naming it. Artifacts are only ever sent from the run (or sweep) folder: a
+    queue from elsewhere naming ``/home/you/.ssh/id_rsa`` or ``../../secret`` must not upload it."""
+    from spft.errors import TrackingError
+
+    root = Path(folder).resolve()
+    text = str(rel) if isinstance(rel, (str, Path)) else ""
+    path = (root / text).resolve() if text and not Path(text).is_absolute() else None
+    if path is None or path == root or not path.is_relative_to(root):
+        raise TrackingError(f"{folder}: refusing to send {rel!r}: an artifact must be a file inside the run or "
+                            "sweep folder (given as a path relative to it)")
+    return path
+
+
+def check_records(folder: Path, records: list[dict], source: Path) -> None:
+    """Refuse, in one line naming the record, a queue whose records are not what spft writes: an unknown kind, or
+    an artifact outside ``folder`` (see :func:`inside`). Nothing is sent from a queue that fails the check."""
+    from spft.errors import TrackingError
+
+    for line_no, record in enumerate(records, 1):
+        kind, payload = record.get("kind"), record.get("payload") or {}
+        where = f"{source}: record {line_no} ({kind})"
+        if kind not in KINDS or not isinstance(payload, dict):
+            raise TrackingError(f"{where} is not a record spft writes; nothing was sent — remove it")
+        if kind == "artifacts":
+            files = payload.get("files")
+            if not isinstance(files, list) or not all(isinstance(f, list) and len(f) == 2 for f in files):
+                raise TrackingError(f"{where}: 'files' must be [[path, folder], ...]; nothing was sent")
+            for rel, _ in files:
+                try:
+                    inside(folder, rel)
+                except TrackingError as exc:
+                    raise TrackingError(f"{where}: {exc}; nothing was sent — remove that record") from None
 
 
 # ---- a training run ----------------------------------------------------------------------------------------------
@@ -472,11 +514,18 @@ def attach_report(folder: Path, out: Path) -> None:
     if not state.uri or not state.run_id:
         return
     m = MlflowTracker(state.uri, folder)
-    files = [[str((out / name).resolve()), "report"] for name in ("report.html", "report.md", "report.json")]
-    tables = out / "tables"
-    if tables.is_dir():
-        files += [[str(p.resolve()), "report/tables"] for p in sorted(tables.iterdir()) if p.is_file()]
-    if m.call("artifacts", {"files": files}):
+    root, out = Path(folder).resolve(), Path(out).resolve()
+    if not out.is_relative_to(root):  # artifacts are sent from inside the sweep folder only (see `inside`)
+        log.warning("warning: the report in %s is outside the sweep folder %s: not attached to its MLflow run "
+                    "(write it inside, e.g. the default --out)", out, folder)
+        files = []
+    else:
+        names = [out / name for name in ("report.html", "report.md", "report.json")]
+        files = [[str(p.relative_to(root)), "report"] for p in names]
+        tables = out / "tables"
+        if tables.is_dir():
+            files += [[str(p.relative_to(root)), "report/tables"] for p in sorted(tables.iterdir()) if p.is_file()]
+    if files and m.call("artifacts", {"files": files}):
         log.info("report attached to MLflow run %s at %s", state.run_id, state.uri)
     if state.status != "FINISHED" and _every_run_done(folder):  # e.g. a SLURM sweep: its launcher returned early
         m.call("status", {"status": "FINISHED", "end_time": now_ms()})

@@ -197,7 +197,9 @@ class UnsentLog:
 
     def append(self, kind: str, payload: dict) -> None:
         line = json.dumps({"kind": kind, "payload": payload, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        with open(self.path, "a", encoding="utf-8") as fh:  # one write per record: a kill leaves whole lines
+        from spft.atomic import open_append
+
+        with open_append(self.path) as fh:  # one write per record (a kill leaves whole lines); never through a link
             fh.write(line + "\n")
 
     def records(self) -> list[dict]:
