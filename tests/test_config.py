@@ -53,6 +53,9 @@ def test_defaults_are_the_papers_recipe():
     ("data.split_fractions=[0.5, 0.5, 0.5]", "'data.split_fractions'"),
     ("recipe.class_weights.heuristic={Nodule: -1}", "recipe.class_weights.heuristic.Nodule"),
     ("optim.lr_head", "is not of the form KEY=VALUE"),
+    ("recipe.class_weights.apply=negative", "'recipe.class_weights.apply': 'negative' is not one of 'both', "
+                                            "'positive'"),
+    ("optim.schedule=linear", "'optim.schedule': 'linear' is not one of 'cosine', 'constant'"),
 ])
 def test_bad_overrides_name_the_key(override, expected):
     with pytest.raises(ConfigError) as err:
@@ -78,3 +81,15 @@ def test_parse_override_values():
     assert parse_override("a=[1, 2]") == ("a", [1, 2])
     assert parse_override("a=/data/x") == ("a", "/data/x")
     assert parse_override("a=null") == ("a", None)
+
+
+def test_class_weights_apply_defaults_to_the_papers_rule_and_takes_positive():
+    assert load_config(CONFIGS[0]).recipe.class_weights.apply == "both"
+    assert load_config(CONFIGS[0], ["recipe.class_weights.apply=positive"]).recipe.class_weights.apply == "positive"
+
+
+def test_class_weights_apply_positive_is_refused_where_it_cannot_apply():
+    with pytest.raises(ConfigError, match="'recipe.class_weights.apply': 'positive' needs loss: bce"):
+        load_config(CONFIGS[0], ["loss=ce", "recipe.class_weights.apply=positive"])
+    with pytest.raises(ConfigError, match="'recipe.class_weights.apply': not available for segmentation"):
+        load_config(CONFIGS[0].parent / "phantom_segment_sam2.yaml", ["recipe.class_weights.apply=positive"])

@@ -57,6 +57,8 @@ def test_parse_seeds():
 def test_builtin_studies_are_the_papers_and_validate():
     assert [o.name for o in BUILTIN["ladder"].overlays] == ["head_only", "unfreeze", "class_weights", "spft"]
     assert "recipe.unfreeze.top_k=null" in BUILTIN["depth"].overlays[1].overrides
+    assert [o.overrides[-1] for o in BUILTIN["class_weights"].overlays] == [
+        "recipe.class_weights.enabled=false", "recipe.class_weights.apply=both", "recipe.class_weights.apply=positive"]
     for name in BUILTIN:
         plan = plan_sweep(CONFIG, [0], tuple(sweep_overrides()), load_study(name), out="/nonexistent/x")
         assert all(r.action == "train" for r in plan.runs)

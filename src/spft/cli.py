@@ -8,7 +8,7 @@
     spft prepare cache CONFIG [KEY=VALUE ...] pre-resize every image once into data.image_cache
     spft prepare vindr-cxr|tbx11k CONFIG [KEY=VALUE ...]   real detection data -> Ultralytics dataset
     spft repeat CONFIG [KEY=VALUE ...] [--seeds 0,1,2] [--out DIR]     one run per seed; last line = sweep directory
-    spft ablate CONFIG [KEY=VALUE ...] [--study ladder|depth|probe|FILE] [--seeds ...] [--out DIR]
+    spft ablate CONFIG [KEY=VALUE ...] [--study ladder|depth|probe|class_weights|FILE] [--seeds ...] [--out DIR]
                  (repeat, ablate: [--jobs N] [--devices 0,1,2,3] [--gpus-per-run K]: N runs at once)
     spft report SWEEP_DIR [--out DIR] [--bootstrap 1000]             tables, figures, report.html
     spft track push RUN_OR_SWEEP [--uri URI]                         send what MLflow tracking could not send
@@ -418,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="an ablation study: every overlay x every seed, finished runs skipped")
     p.add_argument("config", help="experiment YAML (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help=sweep_help)
-    p.add_argument("--study", default="ladder", help="ladder | depth | probe | path/to/study.yaml (default ladder)")
+    p.add_argument("--study", default="ladder",
+                   help="ladder | depth | probe | class_weights | path/to/study.yaml (default ladder)")
     p.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-4 (default 0,1,2)")
     p.add_argument("--out", help="sweep directory (default runs/<config name>/ablate-<study>)")
     add_parallel_options(p)

@@ -122,6 +122,9 @@ class ClassWeightsConfig:
     """Class-aware loss weights, refined from validation after each stage-2 epoch."""
 
     enabled: bool = True  # false: every class weight is 1
+    # both: the weight multiplies both BCE terms (the paper); positive: only the positive term, as BCE's pos_weight
+    # (classification with loss bce; detection does not read it yet)
+    apply: Literal["both", "positive"] = "both"
     heuristic: dict[str, float] = field(default_factory=dict)  # {class: multiplier} applied to the initial weights
     refine: bool = True  # refine after each stage-2 validation: w <- w * exp(eta * (mean score - class score))
     eta: float = 1.0  # step size of the refinement
@@ -473,6 +476,9 @@ def _check_recipe(cfg: SpftConfig) -> None:
                           f"got {cfg.recipe.unfreeze.top_k}")
     if not 0.0 <= cfg.recipe.ema.decay < 1.0:
         raise ConfigError(f"'recipe.ema.decay': expected a value in [0, 1), got {cfg.recipe.ema.decay}")
+    if cfg.recipe.class_weights.apply != "both" and cfg.loss == "ce":
+        raise ConfigError(f"'recipe.class_weights.apply': {cfg.recipe.class_weights.apply!r} needs loss: bce "
+                          "(softmax cross-entropy has only the positive term; leave it at 'both')")
     for name, mult in cfg.recipe.class_weights.heuristic.items():
         if mult <= 0:
             raise ConfigError(f"'recipe.class_weights.heuristic.{name}': expected a positive multiplier, got {mult}")

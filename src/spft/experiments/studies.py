@@ -75,6 +75,14 @@ BUILTIN: dict[str, Study] = {
         Overlay("mlp_probe", ("recipe.unfreeze.enabled=false",), "frozen encoder (MLP probe)"),
         Overlay("spft", ("recipe.unfreeze.enabled=true",), "SPFT (fine-tuned encoder)"),
     ), kind="probe", description="frozen encoder with the paper's MLP head vs SPFT fine-tuning (HAM10000 remark)"),
+    "class_weights": Study("class_weights", (
+        Overlay("no_class_weights", ("recipe.class_weights.enabled=false",), "SPFT without class weights"),
+        Overlay("weights_both", ("recipe.class_weights.enabled=true", "recipe.class_weights.apply=both"),
+                "SPFT, weight on both BCE terms (the paper)"),
+        Overlay("weights_positive", ("recipe.class_weights.enabled=true", "recipe.class_weights.apply=positive"),
+                "SPFT, weight on the positive term only (pos_weight)"),
+    ), kind="custom", description="the full recipe without class weights, with the paper's rule (the weight on both "
+                                  "BCE terms) and with the pos_weight variant (classification, loss: bce)"),
 }
 
 REPEAT = Study("repeat", (Overlay("base", (), "SPFT"),), kind="repeat", description="the config, one run per seed")

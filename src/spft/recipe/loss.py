@@ -1,6 +1,8 @@
 """Class-weighted losses for SPFT with unknown (NaN) labels masked out.
 
-The weight multiplies both terms of the BCE (a class weight, not ``pos_weight``, docs/design.md#loss). Reduction:
+The weight multiplies both terms of the BCE (a class weight, not ``pos_weight``, docs/design.md#loss): the paper's
+rule, ``apply="both"``. ``apply="positive"`` (``recipe.class_weights.apply``) multiplies only the positive term, as
+``binary_cross_entropy_with_logits(pos_weight=w)`` does. Reduction:
 sum over classes, mean over samples, i.e. the sum of the known terms divided by the batch size N. Dividing by N
 rather than by the number of known labels keeps each class's share of the gradient proportional to its weight,
 whatever the number of unknowns in a batch.
@@ -23,23 +25,35 @@ def _check_shapes(logits: Tensor, targets: Tensor, weights: Tensor) -> None:
         raise ConfigError(f"weights must be [C] = [{logits.shape[1]}], got {tuple(weights.shape)}")
 
 
-def weighted_bce(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
-    """``mean_n -sum_c w_c [y log sigma(x) + (1 - y) log(1 - sigma(x))]`` over known (non-NaN) targets.
+APPLY = ("both", "positive")
+
+
+def weighted_bce(logits: Tensor, targets: Tensor, weights: Tensor, apply: str = "both") -> Tensor:
+    """``mean_n -sum_c w_c [y log sigma(x) + (1 - y) log(1 - sigma(x))]`` over known (non-NaN) targets
+    (``apply="both"``, the paper's rule), or ``mean_n -sum_c [w_c y log sigma(x) + (1 - y) log(1 - sigma(x))]``
+    (``apply="positive"``: BCE's ``pos_weight``).
 
     Args:
         logits: ``[N, C]`` raw scores.
         targets: ``[N, C]`` in [0, 1], NaN for unknown.
         weights: ``[C]`` class weights.
+        apply: ``"both"`` or ``"positive"`` (``recipe.class_weights.apply``).
 
     Returns:
         Scalar loss (0 for an empty batch, still connected to the graph).
     """
+    if apply not in APPLY:
+        raise ConfigError(f"'recipe.class_weights.apply': expected one of {', '.join(APPLY)}, got {apply!r}")
     weights = torch.as_tensor(weights, device=logits.device)
     _check_shapes(logits, targets, weights)
     known = ~torch.isnan(targets)
     safe_targets = torch.where(known, targets, torch.zeros_like(targets)).to(logits.dtype)
-    per_term = F.binary_cross_entropy_with_logits(logits, safe_targets, reduction="none")
-    per_term = torch.where(known, per_term * weights.to(per_term.dtype), torch.zeros_like(per_term))
+    w = weights.to(logits.dtype)
+    if apply == "positive":
+        per_term = F.binary_cross_entropy_with_logits(logits, safe_targets, reduction="none", pos_weight=w)
+    else:
+        per_term = F.binary_cross_entropy_with_logits(logits, safe_targets, reduction="none") * w
+    per_term = torch.where(known, per_term, torch.zeros_like(per_term))
     return per_term.sum() / max(logits.shape[0], 1)
 
 

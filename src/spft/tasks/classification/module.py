@@ -29,7 +29,7 @@ class ClassificationModule(RecipeModule):
         weights = self.cw.current.to(logits.device, torch.float32)
         if self.cfg.loss == "ce":
             return weighted_ce(logits.float(), labels, weights)
-        return weighted_bce(logits.float(), labels, weights)
+        return weighted_bce(logits.float(), labels, weights, self.cfg.recipe.class_weights.apply)
 
     feature_cache_blocker: str | None = "not set up"  # set by build_run: why stage 1 cannot use cached features
 

@@ -36,6 +36,8 @@ class SegmentationTask(Task):
         "data.image_size": "SAM2's prompt encoder fixes the input size",
         "data.augment": "segmentation augments only the box prompts (segmentation.box_jitter)",
         "data.val_fraction": "segmentation splits come from data.split_column or data.split_fractions",
+        "recipe.class_weights.apply": "a structure weight multiplies the structure's whole Dice + BCE loss; there "
+                                      "is no positive term to weigh on its own",
     }
 
     def check_config(self, cfg) -> None:
