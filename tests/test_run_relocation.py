@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -155,3 +156,47 @@ def test_open_regular_refuses_links_and_fifos(tmp_path):
     with pytest.raises(RunDirError, match="is a symbolic link|not a regular file"):
         RunLock(tmp_path, "test").acquire()
     assert not (tmp_path / LOCK).exists()
+
+
+# --- a read-only run (an archive, a read-only mount) ----------------------------------------------------------------
+
+@pytest.fixture
+def read_only_run(straight, tmp_path):
+    """A copy of the finished run on a read-only file system: a tmpfs remounted read-only where this process may
+    mount (root, as in CI), else a copy whose write bits are removed (an ordinary user cannot write there)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mount)]).returncode == 0
+    run = mount / "run"
+    shutil.copytree(straight, run)
+    if mounted:
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    else:
+        for p in [run, *run.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)
+    try:
+        with pytest.raises(OSError):
+            (run / "probe").write_text("x")
+        yield run
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(mount)], check=True)
+        else:
+            for p in [run, *run.rglob("*")]:
+                p.chmod(p.stat().st_mode | 0o200)
+
+
+def test_a_read_only_run_evaluates_elsewhere_and_refuses_resume_in_one_line(read_only_run, tmp_path):
+    out = tmp_path / "elsewhere"
+    proc = run_cli("evaluate", str(read_only_run), "--out", str(out), "--json")
+    assert json.loads(proc.stdout)["macro_auc"] is not None and any(out.glob("metrics*.json"))
+    for args in (("evaluate", str(read_only_run)), ("train", "--resume", str(read_only_run))):
+        proc = run_cli(*args, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "is read-only" in lines[0], proc.stderr
+
+
+def test_evaluate_of_a_missing_run_creates_nothing(tmp_path):
+    proc = run_cli("evaluate", str(tmp_path / "runs" / "nope"), check=False)
+    assert proc.returncode == 2 and "is not a run directory" in proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -172,13 +172,37 @@ def test_a_signal_stops_the_running_children_and_is_recorded(tmp_path, monkeypat
 
     threading.Thread(target=stop_when_both_started, daemon=True).start()
     start = time.time()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stopped:
         run_sweep(sweep, [(), ()])
+    assert stopped.value.signum == signum  # the CLI exits 128 + signum: 143 for SIGTERM, as spft train
     assert time.time() - start < 30  # the children stopped: nobody slept its 60 s
     record = json.loads((out / "sweep.json").read_text())
     assert record["status"] == "interrupted"
     assert [(r["status"], r["returncode"]) for r in record["runs"]] == [
         ("interrupted", 143 if signum == signal.SIGTERM else 130)] * 2 + [("pending", None)]
+
+
+def test_a_run_that_wrote_done_is_done_even_when_the_signal_reached_it_at_the_end(tmp_path, monkeypatch):
+    _stand_in(monkeypatch, """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        RUN.mkdir(parents=True); (RUN / "DONE").write_text("x"); (RUN / "started").write_text("x")
+        time.sleep(60)  # e.g. still closing its loggers when the sweep is stopped
+    """)
+    out = tmp_path / "sweep"
+    sweep = plan_sweep(SWEEP_CONFIG, [0], tuple(sweep_overrides()), out=out)
+
+    def stop_when_started():
+        deadline = time.time() + 30
+        while time.time() < deadline and not (out / "base" / "seed0" / "started").exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_when_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, [()])
+    entry = json.loads((out / "sweep.json").read_text())["runs"][0]
+    assert (entry["status"], entry["returncode"]) == ("done", 143)
 
 
 def test_a_run_directory_in_use_is_a_clear_failed_run(tmp_path, spft_cache, monkeypatch):

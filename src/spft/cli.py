@@ -244,9 +244,9 @@ def _run_sweep(args: argparse.Namespace, study) -> int:
         print(f"  {len(slots)} at a time" + (f" on devices {pinned}" if pinned else " (CPU)"))
     try:
         run_sweep(sweep, slots, extra)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"\ninterrupted: run the same command again to continue {sweep.out}", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)  # 130 for SIGINT, 143 for SIGTERM, as spft train
     print(f"\n{'overlay':<{width}}  seed  status    {primary_label(sweep)}")
     for overlay, seed, status, value, _ in summary_rows(sweep):
         print(f"{overlay:<{width}}  {seed:<4}  {status:<8}  {value}")
@@ -480,6 +480,15 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
     return args
 
 
+def _writes_elsewhere(args: argparse.Namespace) -> bool:
+    """``spft evaluate RUN --out DIR`` with DIR outside RUN only reads the run: it may be read-only."""
+    out = getattr(args, "out", None)
+    if not out:
+        return False
+    run = Path(getattr(args, args.locks_run)).resolve()
+    return not Path(out).resolve().is_relative_to(run)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -490,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if getattr(args, "locks_run", None):  # commands that write into an existing run hold its lock
-            lock_run(getattr(args, args.locks_run), args.command)
+            lock_run(getattr(args, args.locks_run), args.command, read_only_ok=_writes_elsewhere(args))
         return args.func(args)
     except SpftError as exc:  # the user's to fix: one line; anything else is a bug and keeps its traceback (exit 1)
         print(f"spft {args.command}: error: {exc}", file=sys.stderr)

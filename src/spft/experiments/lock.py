@@ -12,8 +12,10 @@ if not — the usual way to make delete-on-release safe with ``flock``.
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -25,6 +27,7 @@ from spft.distributed import secondary_rank
 from spft.errors import RunDirError
 
 LOCK = "run.lock"
+log = logging.getLogger(__name__)
 
 
 class RunLock:
@@ -97,17 +100,40 @@ def holder(lock_file: str | Path) -> str:
 _HELD: dict[Path, RunLock] = {}
 
 
-def lock_run(run_dir: str | Path, purpose: str) -> None:
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def lock_run(run_dir: str | Path, purpose: str, read_only_ok: bool = False) -> None:
     """Hold ``run_dir``'s lock until :func:`release_run_locks` or the end of this process (re-entrant per process).
 
-    Under DDP only global rank 0 locks: the other ranks write into the same run on its behalf.
+    ``run_dir`` must exist (a command on an existing run never creates its folder). A read-only run (an archive, a
+    read-only mount) cannot be locked: with ``read_only_ok`` (``spft evaluate RUN --out ELSEWHERE``, which only
+    reads it) the command goes on unlocked — nothing can write there, so there is nothing to guard; otherwise one
+    line says the folder is read-only. Under DDP only global rank 0 locks: the other ranks write into the same run
+    on its behalf.
     """
-    key = Path(run_dir).resolve()
+    from spft.errors import MissingFileError
+
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise MissingFileError(f"{folder} is not a run directory (no such folder)")
+    key = folder.resolve()
     if key in _HELD or secondary_rank():
         return
+    try:
+        lock = RunLock(run_dir, purpose).acquire()
+    except OSError as exc:
+        if isinstance(exc, RunDirError) or exc.errno not in _READ_ONLY:
+            raise
+        if read_only_ok:
+            log.info("%s is read-only: reading it without its run lock", folder)
+            return
+        raise RunDirError(f"{folder} is read-only ({exc.strerror}): {purpose} writes into the run — copy it to a "
+                          "writable folder first (run directories can be moved), or for evaluate give --out "
+                          "ELSEWHERE") from None
     if not _HELD:
         atexit.register(release_run_locks)
-    _HELD[key] = RunLock(run_dir, purpose).acquire()
+    _HELD[key] = lock
 
 
 def _forget_in_forked_child() -> None:

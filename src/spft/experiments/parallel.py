@@ -40,6 +40,15 @@ REDRAW_S = 1.0  # how often the terminal table refreshes its clocks when nothing
 INTERRUPTED_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """A sweep stopped by SIGINT or SIGTERM (after its children stopped and were recorded); the CLI exits
+    128 + ``signum`` (130 / 143), as ``spft train`` does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
 def add_parallel_options(parser) -> None:
     """``--jobs``, ``--devices``, ``--gpus-per-run`` of ``spft repeat`` and ``spft ablate``."""
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -426,7 +435,7 @@ class Scheduler:
                 signal.signal(sig, handler)
             self.display.close()
         if self.stopping is not None:
-            raise KeyboardInterrupt
+            raise SweepInterrupted(self.stopping)
 
     def _start(self, slot: int, run) -> None:
         self.started += 1
@@ -468,7 +477,7 @@ class Scheduler:
         run = job.run
         run.returncode = code
         run.seconds = round(time.monotonic() - job.started, 1)
-        if code == 0 and self.hooks.finished(run):
+        if self.hooks.finished(run):  # DONE is the truth, whatever the exit code of a child stopped at its very end
             run.status = "done"
         elif self.stopping is not None and code in INTERRUPTED_CODES:
             run.status, run.note = "interrupted", "stopped with the sweep: run the sweep again to resume it"
