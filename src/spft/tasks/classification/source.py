@@ -114,8 +114,8 @@ def read_thresholds(folder: Path, classes: list[str]) -> tuple[dict[str, float],
             t = float(entry["threshold"] if isinstance(entry, dict) else entry)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: class {c!r} has no numeric 'threshold'") from exc
-        if not math.isfinite(t):
-            raise DataError(f"{path}: class {c!r} threshold is not finite ({t})")
+        if not (math.isfinite(t) and 0.0 <= t <= 1.0):  # a probability: NaN, 1.5 or -1 would silently mean all/none
+            raise DataError(f"{path}: class {c!r} threshold {t} is not a probability in [0, 1]")
         out[c] = t
     if defaulted:
         log.warning("%s: no threshold for %s (null or missing): 0.5 used", path, ", ".join(defaulted))
