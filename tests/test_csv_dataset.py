@@ -85,8 +85,19 @@ def test_bad_label_value_names_row_and_column(tmp_path):
     df = pd.read_csv(csv, dtype=str, keep_default_na=False)
     df.loc[4, "a"] = "-1"
     df.to_csv(csv, index=False)
-    with pytest.raises(ValueError, match=r"row 6 column 'a': label '-1' is not 0, 1 or blank"):
+    with pytest.raises(ValueError, match=r"row 6 column 'a': label '-1' is not 1/0 \(or 1.0/0.0, true/false, "
+                                         r"yes/no\) or blank"):
         read_csv_table(_cfg(csv, "data.split_column=split"), seed=0)
+
+
+def test_label_spellings_the_message_lists_are_accepted(tmp_path):
+    csv = _write_dataset(tmp_path)
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    spellings = ["1", "0", "1.0", "0.0", "TRUE", "false", "Yes", "no"]
+    df.loc[:len(spellings) - 1, "a"] = spellings
+    df.to_csv(csv, index=False)
+    table = read_csv_table(_cfg(csv, "data.split_column=split"), seed=0)
+    assert table.labels[:len(spellings), 0].tolist() == [1.0, 0.0] * 4
 
 
 def test_bad_split_value_and_leakage(tmp_path):

@@ -40,8 +40,12 @@ def _require_columns(df: pd.DataFrame, csv: Path, columns: dict[str, str]) -> No
                            f"the CSV has: {', '.join(available)}")
 
 
+LABEL_SPELLINGS = "1/0 (or 1.0/0.0, true/false, yes/no)"
+
+
 def _parse_labels(df: pd.DataFrame, csv: Path, label_columns: list[str]) -> np.ndarray:
-    """0/1 (also true/false, 0.0/1.0) → float; blank → NaN; anything else is an error naming row and column."""
+    """1/0 (also 1.0/0.0, true/false, yes/no, any case) → float; blank → NaN; anything else is an error naming row
+    and column. The accepted spellings are the ones the message and README list (LABEL_SPELLINGS)."""
     out = np.full((len(df), len(label_columns)), np.nan, dtype=np.float32)
     for j, column in enumerate(label_columns):
         raw = df[column]
@@ -52,8 +56,8 @@ def _parse_labels(df: pd.DataFrame, csv: Path, label_columns: list[str]) -> np.n
         bad = ~(blank | pos | neg)
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{csv}: row {row + 2} column '{column}': label {raw.iloc[row]!r} is not 0, 1 or blank "
-                             f"(blank = unknown); {int(bad.sum())} such value(s) in that column")
+            raise DataError(f"{csv}: row {row + 2} column '{column}': label {raw.iloc[row]!r} is not {LABEL_SPELLINGS} "
+                             f"or blank (blank = unknown); {int(bad.sum())} such value(s) in that column")
         out[pos.to_numpy(), j] = 1.0
         out[neg.to_numpy(), j] = 0.0
     return out
