@@ -101,3 +101,16 @@ def test_limits_are_refused_for_detection():
     cfg.trainer.limit_val_batches = 0.5
     with pytest.raises(ConfigError, match="trainer.limit_val_batches': not available for detection"):
         check_detection_config(cfg)
+
+
+def test_the_demo_config_pointed_at_a_model_folder_loads_the_folder(spft_cache, raddino_dir, tmp_path):
+    """`spft train configs/phantom_cxr.yaml model.name=DIR` — the most natural first step with RAD-DINO: the demo's
+    tiny model.config must not be applied over the folder's architecture (issue 20, item 10)."""
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "configs/phantom_cxr.yaml", f"model.name={raddino_dir}", "data.phantom.n_images=120",
+                   "data.phantom.image_size=64", "data.num_workers=0", "trainer.max_epochs=1",
+                   "trainer.batch_size=16", "trainer.progress_bar=false", "recipe.stage1_epochs=1",
+                   "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", f"run.dir={run_dir}")
+    warnings = [line for line in proc.stderr.splitlines() if "model.config" in line]
+    assert len(warnings) == 1 and "hidden_size=96" in warnings[0] and "hidden_size=32" in warnings[0], proc.stderr
+    assert (run_dir / "DONE").is_file()

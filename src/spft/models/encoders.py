@@ -119,7 +119,9 @@ def build_encoder(name: str | None = None, config: dict | None = None,
         name: hub id (``microsoft/rad-dino``) or a local directory; loaded with pretrained weights.
         config: a transformers config mapping with ``model_type`` (e.g. ``{"model_type": "dinov2",
             "hidden_size": 64, "num_hidden_layers": 4, ...}``): random weights, no network. When both are given
-            the mapping overrides fields of the named model's config and weights are still loaded.
+            the named model fixes the architecture: keys that would change its weights' shapes
+            (:data:`ARCHITECTURE_KEYS`, e.g. the demo config's tiny ``hidden_size``) are ignored with one warning
+            line, and the other keys (e.g. ``drop_path_rate``) override the named model's config.
         attn_implementation: ``model.attn_implementation`` (``sdpa`` | ``eager`` | ``flash_attention_2`` |
             ``flex_attention`` ...; ``None``: transformers' default). When the model or this environment cannot use
             it, the encoder is built with the next of sdpa → eager and a warning says so (see
@@ -138,6 +140,8 @@ def build_encoder(name: str | None = None, config: dict | None = None,
         def make(impl: str | None) -> nn.Module:
             return AutoModel.from_config(hf_config, **attention_kwargs(impl))
     else:
+        config = _without_architecture(name, config)
+
         def make(impl: str | None) -> nn.Module:
             try:
                 return AutoModel.from_pretrained(name, **attention_kwargs(impl), **(config or {}))
@@ -149,6 +153,36 @@ def build_encoder(name: str | None = None, config: dict | None = None,
                     "model.name=DIR, or build a random-weight encoder with model.config."
                 ) from exc
     return build_with_attention(make, attn_implementation)
+
+
+# Config fields that fix a transformers encoder's weight shapes: taken from the named model, never from model.config.
+ARCHITECTURE_KEYS = frozenset({
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "intermediate_size",
+    "patch_size", "image_size", "num_channels", "hidden_sizes", "depths", "embed_dim", "num_register_tokens",
+    "use_swiglu_ffn", "layerscale_value", "qkv_bias",
+})
+
+
+def _without_architecture(name: str, config: dict | None) -> dict | None:
+    """``config`` less the :data:`ARCHITECTURE_KEYS` that differ from the named model's own config, with one warning
+    naming them: pointing the demo config (``model.config`` of a tiny random Dinov2) at RAD-DINO with
+    ``model.name=DIR`` must load RAD-DINO, not fail on a size mismatch between the two."""
+    if not config:
+        return config
+    from transformers import AutoConfig
+
+    try:
+        own = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        own = None  # from_pretrained below reports the missing / offline model in one line
+    ignored = {k: v for k, v in config.items() if k in ARCHITECTURE_KEYS
+               and (own is None or getattr(own, k, None) != v)}
+    if ignored:
+        log.warning("warning: model.config %s ignored: model.name=%s fixes the architecture (its own %s)%s",
+                    ", ".join(f"{k}={v}" for k, v in ignored.items()), name,
+                    ", ".join(f"{k}={getattr(own, k, '?')}" for k in ignored if k != "model_type") or "config",
+                    "; the other model.config keys apply" if len(ignored) < len(config) else "")
+    return {k: v for k, v in config.items() if k not in ignored and k != "model_type"} or None
 
 
 # --- attention implementation ------------------------------------------------------------------------------------
