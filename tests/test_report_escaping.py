@@ -104,3 +104,41 @@ def test_a_whole_report_with_hostile_class_and_row_names_is_escaped_everywhere(t
     tex = (out / "tables" / "mean_std_auc.tex").read_text()
     assert r"\textless{}script\textgreater{}" in tex and r"a\textbar{}b \& \$c" in tex
     assert (out / "figures" / "roc_best_run.png").is_file()  # "$c" drawn literally, not as broken math text
+
+
+# --- one CSV cell rule for every CSV spft writes, reversed where spft reads its own files (issue 20 item 11) -------
+
+TRICKY = ["=2+3_0.png", "+x", "-x", "@x", "\tx", "\rx", "'=x", "''+x", "'plain", "plain", "-0.25", "+1e-3", "", "'",
+          "a=b"]
+
+
+def test_escape_is_reversible_and_leaves_plain_cells_alone():
+    from spft.csvsafe import escape_cell, unescape_cell
+
+    for value in TRICKY:
+        assert unescape_cell(escape_cell(value)) == value, value
+        written = escape_cell(value)
+        assert not written.startswith(("=", "+", "@", "\t", "\r")) or written in ("-0.25", "+1e-3"), written
+    assert escape_cell("=2+3_0.png") == "'=2+3_0.png" and escape_cell("-0.25") == "-0.25" and escape_cell(1.5) == 1.5
+    assert unescape_cell("'plain") == "'plain" and unescape_cell("plain") == "plain"
+
+
+def test_atomic_csv_escapes_and_spft_reads_its_own_records_back(tmp_path):
+    """predictions_test.csv (read by spft report) and history.csv (read on resume and by tracking): written with the
+    formula ids quoted, read back by spft as the original ids; spreadsheets see text."""
+    from spft.atomic import atomic_write_csv
+    from spft.reporting.collect import read_predictions
+    from spft.tracking.records import read_history
+
+    ids = ["=2+3_0.png", "@evil.png", "ok.png", "'=x.png"]
+    rows = [{"id": i, "group": f"-g{k}", "prob_a": 0.25 * k, "label_a": k % 2} for k, i in enumerate(ids)]
+    atomic_write_csv(tmp_path / "predictions_test.csv", rows)
+    raw = _csv_rows(tmp_path / "predictions_test.csv")
+    assert [r[0] for r in raw[1:]] == ["'=2+3_0.png", "'@evil.png", "ok.png", "''=x.png"]
+    assert raw[1][1] == "'-g0" and raw[2][2] == "0.25"
+    classes, probs, labels, groups = read_predictions(tmp_path / "predictions_test.csv")
+    assert classes == ["a"] and list(groups) == [f"-g{k}" for k in range(4)]
+    assert probs[:, 0].tolist() == [0, 0.25, 0.5, 0.75]
+    atomic_write_csv(tmp_path / "history.csv", [{"epoch": 0, "note": "=cmd|' /C calc'!A0", "val_loss": -1.5}])
+    assert read_history(tmp_path) == [{"epoch": "0", "note": "=cmd|' /C calc'!A0", "val_loss": "-1.5"}]
+    assert _csv_rows(tmp_path / "history.csv")[1] == ["0", "'=cmd|' /C calc'!A0", "-1.5"]

@@ -388,3 +388,30 @@ def test_push_refuses_an_unknown_record_kind(tmp_path, client, mlflow_uri):
     folder, run_id = _tracked_folder(tmp_path, client, mlflow_uri, [("shell", {"cmd": "rm -rf ~"})])
     proc = run_cli("track", "push", str(folder), check=False)
     assert proc.returncode == 2 and "record 1 (shell) is not a record spft writes" in proc.stderr
+
+
+# --- a file-store URI (MLflow 3 keeps ./mlruns in maintenance mode and raises on it) ---------------------------------
+
+@pytest.mark.parametrize("uri", ["file:///{tmp}/mlruns", "file:./mlruns", "{tmp}/mlruns"])
+def test_push_to_a_file_store_is_one_line_before_anything(uri, tmp_path):
+    """`spft track push --uri file:///...` (issue 20 item 6): MLflow 3.x's file store raises MlflowException unless
+    MLFLOW_ALLOW_FILE_STORE is set; spft says so in one line, exit 2, pointing at sqlite, and creates nothing."""
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / UNSENT_FILE).write_text(json.dumps({"kind": "status", "payload": {"status": "FINISHED"}}) + "\n")
+    uri = uri.format(tmp=tmp_path)
+    proc = run_cli("track", "push", str(folder), "--uri", uri, check=False, env={"MLFLOW_ALLOW_FILE_STORE": "false"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"--uri {uri}: MLflow" in lines[0] and "file store is in maintenance mode" in lines[0]
+    assert "sqlite:///" in lines[0] and "MLFLOW_ALLOW_FILE_STORE=true" in lines[0]
+    assert not (tmp_path / "mlruns").exists() and len((folder / UNSENT_FILE).read_text().splitlines()) == 1
+
+
+def test_train_with_a_file_store_uri_is_refused_before_the_run_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "phantom_cxr", *tiny_overrides(run_dir, extra=(f"tracking.mlflow.uri=file://{tmp_path}/m",)),
+                   check=False, env={"MLFLOW_ALLOW_FILE_STORE": "false"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "tracking.mlflow.uri file://" in lines[-1] and "maintenance mode" in lines[-1]
+    assert not (run_dir / "history.csv").exists() and not (tmp_path / "m").exists()

@@ -13,7 +13,6 @@ elsewhere (a colleague's share, an archive) is untrusted data and must never mak
 
 from __future__ import annotations
 
-import csv
 import errno
 import io
 import json
@@ -24,6 +23,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from spft.csvsafe import write_rows
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -161,9 +162,7 @@ def atomic_write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] |
     names = list(fieldnames or (rows[0] if rows else []))
     for row in rows:  # later rows may add columns (e.g. a refinement); keep the union, in order
         names += [k for k in row if k not in names]
-    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    write_rows(buf, rows, names)  # text cells escaped against formula injection (spft.csvsafe)
     atomic_write_text(path, buf.getvalue())
 
 

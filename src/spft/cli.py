@@ -186,6 +186,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser() if args.out else Path(f"predictions_{name}.csv")
     if out.resolve() in {(source / f).resolve() for f in ("predictions_test.csv", "metrics.json", "config.yaml")}:
         raise ConfigError(f"--out {out}: that is one of the run's own records; choose another file")
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; --out names the CSV file to write "
+                          f"(e.g. {out / 'predictions.csv'})")
+    if (out.exists() or out.is_symlink()) and not args.overwrite:
+        raise ConfigError(f"--out {out}: exists; choose another file, or add --overwrite to replace it")
     if args.heatmap_classes and not args.heatmaps:
         raise ConfigError("--heatmap-classes needs --heatmaps DIR")
     extra = {} if not args.heatmaps else {"heatmaps": Path(args.heatmaps).expanduser(), "heatmap_method":
@@ -336,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files (PNG 8/16-bit, JPEG, DICOM ...), folders (recursive), globs, or CSV files")
     p.add_argument("--out", metavar="FILE", help="the table to write (default ./predictions_<run name>.csv); inputs "
                                                  "that fail are listed in <FILE stem>.failed.csv")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out (and its .failed.csv) when it exists; without it an existing --out is refused "
+                        "before predicting")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="run directories: which weights")

@@ -11,7 +11,6 @@ detection or segmentation sweep is refused here (``spft report`` sends those to 
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from spft.csvsafe import read_rows
 from spft.errors import DataError, MissingFileError
 from spft.experiments.rundir import is_done
 from spft.metrics import AucResult, multilabel_auc
@@ -106,7 +106,7 @@ class SweepData:
 def read_predictions(path: Path, classes: list[str] | None = None):
     """``(classes, probs [N, C], labels [N, C] with NaN = unknown, groups [N])`` from ``predictions_<split>.csv``."""
     with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        rows = read_rows(fh)  # ids / groups back as written before escaping (spft.csvsafe)
     if not rows:
         raise DataError(f"{path}: no predictions")
     header = list(rows[0])
@@ -123,7 +123,7 @@ def _read_history(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+        return read_rows(fh)
 
 
 def load_run(run_dir: Path, overlay: str, label: str, seed: int | None = None) -> RunRecord:

@@ -12,7 +12,6 @@ without these sections, and the report says which.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spft.csvsafe import read_rows
 from spft.metrics.calibration import BINS, calibrated_probabilities, per_class_ece, reliability
 from spft.metrics.operating_points import METRICS, threshold_metrics
 from spft.reporting import figures
@@ -48,10 +48,10 @@ def read_logits(run_dir: Path, classes: list[str]) -> np.ndarray | None:
     if not path.is_file():
         return None
     with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not all(f"logit_{c}" in (reader.fieldnames or []) for c in classes):
-            return None
-        return np.array([[float(r[f"logit_{c}"]) for c in classes] for r in reader], dtype=np.float64)
+        rows = read_rows(fh)  # spft.csvsafe: header cells as written before escaping
+    if not rows or not all(f"logit_{c}" in rows[0] for c in classes):
+        return None
+    return np.array([[float(r[f"logit_{c}"]) for c in classes] for r in rows], dtype=np.float64)
 
 
 def bootstrap_operating_points(probs, labels, classes: list[str], thresholds: dict, groups=None, n_boot: int = 1000,

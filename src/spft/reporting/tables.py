@@ -9,10 +9,10 @@ saying which values are flagged.
 
 Every user string (class, overlay and path names, overrides) is escaped for the format it goes into: HTML with
 :func:`html.escape`; Markdown with :func:`md_escape` (``|``, ``\\``, backticks, ``*``, ``<``, ``>``, ``&``; line
-breaks become spaces); LaTeX with :func:`latex_escape`; CSV with :func:`csv_safe`, the OWASP
-CSV-injection rule: a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a
-leading ``'`` so a spreadsheet shows it as text instead of evaluating it. Numbers are written as numbers (a
-negative difference stays ``-0.0123``, never ``'-0.0123``).
+breaks become spaces); LaTeX with :func:`latex_escape`; CSV with :func:`csv_safe` — :func:`spft.csvsafe.escape_cell`,
+the rule every CSV spft writes follows (OWASP CSV injection): a text cell starting with ``=``, ``+``, ``-``, ``@``,
+a tab or a carriage return gets a leading ``'`` so a spreadsheet shows it as text instead of evaluating it. Numbers
+are written as numbers (a negative difference stays ``-0.0123``, never ``'-0.0123``).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import csv
 import html
 import io
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from spft.atomic import atomic_write_text
+from spft.csvsafe import escape_cell as csv_safe  # the one CSV cell rule (also used by atomic_write_csv)
 
 
 @dataclass(frozen=True)
@@ -153,22 +153,6 @@ def md_escape(text: str) -> str:
     '&lt;script&gt;a\\\\|b&lt;/script&gt;'
     """
     return "".join(_MD.get(ch, ch) for ch in str(text))
-
-
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_safe(value):
-    """A CSV cell a spreadsheet shows as written (OWASP CSV injection): text starting with ``= + - @``, a tab or a
-    carriage return gets a leading ``'``; numbers (and text that is exactly a number, such as ``-0.5``) are kept.
-
-    >>> csv_safe("=1+2"), csv_safe("-0.25"), csv_safe(-0.25), csv_safe("+ EMA")
-    ("'=1+2", '-0.25', -0.25, "'+ EMA")
-    """
-    if not isinstance(value, str) or not value.startswith(_FORMULA_START) or _NUMBER.fullmatch(value):
-        return value
-    return "'" + value
 
 
 @dataclass

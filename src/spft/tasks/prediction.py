@@ -32,10 +32,11 @@ class Predictions:
     def write(self, out: str | Path) -> tuple[Path, Path | None]:
         """Write the table (and the failures' sidecar, when any); returns both paths (``None``: no failures)."""
         from spft.atomic import atomic_write_csv, atomic_write_text
+        from spft.csvsafe import frame_to_csv
 
         out = Path(out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, self.table.to_csv(index=False, lineterminator="\n"))
+        atomic_write_text(out, frame_to_csv(self.table))  # ids like =2+3.png written as text (spft.csvsafe)
         sidecar = self.failed_path(out)
         if self.failures:
             atomic_write_csv(sidecar, [{"path": f.id, "error": f.error} for f in self.failures], ["path", "error"])

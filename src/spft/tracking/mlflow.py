@@ -551,6 +551,7 @@ def push(folder: str | Path, uri: str | None = None) -> dict:
     """Send what a run (or sweep) directory left unsent; a run directory is also brought up to date (epochs not yet
     handled, the end of a finished run), and a run that was never tracked is sent whole to ``uri``."""
     from spft.errors import ConfigError, MissingFileError
+    from spft.tracking import check_uri
 
     folder = Path(folder)
     is_run = (folder / "config.yaml").is_file()
@@ -567,6 +568,7 @@ def push(folder: str | Path, uri: str | None = None) -> dict:
     uri = uri or state.uri or (cfg.tracking.mlflow.uri if cfg is not None else None)
     if not uri:
         raise ConfigError(f"{folder}: no tracking URI (the run had tracking.mlflow.uri unset): give --uri URI")
+    check_uri(uri, "tracking URI")  # a file store MLflow refuses: one line, nothing sent
     if state.run_id and state.uri and uri != state.uri:
         raise ConfigError(f"{folder} is tracked as run {state.run_id} at {state.uri}, not at {uri}; push to that "
                           "server (or remove tracking.json to send the run anew)")

@@ -14,13 +14,14 @@ the numbers of ``metrics.json`` at the end (:func:`final_metrics`), the record f
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from spft.csvsafe import read_rows
 
 STATE_FILE = "tracking.json"
 UNSENT_FILE = "tracking_unsent.jsonl"
@@ -78,7 +79,7 @@ def read_history(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "history.csv"
     try:
         with open(path, newline="") as fh:
-            return list(csv.DictReader(fh))
+            return read_rows(fh)  # spft.csvsafe: cells as written before escaping
     except OSError:
         return []
 

@@ -214,8 +214,9 @@ def write_heatmaps(model, items: list, item_ids: list[str], table: pd.DataFrame,
     frame = pd.DataFrame(listing, columns=["id", "class", "prob", "npy", "png"])
     listing_file = out / LISTING
     from spft.atomic import atomic_write_text
+    from spft.csvsafe import frame_to_csv
 
-    atomic_write_text(listing_file, frame.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(listing_file, frame_to_csv(frame))  # class names / ids as text, never formulas
     log.info("%d heatmap(s) (%s) of %d image(s) -> %s", len(frame), method, frame["id"].nunique(), out)
     return frame, failures, listing_file
 

@@ -219,43 +219,60 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedClassifier:
 
 
 def load_export(folder: str | Path) -> LoadedClassifier:
-    """The classifier of an ``spft export`` folder (no run directory, no Lightning)."""
+    """The classifier of an ``spft export`` folder (no run directory, no Lightning).
+
+    The folder is untrusted: ``config.json`` (the ``spft`` block, the encoder's ``model_type`` and sizes) and the
+    tensor shapes in ``model.safetensors``' header are checked against each other before anything is built
+    (:mod:`spft.tasks.export_check`); a wrong value is one line naming the file and key."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     from spft.models.classifier import SpftClassifier
+    from spft.tasks import export_check as chk
 
     folder = Path(folder)
-    config = _read_json(folder / "config.json") or {}
-    block = config.get("spft")
-    if not isinstance(block, dict) or block.get("task") != "classification":
-        raise ConfigError(f"{folder / 'config.json'} has no spft classification block: not an spft export")
-    classes = list(block["classes"])
-    hf_config = AutoConfig.from_pretrained(folder)
-    hf_config.spft = None  # the block is spft's, not the encoder's
-    encoder = AutoModel.from_config(hf_config)
-    model = SpftClassifier(encoder, len(classes), block.get("pooling", "mean"), int(block["head_hidden"]),
-                           float(block.get("head_dropout", 0.0)))
-    if model.n_prefix != int(block.get("n_prefix", model.n_prefix)):
+    path, weights_file = folder / "config.json", folder / EXPORT_WEIGHTS
+    config, block = chk.read_config(folder, "classification")
+    classes = list(chk.names(block.get("classes"), path, "spft.classes"))
+    pooling = chk.choice(block.get("pooling", "mean"), path, "spft.pooling", ("mean", "cls"))
+    head_hidden = chk.positive_int(block.get("head_hidden"), path, "spft.head_hidden", chk.SIZE_KEYS["hidden_size"])
+    dropout = chk.number(block.get("head_dropout", 0.0), path, "spft.head_dropout", 0.0, 1.0)
+    loss = chk.choice(block.get("loss", "bce"), path, "spft.loss", chk.LOSSES)
+    color = chk.choice(block.get("color", "grey"), path, "spft.color", chk.COLORS)
+    chk.check_preprocessing(block.get("preprocessing"), path)
+    found = chk.safetensors_shapes(weights_file)  # the header only: a pickle or a damaged file stops here
+    hf_config = chk.encoder_config(config, path)
+
+    def build() -> SpftClassifier:
+        return SpftClassifier(AutoModel.from_config(hf_config), len(classes), pooling, head_hidden, dropout)
+
+    expected = chk.expected_shapes(build, path)  # on the meta device: no memory, whatever the sizes say
+    chk.compare_shapes(found, {(HEAD_PREFIX + k[len("head."):] if k.startswith("head.") else k[len("encoder."):]): v
+                               for k, v in expected.items()}, weights_file, path)
+    if "hidden_size" in block and block["hidden_size"] != expected["head.net.1.weight"][1]:
+        raise ConfigError(f"{path}: spft.hidden_size is {block['hidden_size']!r}, the encoder's features are "
+                          f"{expected['head.net.1.weight'][1]}")
+    model = build()
+    if "n_prefix" in block and model.n_prefix != block["n_prefix"]:
         raise CheckpointError(f"{folder}: the encoder has {model.n_prefix} prefix tokens, config.json says "
-                              f"{block['n_prefix']}")
-    tensors = load_file(folder / EXPORT_WEIGHTS)
+                              f"{block['n_prefix']!r}")
+    tensors = load_file(weights_file)
     weights = {(f"head.{k[len(HEAD_PREFIX):]}" if k.startswith(HEAD_PREFIX) else f"encoder.{k}"): v
                for k, v in tensors.items()}
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise CheckpointError(f"{folder / EXPORT_WEIGHTS} does not fit {folder / 'config.json'}: "
-                              f"{str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(f"{weights_file} does not fit {path}: {str(exc).splitlines()[0]}") from exc
     model.eval()
     prep = preprocessing_from_record(block["preprocessing"])
     temperature, calibration, has_cal = read_calibration(folder)
     thresholds, record, has_thr = read_thresholds(folder, classes)
     _say_defaults(folder, has_cal, has_thr)
-    meta = {"image_column": block.get("image_column"), "pooling": block.get("pooling", "mean"),
-            "head_hidden": block["head_hidden"], "export": str(folder), **block.get("source", {})}
-    return LoadedClassifier(model, classes, prep, block.get("color", "grey"), block.get("loss", "bce"), temperature,
-                            thresholds, folder, "export", block.get("name") or folder.name, calibration, record, meta)
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    meta = {"image_column": block.get("image_column"), "pooling": pooling, "head_hidden": head_hidden,
+            "export": str(folder), **source}
+    return LoadedClassifier(model, classes, prep, color, loss, temperature, thresholds, folder, "export",
+                            str(block.get("name") or folder.name), calibration, record, meta)
 
 
 def load_source(source: str | Path, checkpoint: str = "best") -> LoadedClassifier:

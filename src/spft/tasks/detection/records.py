@@ -8,7 +8,6 @@ learning rates, train losses, validation metrics, and how far the raw backbone w
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from spft.atomic import atomic_write_csv, atomic_write_json
+from spft.csvsafe import read_rows
 from spft.errors import ConfigError
 from spft.recipe import ClassWeights, LayerGroups, apply_heuristics, detection_initial_weights
 
@@ -95,7 +95,7 @@ class RunRecorder:
         history = self.run_dir / "history.csv"
         if history.is_file():
             with open(history, newline="") as fh:
-                self.rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < start_epoch]
+                self.rows = [r for r in read_rows(fh) if int(r["epoch"]) < start_epoch]
         saved = self.run_dir / "class_weights.json"
         if weights is None or start_epoch == 0 or not saved.is_file():
             return

@@ -86,13 +86,13 @@ def _adaptations(cfg: SpftConfig, trainer_cls, amp) -> dict:
 
 def _best_epoch(run_dir: Path) -> int | None:
     """The epoch best.pt comes from: the last one with the highest val mAP50-95 (Ultralytics' fitness)."""
-    import csv
+    from spft.csvsafe import read_rows
 
     history = run_dir / "history.csv"
     if not history.is_file():
         return None
     with open(history, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("val_map50_95") not in (None, "")]
+        rows = [r for r in read_rows(fh) if r.get("val_map50_95") not in (None, "")]
     if not rows:
         return None
     best = max(float(r["val_map50_95"]) for r in rows)

@@ -33,7 +33,6 @@ structure without a box in an image that has others has no row (counted in a war
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -186,6 +185,9 @@ def read_prompts(spec, structures: list[str], items: list[InputImage] | None = N
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read it as a CSV: {str(exc).splitlines()[0]}") from exc
+    from spft.csvsafe import unescape_frame
+
+    frame = unescape_frame(frame)  # a detection run's predictions: ids as written before escaping (spft.csvsafe)
     return prompts_from_table(frame, structures, str(path), path.parent)
 
 
@@ -382,18 +384,24 @@ def predict(model_source, inputs: list[str] | tuple[str, ...], batch_size: int =
 
 
 def load_export(folder: str | Path):
-    """``(SpftSam2 in eval mode, Preprocessing, spft block)`` of an export folder."""
+    """``(SpftSam2 in eval mode, Preprocessing, spft block)`` of an export folder, its ``config.json`` and the shapes
+    of ``model.safetensors`` checked before anything is built (:mod:`spft.tasks.export_check`)."""
     from transformers import Sam2Model
 
     from spft.models.sam2 import SpftSam2
+    from spft.tasks import export_check as chk
     from spft.tasks.classification.source import preprocessing_from_record
 
     folder = Path(folder).expanduser()
-    try:
-        block = json.loads((folder / "config.json").read_text(encoding="utf-8"))["spft"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise MissingFileError(f"{folder}: not an spft export folder (no config.json with an spft block)") from exc
-    if block.get("task") != "segmentation":
-        raise ConfigError(f"{folder} is a {block.get('task')} export, not a segmentation one")
+    path, weights = folder / "config.json", folder / "model.safetensors"
+    if not path.is_file():
+        raise MissingFileError(f"{folder}: not an spft export folder (no config.json with an spft block)")
+    config, block = chk.read_config(folder, "segmentation")
+    chk.names(block.get("structures"), path, "spft.structures")
+    chk.choice(block.get("color"), path, "spft.color", chk.COLORS)
+    chk.check_preprocessing(block.get("preprocessing"), path)
+    found = chk.safetensors_shapes(weights)  # the header only: a pickle or a damaged file stops here
+    sam_config = chk.encoder_config(config, path, ("sam2",))
+    chk.compare_shapes(found, chk.expected_shapes(lambda: Sam2Model(sam_config), path), weights, path)
     model = SpftSam2(Sam2Model.from_pretrained(str(folder))).eval()
     return model, preprocessing_from_record(block["preprocessing"]), block
