@@ -200,3 +200,16 @@ def test_evaluate_of_a_missing_run_creates_nothing(tmp_path):
     proc = run_cli("evaluate", str(tmp_path / "runs" / "nope"), check=False)
     assert proc.returncode == 2 and "is not a run directory" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_check_tree_keeps_links_that_stay_inside_and_refuses_chains_that_leave(tmp_path):
+    run, outside = tmp_path / "run", tmp_path / "outside.txt"
+    (run / "slurm").mkdir(parents=True)
+    outside.write_text("x")
+    (run / "slurm" / "job.sh").write_text("#!/bin/sh\n")
+    (run / "slurm" / ".submission_file_1.sh").symlink_to("job.sh")  # what submitit leaves: inside, harmless
+    check_tree(run)
+    (run / "hop").symlink_to(outside)  # a chain inside -> inside -> outside is followed to its end
+    (run / "slurm" / "chain").symlink_to(run / "hop")
+    with pytest.raises(RunDirError, match="leading outside the folder"):
+        check_tree(run)

@@ -207,12 +207,15 @@ def open_append(path: str | Path, encoding: str | None = "utf-8"):
 
 
 def check_tree(folder: str | Path) -> None:
-    """Refuse ``folder`` when anything below it (``folder`` itself may be a link) is a symbolic link or a special
-    file: every write spft makes there — atomic replaces, Lightning's and TensorBoard's logs, Ultralytics' files —
-    would otherwise land wherever the link points. One :class:`~spft.errors.RunDirError` naming the entry."""
+    """Refuse ``folder`` when anything below it (``folder`` itself may be a link) is a symbolic link leading outside
+    it, or a special file: every write spft makes there — atomic replaces, Lightning's and TensorBoard's logs,
+    Ultralytics' files — would otherwise land wherever the link points. A link whose final target (every link in the
+    chain followed) lies inside ``folder`` is harmless and kept: submitit leaves one beside each job it submits. One
+    :class:`~spft.errors.RunDirError` naming the entry."""
     root = Path(folder)
     if not root.is_dir():
         return
+    real_root = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):  # never follows links to folders
         for name in (*dirnames, *filenames):
             entry = Path(dirpath) / name
@@ -221,6 +224,8 @@ def check_tree(folder: str | Path) -> None:
             except FileNotFoundError:  # removed meanwhile (a temp file another process renamed)
                 continue
             if stat.S_ISLNK(mode):
-                raise _unsafe(entry, "a symbolic link")
+                if not entry.resolve().is_relative_to(real_root):
+                    raise _unsafe(entry, "a symbolic link leading outside the folder")
+                continue
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise _unsafe(entry, "not a regular file")
