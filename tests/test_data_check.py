@@ -127,3 +127,44 @@ def test_text_report_of_the_generic_csv_dataset(tmp_path):
                    "data.label_columns=[a]", "data.patient_column=pid", "data.split_fractions=[0.5, 0.25, 0.25]")
     assert "dataset: csv" in proc.stdout and "unknown (masked in loss and AUC)" in proc.stdout
     assert "result: OK" in proc.stdout
+
+
+def _constant_val_csv(tmp_path: Path, val_b: list[int]) -> list[str]:
+    """A CSV set whose val split has only negatives of class a (and ``val_b`` for class b); overrides to train it."""
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(36):
+        Image.fromarray(np.full((16, 16), 7 * i % 256, np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        split = "train" if i < 24 else "val" if i < 30 else "test"
+        a = i % 2 if split != "val" else 0
+        b = (i // 2) % 2 if split != "val" else val_b[(i - 24) % len(val_b)]
+        rows.append({"image": f"img/{i}.png", "pid": f"p{i}", "split": split, "a": a, "b": b})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    return [f"data.csv={tmp_path / 'labels.csv'}", f"data.root={tmp_path}", "data.image_column=image",
+            "data.label_columns=[a, b]", "data.patient_column=pid", "data.split_column=split"]
+
+
+def test_training_refuses_what_data_check_fails_before_it_starts(tmp_path):
+    data = _constant_val_csv(tmp_path, val_b=[0])  # every class constant in val: no AUC to monitor
+    proc = run_cli("data", "check", "configs/raddino_csv.yaml", *data, check=False)
+    assert proc.returncode == 1 and "result: FAILED" in proc.stdout
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "configs/raddino_csv.yaml", *data, "model.name=null", *TINY_MODEL,
+                   "trainer.max_epochs=1", "data.num_workers=0", f"run.dir={run_dir}", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "no class has both positives and negatives in the val split" in lines[-1], \
+        proc.stderr
+    assert "epoch 0" not in proc.stderr and not run_dir.exists()
+
+
+def test_a_class_constant_in_val_is_a_warning_at_the_start(tmp_path):
+    data = _constant_val_csv(tmp_path, val_b=[0, 1])  # a is constant in val, b is not
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "configs/raddino_csv.yaml", *data, "model.name=null", *TINY_MODEL,
+                   "trainer.max_epochs=1", "recipe.stage1_epochs=1", "data.num_workers=0",
+                   "trainer.progress_bar=false", f"run.dir={run_dir}")
+    err = proc.stderr
+    warning = err.index("val: AUC undefined for 1 class(es) (no positives: a)")
+    assert warning < err.index("epoch 0") and (run_dir / "DONE").is_file()

@@ -130,6 +130,26 @@ def undefined_auc(counts: dict[str, dict], classes: list[str]) -> dict[str, dict
     return out
 
 
+def refuse_untrainable(table: LabelTable, source: str) -> None:
+    """Before training: what ``spft data check`` reports as FAILED for a validation split without any class that
+    has both positives and negatives is one :class:`~spft.errors.DataError` (validation AUC, the early-stopping and
+    best-checkpoint monitor, would be undefined in every epoch: a run would end with all metrics null). A class
+    undefined in val or test only is a warning now, at the start, not a note after training."""
+    from spft.errors import DataError
+
+    counts = split_counts(table)
+    undefined = undefined_auc(counts, table.classes)
+    val = undefined.get("val", {})
+    n_val = len(val.get("no_positives", [])) + len(val.get("no_negatives", []))
+    if counts["val"]["n_images"] > 0 and table.classes and n_val >= len(table.classes):
+        raise DataError(f"{source}: no class has both positives and negatives in the val split "
+                        f"({counts['val']['n_images']} images), so validation AUC — the early-stopping and "
+                        "best-checkpoint monitor — is undefined; `spft data check` fails on this data too: give val "
+                        "positives and negatives (data.split_column / data.split_fractions)")
+    for split, entry in undefined.items():
+        log.warning("warning: %s", _undefined_warning(split, entry))
+
+
 def _undefined_warning(split: str, entry: dict[str, list[str]]) -> str:
     parts = []
     if entry["no_positives"]:

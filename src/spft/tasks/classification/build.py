@@ -31,9 +31,12 @@ def build_run(cfg: SpftConfig, run_dir: Path | None, table=None):
     ``table``: the rows to use (``spft evaluate`` passes only those it scores); default the whole dataset. Its
     images are checked first (``data.check_images``, ``data.on_bad_image``: :func:`spft.data.check.screen_images`).
     """
-    from spft.data.check import screen_images
+    from spft.data.check import refuse_untrainable, screen_images
 
+    training = table is None and run_dir is not None  # train / resume; evaluate passes the rows it scores
     table = screen_images(cfg, build_table(cfg.data, cfg.seed) if table is None else table, run_dir)
+    if training:
+        refuse_untrainable(table, table.source or cfg.data.name)
     model, prep = build_classifier(cfg.model, len(table.classes), cfg.data.image_size)
     train_labels = torch.from_numpy(table.labels[table.indices("train")])
     cwc = cfg.recipe.class_weights
