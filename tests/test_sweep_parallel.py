@@ -309,3 +309,59 @@ def test_parallel_repeat_equals_the_sequential_one(repeat_sweep, tmp_path):
         m1, m2 = (json.loads((d / "base" / f"seed{seed}" / "metrics.json").read_text()) for d in (out, sequential))
         assert m1["macro_auc"] == pytest.approx(m2["macro_auc"], abs=1e-9)
         assert m1["per_class_auc"] == pytest.approx(m2["per_class_auc"], abs=1e-9)
+
+
+_KILLABLE_SWEEP = """
+import pathlib, sys, textwrap
+import spft.experiments.sweep as sw
+from spft.experiments.sweep import plan_sweep, run_sweep
+CHILD = textwrap.dedent('''
+    import os, pathlib, signal, sys, time
+    from spft.experiments.lock import RunLock
+    RUN = pathlib.Path(sys.argv[1])
+    RUN.mkdir(parents=True, exist_ok=True)
+    with RunLock(RUN, "train"):
+        (RUN / "config.yaml").write_text("task: classification" + chr(10))
+        if (RUN / "second").exists():  # the rerun's child: finish
+            (RUN / "DONE").write_text("x")
+            sys.exit(0)
+        (RUN / "second").write_text("x")
+        (RUN / f"pid{os.getpid()}").write_text("x")
+        def stop(*_):
+            time.sleep(2)  # saving its checkpoint: the lock is still held for a while
+            (RUN / "stopped").write_text("SIGTERM")
+            sys.exit(143)
+        signal.signal(signal.SIGTERM, stop)
+        time.sleep(120)
+''')
+sw._command = lambda sweep, run: [sys.executable, "-c", CHILD, str(run.run_dir)]
+sweep = plan_sweep(sys.argv[1], [0, 1], tuple(sys.argv[3:]), out=pathlib.Path(sys.argv[2]))
+run_sweep(sweep, [(), ()])
+"""
+
+
+def test_kill_9_of_the_sweep_stops_its_children_and_a_rerun_waits_for_them(tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    parent = subprocess.Popen([sys.executable, "-c", _KILLABLE_SWEEP, str(SWEEP_CONFIG), str(out),
+                               *sweep_overrides()], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    runs = [out / "base" / f"seed{s}" for s in (0, 1)]
+    deadline = time.time() + 60
+    while time.time() < deadline and not all(list(r.glob("pid*")) for r in runs):
+        time.sleep(0.05)
+    assert all(list(r.glob("pid*")) for r in runs), parent.communicate(timeout=5)
+    parent.kill()  # kill -9: no handler runs in the sweep process
+    parent.wait()
+    # the children got SIGTERM from the kernel (parent-death signal) and are stopping, still holding their locks;
+    # a rerun started at once waits for them, then resumes each run (here: the stand-in finishes)
+    monkeypatch.setattr("spft.experiments.sweep._command", lambda _, run: [
+        sys.executable, "-c", "import pathlib, sys; from spft.experiments.lock import RunLock\n"
+        "RUN = pathlib.Path(sys.argv[1])\nwith RunLock(RUN, 'train'):\n    (RUN / 'DONE').write_text('x')",
+        str(run.run_dir)])
+    sweep = plan_sweep(SWEEP_CONFIG, [0, 1], tuple(sweep_overrides()), out=out)
+    run_sweep(sweep, [(), ()])
+    for run in runs:
+        assert (run / "stopped").read_text() == "SIGTERM"  # the orphan stopped cleanly, not killed or left running
+        pid = int(next(run.glob("pid*")).name[3:])
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["status"] == "finished" and [r["status"] for r in record["runs"]] == ["done", "done"]

@@ -97,6 +97,26 @@ def holder(lock_file: str | Path) -> str:
             f"{owner.get('started', '?')})")
 
 
+def held_by(run_dir: str | Path) -> str | None:
+    """Who holds ``run_dir``'s lock now (``PID 123 on host (train since ...)``), or ``None`` when nobody does.
+
+    A probe: the lock is taken and given back at once, without removing the file. A sweep asks before starting a
+    run, so a run whose previous process is still stopping (e.g. after ``kill -9`` of the sweep that started it) is
+    waited for instead of failing with "in use"."""
+    path = Path(run_dir) / LOCK
+    try:
+        fd = open_regular(path, os.O_RDWR)
+    except OSError:  # no lock file (nobody holds it), or a link / special file that the run itself will refuse
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return holder(path)
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return None
+
+
 _HELD: dict[Path, RunLock] = {}
 
 

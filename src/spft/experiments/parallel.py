@@ -16,6 +16,7 @@ the children at once. SIGTERM is forwarded to each child's main process (Lightni
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import os
@@ -38,6 +39,23 @@ log = logging.getLogger("spft.experiments.sweep")  # the sweep's own lines, as b
 POLL_S = 0.1  # how often running children are polled
 REDRAW_S = 1.0  # how often the terminal table refreshes its clocks when nothing changed
 INTERRUPTED_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child between fork and exec: ask Linux to send it SIGTERM when the sweep process dies (``prctl
+    PR_SET_PDEATHSIG``), so a ``kill -9`` of ``spft repeat/ablate`` stops its children cleanly (they save
+    ``last.ckpt`` and exit 143) instead of leaving them training unsupervised. The children run in their own
+    session (a terminal's Ctrl+C reaches the sweep only, which forwards it), so the process group cannot do this.
+    Elsewhere than Linux it does nothing."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -362,6 +380,7 @@ class Scheduler:
         self.display = TableDisplay(self) if tty else LineDisplay(self)
         self.primary_label = hooks.primary_label
         self._primary: dict[str, str] = {}
+        self._told_busy: set[str] = set()
 
     # what the displays ask ------------------------------------------------------------------------------------------
 
@@ -425,10 +444,13 @@ class Scheduler:
         try:
             while (self.waiting and self.stopping is None) or self.running:
                 while self.free and self.waiting and self.stopping is None:
-                    self._start(self.free.pop(0), self.waiting.pop(0))
+                    run = self._next_ready()
+                    if run is None:
+                        break
+                    self._start(self.free.pop(0), run)
                 self._poll()
                 self.display.tick()
-                if self.running:
+                if self.running or self.waiting:
                     time.sleep(POLL_S)
         finally:
             for sig, handler in previous.items():
@@ -436,6 +458,27 @@ class Scheduler:
             self.display.close()
         if self.stopping is not None:
             raise SweepInterrupted(self.stopping)
+
+    def _next_ready(self):
+        """The first waiting run that no other process holds (see ``hooks.busy``), taken off the list; ``None``
+        when every waiting run is held. A run that was held is planned again once free: it may be done by then."""
+        busy = getattr(self.hooks, "busy", None)
+        for run in list(self.waiting):
+            holder = busy(run) if busy is not None else None
+            if holder:
+                if run.key not in self._told_busy:
+                    self._told_busy.add(run.key)
+                    log.info("%s: waiting for %s, still writing in %s", run.key, holder, run.run_dir)
+                continue
+            self.waiting.remove(run)
+            if run.key in self._told_busy:
+                self.hooks.refresh(run)
+                if self.hooks.finished(run):
+                    run.status, run.note = "done", "finished by the process waited for"
+                    self.hooks.record()
+                    continue
+            return run
+        return None
 
     def _start(self, slot: int, run) -> None:
         self.started += 1
@@ -458,7 +501,8 @@ class Scheduler:
             fh.flush()
             job.started = time.monotonic()
             job.proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, start_new_session=True)
+                                        env=env, start_new_session=True,
+                                        preexec_fn=functools.partial(die_with_parent, os.getpid()))
         self.running[slot] = job
         if self.stopping is not None:  # a signal came while it was being started: it stops too
             forward(job.proc, self.stopping)

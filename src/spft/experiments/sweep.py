@@ -277,6 +277,18 @@ class _Hooks:
     def finished(self, run: PlannedRun) -> bool:
         return is_done(run.run_dir)
 
+    def busy(self, run: PlannedRun) -> str | None:
+        """The holder of the run's lock when another process still writes there (a child of an earlier sweep
+        process that was killed, still saving its checkpoint), else ``None``."""
+        from spft.experiments.lock import held_by
+
+        return held_by(run.run_dir) if run.run_dir.is_dir() else None
+
+    def refresh(self, run: PlannedRun) -> None:
+        """Decide ``run.action`` again from what its folder holds now (after waiting for a busy run: it may have
+        finished, or have a new last checkpoint)."""
+        run.action, run.note = run_action(run.run_dir)
+
     def primary(self, run: PlannedRun) -> str:
         return _primary(self.sweep, run.run_dir)
 
