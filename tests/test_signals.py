@@ -48,6 +48,7 @@ def test_signal_after_the_first_checkpoint_exits_128_plus_signal_and_resumes(ref
     assert proc.returncode == 128 + signum, err
     lines = [line for line in err.splitlines() if "interrupted at epoch" in line]
     assert len(lines) == 1 and lines[0].endswith(f"; resume with spft train --resume {run_dir}"), err
+    assert "Received SIGTERM" not in err  # Lightning's own notice (after Ctrl+C it named the wrong signal)
     assert not (run_dir / "DONE").exists()
     assert out.strip() == ""  # no result, no run directory line: the run did not finish
     resumed = run_cli("train", "--resume", str(run_dir))

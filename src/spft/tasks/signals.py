@@ -15,6 +15,15 @@ import lightning as L
 log = logging.getLogger(__name__)
 
 
+_LIGHTNING_SIGNALS = "lightning.pytorch.trainer.connectors.signal_connector"
+
+
+def _drop_lightning_notice(record: logging.LogRecord) -> bool:
+    """Lightning's ``[rank: 0] Received SIGTERM: 15``: spft says itself which signal came and what it keeps (and
+    after Ctrl+C, which spft turns into Lightning's SIGTERM path, the line named the wrong signal)."""
+    return "Received SIGTERM" not in record.getMessage()
+
+
 class SignalStop(BaseException):
     """Raised by :class:`SignalGuard` outside the training loop (not an Exception: nothing may swallow it)."""
 
@@ -43,12 +52,14 @@ class SignalGuard(L.Callback):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
+        logging.getLogger(_LIGHTNING_SIGNALS).addFilter(_drop_lightning_notice)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+        logging.getLogger(_LIGHTNING_SIGNALS).removeFilter(_drop_lightning_notice)
 
     def _handle(self, signum, frame) -> None:
         first = self.signum is None
