@@ -110,6 +110,35 @@ def test_paths_leaving_the_root_are_refused_unless_allowed(tmp_path):
     assert len(read_csv_table(cfg.data, 0, check=False).paths) == 7
 
 
+def test_links_under_the_root_leading_outside_are_refused_unless_followed_on_purpose(tmp_path):
+    from spft.data.csv_dataset import read_csv_table
+
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "linked_dir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "passwd.png").symlink_to("/etc/passwd")
+    (root / "inside.png").symlink_to(root / "real" / "x.png")  # a link that stays below the root: fine
+    for image, refused in (("linked_dir/a.png", True), ("passwd.png", True), ("inside.png", False)):
+        rows = [{"image": f"real/img{i}.png", "a": i % 2} for i in range(6)] + [{"image": image, "a": 1}]
+        pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+        cfg = _csv_cfg(tmp_path, f"data.root={root}")
+        if refused:
+            with pytest.raises(DataError, match=rf"row 8 column 'image': image path '{image}' is a link leading "
+                                                r"outside data.root=.*data.follow_links=true"):
+                read_csv_table(cfg.data, 0, check=False)
+            followed = _csv_cfg(tmp_path, f"data.root={root}", "data.follow_links=true")
+            assert len(read_csv_table(followed.data, 0, check=False).paths) == 7
+        else:
+            assert len(read_csv_table(cfg.data, 0, check=False).paths) == 7
+    # a data.root that is itself a link (e.g. to a big disk) is fine: the rule is about what lies below it
+    (tmp_path / "root_link").symlink_to(root, target_is_directory=True)
+    rows[-1]["image"] = "real/y.png"
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    via_link = _csv_cfg(tmp_path, f"data.root={tmp_path / 'root_link'}")
+    assert len(read_csv_table(via_link.data, 0, check=False).paths) == 7
+
+
 def test_data_check_scan_survives_a_decompression_bomb(tmp_path):
     from spft.data.check import scan_images
 

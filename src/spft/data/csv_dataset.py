@@ -103,7 +103,8 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
     rel = df[data_cfg.image_column].astype(str).str.strip()
     paths = [str(p if p.is_absolute() else root / p) for p in map(Path, rel)]
     if not getattr(data_cfg, "allow_outside_root", False):
-        _refuse_outside_root(csv, root, data_cfg.image_column, rel.tolist(), paths)
+        _refuse_outside_root(csv, root, data_cfg.image_column, rel.tolist(), paths,
+                             resolve=not getattr(data_cfg, "follow_links", False))
     ids = df[data_cfg.id_column or data_cfg.image_column].astype(str).tolist()
     if len(set(ids)) != len(ids):
         dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
@@ -133,18 +134,32 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
     return table
 
 
-def _refuse_outside_root(csv: Path, root: Path, column: str, rel: list[str], paths: list[str]) -> None:
-    """Image paths that leave ``root`` (``../``, an absolute path elsewhere): refused, naming the first row."""
+def _refuse_outside_root(csv: Path, root: Path, column: str, rel: list[str], paths: list[str],
+                         resolve: bool = True) -> None:
+    """Image paths that leave ``root`` (``../``, an absolute path elsewhere): refused, naming the first row.
+
+    With ``resolve`` (the default, ``data.follow_links: false``) the rule holds after symbolic links are followed:
+    an image, or a folder of images, linked under the root to somewhere else (``img.png -> /etc/passwd``) leaves
+    it too. A dataset that links its image folder on purpose sets ``data.follow_links: true``."""
     import os
 
-    base = os.path.normpath(os.path.abspath(root))
+    def where(p: str) -> str:
+        return os.path.realpath(p) if resolve else os.path.normpath(os.path.abspath(p))
+
+    base = where(str(root))
+    literal = os.path.normpath(os.path.abspath(root))
     outside = [i for i, p in enumerate(paths)
-               if os.path.commonpath([base, os.path.normpath(os.path.abspath(p))]) != base]
+               if os.path.commonpath([base, where(p)]) != base
+               or os.path.commonpath([literal, os.path.normpath(os.path.abspath(p))]) != literal]
     if outside:
         i = outside[0]
-        raise DataError(f"{csv}: row {i + 2} column '{column}': image path {rel[i]!r} leaves data.root={root} "
-                        f"({len(outside)} such row(s)); keep images below the root, or set "
-                        f"data.allow_outside_root=true")
+        linked = resolve and os.path.commonpath([literal, os.path.normpath(os.path.abspath(paths[i]))]) == literal
+        how = (f"is a link leading outside data.root={root} (to {where(paths[i])})" if linked
+               else f"leaves data.root={root}")
+        fix = ("set data.follow_links=true if the dataset links its images on purpose" if linked
+               else "keep images below the root, or set data.allow_outside_root=true")
+        raise DataError(f"{csv}: row {i + 2} column '{column}': image path {rel[i]!r} {how} "
+                        f"({len(outside)} such row(s)); {fix}")
 
 
 _SEE_ALL = "Run `spft data check CONFIG [KEY=VALUE ...]` with the same config and overrides to list them all."
