@@ -168,3 +168,27 @@ def test_a_class_constant_in_val_is_a_warning_at_the_start(tmp_path):
     err = proc.stderr
     warning = err.index("val: AUC undefined for 1 class(es) (no positives: a)")
     assert warning < err.index("epoch 0") and (run_dir / "DONE").is_file()
+
+
+def test_data_check_warns_about_exif_orientation_that_spft_ignores(tmp_path):
+    from PIL import Image
+
+    from spft.data.io import load_image
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(12):
+        im = Image.fromarray(np.tile(np.arange(16, dtype=np.uint8) * 16, (8, 1)))  # 8 x 16: wider than tall
+        exif = Image.Exif()
+        if i == 3:
+            exif[0x0112] = 6  # "rotate 90° to view": a viewer shows it 16 x 8
+        im.save(tmp_path / "img" / f"{i}.jpg", exif=exif.tobytes())
+        rows.append({"image": f"img/{i}.jpg", "pid": f"p{i // 2}", "a": i % 2})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    args = ["configs/raddino_csv.yaml", f"data.csv={tmp_path / 'labels.csv'}", f"data.root={tmp_path}",
+            "data.image_column=image", "data.label_columns=[a]", "data.patient_column=pid",
+            "data.split_fractions=[0.5, 0.25, 0.25]"]
+    report = json.loads(run_cli("data", "check", *args, "--json", check=False).stdout)
+    exif = [w for w in report["warnings"] if "EXIF orientation" in w]
+    assert len(exif) == 1 and exif[0].startswith("1 image(s)") and "3.jpg (orientation 6: rotated 90°)" in exif[0]
+    assert np.asarray(load_image(tmp_path / "img" / "3.jpg", "grey")).shape[:2] == (8, 16)  # stored pixels, unrotated

@@ -268,14 +268,51 @@ def check_data(cfg, scan: bool = False, workers: int | None = None, headers: boo
 
 
 def _scanned(report: DataReport, paths, color: str, scan: bool, headers: bool, workers: int | None) -> DataReport:
-    """``report`` with its present images' headers checked (``headers``) or decoded (``scan``)."""
+    """``report`` with its present images' headers checked (``headers``) or decoded (``scan``), and a warning when
+    images carry an EXIF orientation (all of them with ``headers``/``scan``, else an evenly spaced sample)."""
+    absent = set(report.missing_files)
+    present = sorted({str(p) for p in paths if str(p) not in absent})
     if scan or headers:
-        absent = set(report.missing_files)
-        present = sorted({str(p) for p in paths if str(p) not in absent})
         report.unreadable_files = scan_images(present, color, workers, decode=scan)
         report.scanned = scan
         report.checked = "decode" if scan else "header"
+    looked = present if (scan or headers) else present[::max(1, len(present) // EXIF_SAMPLE)][:EXIF_SAMPLE]
+    rotated = exif_rotated(looked)
+    if rotated:
+        first, value = next(iter(rotated.items()))
+        sampled = "" if len(looked) == len(present) else f" (of {len(looked)} sampled; --headers checks all)"
+        report.warnings.append(
+            f"{len(rotated)} image(s) carry an EXIF orientation other than 1{sampled}, e.g. {first} ({value}): spft "
+            "reads the stored pixels and ignores EXIF orientation, as transformers' image processors do — rotate "
+            "those files if they are stored turned")
     return report
+
+
+EXIF_SAMPLE = 500  # images whose EXIF orientation a plain `spft data check` reads (the header modes read all)
+_ORIENTATION = {2: "mirrored", 3: "rotated 180°", 4: "flipped", 5: "mirrored + 90°", 6: "rotated 90°",
+                7: "mirrored + 270°", 8: "rotated 270°"}
+
+
+def exif_rotated(paths: list[str]) -> dict[str, str]:
+    """``{path: what}`` for the images whose EXIF orientation tag (0x0112) is not 1 (DICOM files have none).
+
+    spft ignores the tag when reading (``spft.data.io``), like transformers' processors: a radiograph's pixels are
+    its stored pixels. The tag is reported so that a phone photo of a film, or a JPEG export that relies on it, is
+    noticed before training."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = {}
+    for path in paths:
+        if path.lower().endswith((".dcm", ".dicom")):
+            continue
+        try:
+            with Image.open(path) as im:
+                value = im.getexif().get(0x0112, 1)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            continue  # unreadable files are the header/decode checks' business
+        if value not in (None, 1):
+            out[path] = f"orientation {value}: {_ORIENTATION.get(value, 'unknown')}"
+    return out
 
 
 def rows_report(cfg, source: str, classes: list[str], splits: list[str], groups: list[str], paths: list[str],
