@@ -38,3 +38,9 @@ def resolve_model(name: str) -> str:
         return str(Path(name).resolve())
     shipped = MODELS_DIR / name
     return str(shipped) if shipped.is_file() else name
+
+
+def randomly_initialised(cfg: SpftConfig) -> bool:
+    """True when the detector starts from random weights: ``model.name`` is a model YAML and no
+    ``detection.weights`` are loaded (Ultralytics builds a ``.yaml`` model from scratch)."""
+    return Path(str(cfg.model.name)).suffix.lower() in (".yaml", ".yml") and not cfg.detection.weights

@@ -24,7 +24,7 @@ from spft.experiments.checkpoints import newest_intact, record_digest, recorded_
 from spft.experiments.rundir import environment
 from spft.tasks.detection import restore_pil_open
 from spft.tasks.detection.checks import check_detection_config
-from spft.tasks.detection.dataset import dataset_yaml_for, resolve_model
+from spft.tasks.detection.dataset import dataset_yaml_for, randomly_initialised, resolve_model
 from spft.tasks.detection.evaluate import evaluate_weights, is_rtdetr
 from spft.tasks.lifecycle import Unguarded, resume_run, start_run
 
@@ -78,6 +78,10 @@ def _adaptations(cfg: SpftConfig, trainer_cls, amp) -> dict:
         "class_weights": ("model.class_weights, read by v8DetectionLoss" if not is_rtdetr(cfg) else
                           "spft.tasks.detection.losses.WeightedRTDETRLoss (RT-DETR's loss has no class weights)"),
         "augmentation": f"Ultralytics defaults except mosaic={cfg.detection.mosaic}, fliplr={cfg.detection.fliplr}",
+        "frozen_batchnorm": "eval mode in frozen backbone modules (Ultralytics' freeze rule)" + (
+            "; train mode in this run: the model has random weights (model.name is a model YAML, no "
+            "detection.weights), and never-estimated statistics in eval mode make each batch norm the identity, "
+            "so the signal vanishes through the frozen modules" if randomly_initialised(cfg) else ""),
         "amp": amp,
         "devices": "one device: Ultralytics' multi-GPU DDP relaunches a stock trainer from its arguments, which "
                    "would drop the SPFT subclass, so trainer.devices is not used for detection",

@@ -5,6 +5,14 @@ Ultralytics resets ``requires_grad`` in ``_setup_train`` and builds its own opti
 (docs/decisions.md#ultralytics), so the hooks sit in overridden methods: ``build_optimizer`` (recipe groups, created
 once), ``_setup_scheduler`` (recipe cosine per group), ``_model_train`` (the epoch's trainable state, applied after
 setup and at every epoch start), ``set_class_weights`` / ``validate`` (instance-count weights refined from AP@50).
+
+Frozen backbone modules keep their batch-norm layers in eval mode (Ultralytics' ``freeze`` rule), so a pretrained
+backbone keeps its statistics, except in a randomly initialised model (``model.name`` a model YAML, no
+``detection.weights``): there the running statistics were never estimated (mean 0, variance 1), eval mode makes every
+batch norm the identity, and the signal vanishes through the frozen modules (YOLOv8n's SPPF output: std 6.5e-9 in
+eval mode, 0.55 in train mode, measured on random images). Such frozen batch norms run in train mode, estimating
+their statistics; the frozen weights still do not move (benchmarks/RESULTS.md, "Detection: why the recipe did not
+learn").
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from spft.recipe import (
     trainable_at,
 )
 from spft.tasks.detection import restore_pil_open
+from spft.tasks.detection.dataset import randomly_initialised
 from spft.tasks.detection.records import DetectionClassWeights, RunRecorder
 from spft.tasks.hooks import injected_callbacks
 
@@ -104,6 +113,11 @@ class SpftTrainerMixin:
     # ---- stages -------------------------------------------------------------------------------------------------
     def _setup_train(self):
         super()._setup_train()
+        n = self.groups.n_blocks
+        if randomly_initialised(self.spft_cfg) and len(trainable_at(self.plan, 0, n).open_blocks) < n:
+            log.warning("%s has random weights, and the recipe freezes backbone modules at first: they compute random "
+                        "features until opened (the recipe is meant for pretrained backbones; for training from "
+                        "scratch see configs/phantom_detect_yolov8.yaml)", self.spft_cfg.model.name)
         self._set_ema_decay()
         self.recorder.restore(self.start_epoch, self.class_weights)
         if self.class_weights is not None:
@@ -115,7 +129,8 @@ class SpftTrainerMixin:
             self.ema.decay = RecipeEmaDecay(ema_cfg.decay, ema_cfg.warmup, ema_cfg.enabled)
 
     def _model_train(self):
-        """Apply the epoch's trainable state, keep frozen blocks' BN in eval mode, snapshot the backbone."""
+        """Apply the epoch's trainable state, keep frozen blocks' BN in eval mode (train mode when their statistics
+        were never estimated, see the module docstring), snapshot the backbone."""
         state = trainable_at(self.plan, self.epoch, self.groups.n_blocks)
         apply_trainable(self.groups, state)
         model = unwrap_model(self.model)
@@ -131,7 +146,12 @@ class SpftTrainerMixin:
                  state.stage, len(state.open_blocks), self.groups.n_blocks, self.trainable_params)
         self._set_ema_decay()  # NaN recovery rebuilds the EMA with Ultralytics' decay
         self.recorder.snapshot(self.groups)
-        super()._model_train()
+        super()._model_train()  # train mode, except the batch norms of frozen modules (Ultralytics' freeze rule)
+        if frozen and randomly_initialised(self.spft_cfg):
+            for i in frozen:  # statistics never estimated: eval mode would make them the identity (module docstring)
+                for m in self.groups.blocks[i].modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.train()
 
     # ---- class weights --------------------------------------------------------------------------------------------
     def set_class_weights(self):
