@@ -66,6 +66,7 @@ class DataConfig:
     patient_column: Optional[str] = None  # groups for the seeded split (patients or lesions)
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train/val/test, summing to 1
     split_seed: Optional[int] = None  # default: the run's seed
+    train_subset: Optional[int] = None  # train on N images of the train split (seeded by data.split_seed or the run's seed, stratified per class; val/test untouched)
     image_size: Optional[int] = None  # default: the model's own input size
     color: Literal["grey", "rgb"] = "grey"  # how images are decoded (grey is repeated to the model's channels)
     num_workers: Optional[int] = None  # DataLoader workers; null: chosen from the core count (spft.data.loading)
@@ -424,6 +425,10 @@ def _check_data(data: DataConfig) -> None:
     fr = data.split_fractions
     if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
         raise ConfigError(f"'data.split_fractions': expected three non-negative fractions summing to 1, got {fr}")
+    if data.train_subset is not None and (isinstance(data.train_subset, bool) or not isinstance(data.train_subset, int)
+                                          or data.train_subset < 1):
+        raise ConfigError(f"'data.train_subset': expected a positive number of training images (or null for the "
+                          f"whole train split), got {data.train_subset!r}")
     if data.image_size is not None and data.image_size < 1:
         raise ConfigError(f"'data.image_size': expected a positive number of pixels (or null for the model's "
                           f"own input size), got {data.image_size}")

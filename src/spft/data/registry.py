@@ -104,7 +104,81 @@ def select_classes(table: LabelTable, names: list[str]) -> LabelTable:
 
 
 def build_table(data_cfg, seed: int) -> LabelTable:
-    """The LabelTable for ``data.name``; refuses missing images, leaked patients/lesions and empty splits."""
+    """The LabelTable for ``data.name``; refuses missing images, leaked patients/lesions and empty splits.
+
+    ``data.train_subset: N`` then keeps N images of the train split (:func:`train_subset`); val and test stay whole.
+    """
     table = load_table(data_cfg, seed)
     check_table(table, table.source or data_cfg.csv or data_cfg.name)
+    n = getattr(data_cfg, "train_subset", None)
+    if n is not None:
+        from spft.data.files import split_seed
+
+        table = train_subset(table, int(n), split_seed(data_cfg, seed))
     return table
+
+
+def subset_rows(labels, n: int, seed: int):
+    """Indices (sorted) of ``n`` of the rows of ``labels`` ([N, C], NaN unknown): seeded, stratified per class.
+
+    Rarest class first, each class gets ``max(1, round(n * prevalence))`` positive rows (fewer when the pool has
+    fewer), counting positives already drawn for rarer classes and preferring rows negative for them; the rest is filled from rows with no positive label
+    (then from any row), all draws from ``np.random.default_rng(seed)``. A class with a positive in the pool
+    therefore keeps at least one positive; when the quotas overlap beyond ``n`` a seeded draw trims them.
+    """
+    import numpy as np
+
+    y = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) > 0.5
+    rng = np.random.default_rng(seed)
+    total = len(y)
+    if n >= total:
+        return np.arange(total)
+    chosen = np.zeros(total, dtype=bool)
+    pos = y.sum(0)
+    done = np.zeros(y.shape[1], dtype=bool)
+    for c in np.argsort(pos, kind="stable"):
+        if pos[c] == 0:
+            continue
+        want = max(1, int(round(n * pos[c] / total))) - int((chosen & y[:, c]).sum())
+        clean = ~y[:, done].any(1)  # rows adding no positive to a class whose quota is already drawn come first
+        for free in (np.flatnonzero(y[:, c] & ~chosen & clean), np.flatnonzero(y[:, c] & ~chosen & ~clean)):
+            if want > 0 and free.size:
+                take = rng.choice(free, size=min(want, free.size), replace=False)
+                chosen[take] = True
+                want -= take.size
+        done[c] = True
+    picked = np.flatnonzero(chosen)
+    if picked.size > n:
+        picked = rng.choice(picked, size=n, replace=False)
+    else:
+        for pool in (np.flatnonzero(~chosen & ~y.any(1)), np.flatnonzero(~chosen & y.any(1))):
+            need = n - picked.size
+            if need <= 0:
+                break
+            picked = np.concatenate([picked, rng.choice(pool, size=min(need, pool.size), replace=False)])
+    return np.sort(picked)
+
+
+def train_subset(table: LabelTable, n: int, seed: int) -> LabelTable:
+    """``table`` with only ``n`` images of its train split (:func:`subset_rows`); val and test rows unchanged.
+
+    Raises:
+        DataError: the train split has fewer than ``n`` images.
+    """
+    import numpy as np
+
+    train = table.indices("train")
+    if n > len(train):
+        raise DataError(f"'data.train_subset': {n} training images asked for, the train split has {len(train)}")
+    keep_train = train[subset_rows(table.labels[train], n, seed)]
+    keep = np.sort(np.concatenate([keep_train, np.flatnonzero(np.asarray(table.splits) != "train")]))
+
+    def pick(values):
+        return [values[i] for i in keep]
+
+    policy = (f"{table.split_policy}; " if table.split_policy else "") + (
+        f"train subset: {n} of {len(train)} images (seed {seed}, stratified per class)")
+    return dataclasses.replace(table, paths=pick(table.paths), ids=pick(table.ids), groups=pick(table.groups),
+                               splits=pick(table.splits), labels=table.labels[keep],
+                               uncertain=None if table.uncertain is None else table.uncertain[keep],
+                               split_policy=policy)

@@ -34,6 +34,7 @@ class ClassificationTask(Task):
         "data.uncertain": _LABELS,
         "data.blank": _LABELS,
         "data.official_test": _LABELS,
+        "data.train_subset": "the training subset is drawn by the classification datasets only",
         "data.image_cache": _IMAGE_CACHE,
         "data.image_cache_format": _IMAGE_CACHE,
         "data.check_images": _IMAGE_CHECK,
