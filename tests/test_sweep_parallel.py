@@ -208,6 +208,8 @@ def test_a_run_that_wrote_done_is_done_even_when_the_signal_reached_it_at_the_en
 def test_a_run_directory_in_use_is_a_clear_failed_run(tmp_path, spft_cache, monkeypatch):
     from spft.config import dump_yaml, load_config
 
+    monkeypatch.setattr("spft.experiments.parallel.BUSY_WAIT_S", 1.0)  # held for good: waited for, then started
+
     # the child: the real CLI taking the run lock as `spft train --resume` does (tests/test_run_safety.py runs two
     # real trainings), here through `spft evaluate`, which takes it before importing torch: a second, not 10
     monkeypatch.setattr("spft.experiments.sweep._command",

@@ -41,6 +41,9 @@ REDRAW_S = 1.0  # how often the terminal table refreshes its clocks when nothing
 INTERRUPTED_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
 
 
+BUSY_WAIT_S = 120.0  # how long a sweep waits for a run another process still holds (see Scheduler._next_ready)
+
+
 def die_with_parent(parent: int) -> None:
     """In a child between fork and exec: ask Linux to send it SIGTERM when the sweep process dies (``prctl
     PR_SET_PDEATHSIG``), so a ``kill -9`` of ``spft repeat/ablate`` stops its children cleanly (they save
@@ -380,7 +383,7 @@ class Scheduler:
         self.display = TableDisplay(self) if tty else LineDisplay(self)
         self.primary_label = hooks.primary_label
         self._primary: dict[str, str] = {}
-        self._told_busy: set[str] = set()
+        self._told_busy: dict[str, float] = {}  # run key -> when it was first found held by another process
 
     # what the displays ask ------------------------------------------------------------------------------------------
 
@@ -461,14 +464,21 @@ class Scheduler:
 
     def _next_ready(self):
         """The first waiting run that no other process holds (see ``hooks.busy``), taken off the list; ``None``
-        when every waiting run is held. A run that was held is planned again once free: it may be done by then."""
+        when every waiting run is held. A run that was held is planned again once free: it may be done by then.
+
+        The wait is for a process that is stopping — the child of a sweep that was killed, saving its checkpoint
+        after the parent-death SIGTERM — so it is bounded (:data:`BUSY_WAIT_S`): a run still held after that is
+        started anyway and fails with the holder named (someone else is training there)."""
         busy = getattr(self.hooks, "busy", None)
         for run in list(self.waiting):
-            holder = busy(run) if busy is not None else None
+            first_seen = self._told_busy.get(run.key)
+            holder = busy(run) if busy is not None and (
+                first_seen is None or time.monotonic() - first_seen < BUSY_WAIT_S) else None
             if holder:
-                if run.key not in self._told_busy:
-                    self._told_busy.add(run.key)
-                    log.info("%s: waiting for %s, still writing in %s", run.key, holder, run.run_dir)
+                if first_seen is None:
+                    self._told_busy[run.key] = time.monotonic()
+                    log.info("%s: waiting up to %.0f s for %s, still writing in %s", run.key, BUSY_WAIT_S, holder,
+                             run.run_dir)
                 continue
             self.waiting.remove(run)
             if run.key in self._told_busy:
