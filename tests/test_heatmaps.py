@@ -61,6 +61,37 @@ def test_gradcam_with_a_frozen_encoder():
     assert vit_gradcam(model, x, 0).max() > 0 or vit_gradcam(model, x, 1).max() > 0
 
 
+@pytest.mark.parametrize("config, fn", [(DINO, vit_gradcam), (RESNET, cnn_gradcam)])
+def test_gradcam_keeps_no_activation_below_the_last_block(config, fn, monkeypatch):
+    """Grad-CAM differentiates from the last block only: the blocks below run without autograd, so what is kept for
+    the backward pass is one block's activations however deep the encoder (issue 21 item 5: 8.8 GB for 6 images at
+    RAD-DINO size) — and the maps equal those of a forward with autograd through every block."""
+    from spft.models import heatmaps as hm
+
+    deep = {**config, "num_hidden_layers": 6} if config is DINO else {**config, "depths": [3, 3]}
+    model, x = _model(deep), _images()
+
+    def gradcam_keeping(saved: list):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            return fn(model, x, 1)
+
+    kept = []
+    maps = gradcam_keeping(kept)
+    with monkeypatch.context() as m:  # the reference: autograd on for the whole forward, as before the change
+        m.setattr(hm, "_enable_grad_from_here", lambda module, args: None)
+        m.setattr(hm.torch, "no_grad", torch.enable_grad)
+        everything = []
+        reference = gradcam_keeping(everything)
+    assert np.allclose(maps, reference, atol=1e-5)
+    assert sum(kept) < 0.5 * sum(everything), (sum(kept), sum(everything))
+    with torch.no_grad():  # the caller's grad mode is restored, whichever it was
+        fn(model, x, 0)
+        assert not torch.is_grad_enabled()
+    fn(model, x, 0)
+    assert torch.is_grad_enabled()
+
+
 def test_attention_rollout_sums_and_restores_attention():
     model, x = _model(DINO), _images()
     assert attention_implementation(model.encoder) == "sdpa"

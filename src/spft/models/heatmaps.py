@@ -111,10 +111,23 @@ def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return out.clamp_min(0).detach().cpu().numpy().astype(np.float32)
 
 
+def _enable_grad_from_here(module, args) -> None:
+    """Forward pre-hook on the last block: autograd records from this block on (the forward below it ran under
+    ``no_grad``)."""
+    torch.set_grad_enabled(True)
+
+
 def _grad_of_logit(model, pixel_values: torch.Tensor, class_index, use_input: bool) -> tuple[torch.Tensor, ...]:
-    capture = _Capture(_last_block(model), use_input)
+    """The last block's input (ViT) or output (CNN) hidden state and the gradient of each image's class logit
+    w.r.t. it. Grad-CAM needs no gradient below that block, so the blocks below run without autograd: no
+    activation of theirs is kept for a backward pass (at RAD-DINO size, 518 px, the eager-attention maps alone are
+    ~90 MB per image and block), and memory is that of one block's backward per image — bounded by the batch the
+    caller passes, not by the encoder's depth."""
+    last = _last_block(model)
+    gate = last.register_forward_pre_hook(_enable_grad_from_here)  # registered first: runs before the capture
+    capture = _Capture(last, use_input)
     try:
-        with _eval_mode(model), torch.enable_grad():
+        with _eval_mode(model), torch.no_grad():  # restores the caller's grad mode on exit
             logits = model(pixel_values)
             idx = _class_indices(class_index, len(logits), logits.device)
             if capture.value is None:
@@ -123,6 +136,7 @@ def _grad_of_logit(model, pixel_values: torch.Tensor, class_index, use_input: bo
             (grad,) = torch.autograd.grad(score, capture.value)
     finally:
         capture.remove()
+        gate.remove()
     return capture.value.detach(), grad.detach()
 
 
