@@ -69,7 +69,7 @@ def plain_finetune(overrides: list[str], lr: float, seed: int, log=print) -> dic
     s = cfg.segmentation
     view = SimpleNamespace(eval_model=lambda: model, structures=structures)
     best, best_state, curve = -1.0, None, []
-    for epoch in range(cfg.trainer.max_epochs):
+    for _epoch in range(cfg.trainer.max_epochs):
         model.train()
         for batch in loader:
             boxes = jitter_boxes(batch["boxes"], batch["valid"], s.box_jitter, model.size)

@@ -2,13 +2,13 @@
 for every structure (issue 19 item 6).
 
 The setup is the shipped config (its model: a RANDOMLY INITIALISED SAM2, hidden 16, 64 px input) shortened to a
-test: 200 phantoms, batch 4, 8 epochs of which 1 in stage 1, so ~300 optimizer steps (~45-55 s on 2 shared CPU
+test: 200 phantoms, batch 4, 8 epochs of which 1 in stage 1, so 280 optimizer steps (~45-55 s on 2 shared CPU
 cores). What it guards: with too few steps a randomly initialised SAM2 stays on a plateau where it outputs
 background everywhere (every mask empty, lungs first: they are as dark as the background outside the body, so the
 decoder must learn to use the box prompt). With the shipped config's 2 stage-1 epochs (random encoder frozen) at the
 same budget the run ends at heart / left / right Dice 0.81 / 0.79 / 0.75 (seed 0: 0.69 / 0.62 / 0.17) and this test
-fails; with 3 epochs of 200 phantoms at batch 8 (54 steps) every mask is empty. Measured with this setup: seed 1 (below) 0.84 / 0.90 /
-0.91, seed 0 0.84 / 0.83 / 0.87; 300 phantoms (benchmarks/segment_bench.py) 0.85 / 0.88 / 0.93.
+fails; with 3 epochs of 200 phantoms at batch 8 (54 steps) every mask is empty. Measured with this setup: seed 1
+(below) 0.84 / 0.90 / 0.91, seed 0 0.84 / 0.83 / 0.87; 300 phantoms (benchmarks/segment_bench.py) 0.85 / 0.88 / 0.93.
 """
 
 from __future__ import annotations
