@@ -103,3 +103,39 @@ def test_yolov8_learns_the_phantom_boxes(tmp_path, spft_cache):
     assert [int(r["open_backbone_modules"]) for r in h] == [10] * 6  # nothing frozen on a random backbone
     m = json.loads((run_dir / "metrics.json").read_text())
     assert max(float(r["val_map50"]) for r in h) >= 0.25 and m["map50"] >= 0.25, (h[-1], m)
+
+
+def test_ultralytics_integration_callbacks_are_dropped(monkeypatch):
+    """Ultralytics adds its MLflow (W&B, ClearML, ...) callbacks when the package is installed and its setting is on
+    (the default): MLflow's then wrote mlflow.db into the current directory and turned on autologging whatever
+    tracking.mlflow said (issue 20 item 9). spft's trainers keep only Ultralytics' own base callbacks."""
+    from ultralytics.utils import SETTINGS, callbacks
+
+    from spft.tasks.detection.trainer import drop_integration_callbacks
+
+    monkeypatch.setitem(SETTINGS, "mlflow", True)
+
+    class StandInTrainer:  # Ultralytics adds the training integrations to classes named like a trainer
+        def __init__(self):
+            self.callbacks = callbacks.get_default_callbacks()
+            callbacks.add_integration_callbacks(self)
+
+    trainer = StandInTrainer()
+    modules = {f.__module__ for fs in trainer.callbacks.values() for f in fs}
+    assert "ultralytics.utils.callbacks.mlflow" in modules  # what Ultralytics does on its own
+    assert "mlflow" in drop_integration_callbacks(trainer)
+    left = {f.__module__ for fs in trainer.callbacks.values() for f in fs}
+    assert left <= {"ultralytics.utils.callbacks.base"} and set(trainer.callbacks) >= set(callbacks.default_callbacks)
+
+
+def test_detection_honours_a_constant_schedule_and_refuses_positive_class_weights(tmp_path, spft_cache):
+    run_dir = tmp_path / "constant"
+    run_cli("train", "configs/phantom_detect_yolov8.yaml", *overrides(run_dir, "yolov8n.yaml"),
+            "optim.schedule=constant", "optim.warmup_steps=0")
+    rows = read_history(run_dir)
+    lr_columns = [k for k in rows[0] if k.startswith("lr_")]
+    assert lr_columns and len(rows) == 2
+    head = [float(r["lr_head"]) for r in rows]
+    assert head == [pytest.approx(1e-3)] * 2  # the cosine would have lowered epoch 1's
+    proc = run_cli("config", "configs/phantom_detect_yolov8.yaml", "recipe.class_weights.apply=positive", check=False)
+    assert proc.returncode == 2 and "recipe.class_weights.apply" in proc.stderr

@@ -125,7 +125,7 @@ class ClassWeightsConfig:
 
     enabled: bool = True  # false: every class weight is 1
     # both: the weight multiplies both BCE terms (the paper); positive: only the positive term, as BCE's pos_weight
-    # (classification with loss bce; detection does not read it yet)
+    # (classification with loss bce; segmentation and detection refuse it)
     apply: Literal["both", "positive"] = "both"
     heuristic: dict[str, float] = field(default_factory=dict)  # {class: multiplier} applied to the initial weights
     refine: bool = True  # refine after each stage-2 validation: w <- w * exp(eta * (mean score - class score))
@@ -160,7 +160,7 @@ class OptimConfig:
     lr_encoder: float = 3e-6  # learning rate of the encoder blocks
     lr_head: float = 5e-5  # learning rate of the head (detection: neck and head)
     weight_decay: float = 0.05  # AdamW weight decay (not on biases and norms)
-    # cosine over the run (the paper), or constant learning rates (a plain fine-tune); detection keeps its cosine
+    # cosine over the run (the paper), or constant learning rates (a plain fine-tune); every task
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 0  # linear warm-up after each unfreeze step (and at the start for the head)
     min_lr_factor: float = 0.0  # floor of the cosine schedule, as a fraction of each group's learning rate

@@ -39,6 +39,9 @@ class DetectionTask(Task):
     not_applicable = {
         "loss": "Ultralytics' own detection loss is used (class-weighted by recipe.class_weights)",
         "recipe.unfreeze.embeddings": "the plan opens backbone modules; Ultralytics models have no embeddings part",
+        "recipe.class_weights.apply": "a class weight multiplies the whole per-anchor classification BCE inside "
+                                      "Ultralytics' loss (both terms, the paper's rule); there is no positive-only "
+                                      "variant for detection",
         "trainer.devices": "Ultralytics runs on one device (its multi-GPU DDP relaunches a stock trainer that would "
                            "drop the SPFT recipe)",
         "trainer.num_nodes": "Ultralytics runs on one device; there is no multi-node training",

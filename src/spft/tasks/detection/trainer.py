@@ -67,6 +67,31 @@ def layer_groups(model: nn.Module, n_backbone: int | None) -> LayerGroups:
     return LayerGroups(blocks=list(seq[:n]), head=nn.ModuleList(list(seq[n:])))
 
 
+_INTEGRATIONS = ("ultralytics.utils.callbacks.", "ultralytics.utils.events")  # services, and usage analytics
+
+
+def drop_integration_callbacks(trainer) -> list[str]:
+    """Remove the callbacks Ultralytics adds for third-party services (MLflow, W&B, ClearML, Comet, DVC, Ray Tune,
+    TensorBoard, its platform) and its usage analytics (``ultralytics.utils.events``) from ``trainer``; returns the
+    modules removed.
+
+    Ultralytics switches each on when its package is installed and its setting is true (the defaults): with the
+    ``track`` extra, its MLflow callback called ``mlflow.autolog()`` and wrote ``mlflow.db`` / ``mlruns/`` into the
+    current directory whatever ``tracking.mlflow`` said. spft decides what is tracked and where
+    (:mod:`spft.tracking`); nothing is written outside the run directory and the cache."""
+    removed = set()
+    for event, functions in trainer.callbacks.items():
+        kept = []
+        for function in functions:
+            module = getattr(function, "__module__", "") or ""
+            if module.startswith(_INTEGRATIONS) and module != "ultralytics.utils.callbacks.base":
+                removed.add(module.rsplit(".", 1)[-1])
+            else:
+                kept.append(function)
+        trainer.callbacks[event] = kept
+    return sorted(removed)
+
+
 class SpftTrainerMixin:
     """The SPFT hooks shared by the YOLOv8 and RT-DETR trainers (mixed in before the Ultralytics class)."""
 
@@ -78,6 +103,7 @@ class SpftTrainerMixin:
         self.class_weights: DetectionClassWeights | None = None
         self.recorder = RunRecorder(self.run_dir)
         super().__init__(*args, **kwargs)
+        drop_integration_callbacks(self)
         for hook in injected_callbacks():  # SPFT_TEST_CALLBACK: a test's or a fault harness's code
             for event, function in hook.ultralytics_callbacks().items():
                 self.add_callback(event, function)
@@ -102,12 +128,14 @@ class SpftTrainerMixin:
         return optimizer
 
     def _setup_scheduler(self):
-        """Recipe cosine per group, evaluated per epoch (Ultralytics steps its scheduler at each epoch start)."""
+        """Recipe schedule per group (``optim.schedule``: cosine or constant, after the warm-up), evaluated per epoch
+        (Ultralytics steps its scheduler at each epoch start)."""
         steps_per_epoch = max(1, len(self.train_loader) // max(1, self.accumulate))
         warmup = math.ceil(self.spft_cfg.optim.warmup_steps / steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.plan, self.groups.n_blocks, steps_per_epoch=1,
                                          total_steps=self.epochs, warmup_steps=warmup,
-                                         min_factor=self.spft_cfg.optim.min_lr_factor)
+                                         min_factor=self.spft_cfg.optim.min_lr_factor,
+                                         schedule=self.spft_cfg.optim.schedule)
         self.lf = self.scheduler.lr_lambdas[-1]  # the head's factor, for Ultralytics code that reads self.lf
 
     # ---- stages -------------------------------------------------------------------------------------------------
