@@ -30,6 +30,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 FAULT_POINT_ENV = "SPFT_FAULT_POINT"
+FAULT_LOG_ENV = "SPFT_FAULT_LOG"
 _writes = 0  # atomic writes this process has made, counted for the fault-injection hook
 
 
@@ -37,13 +38,21 @@ def fault_point(path: Path) -> None:
     """Test hook (fault injection): with ``SPFT_FAULT_POINT=N`` the process SIGKILLs itself during its N-th atomic
     write — after the data went to the temp file, before it is synced and renamed — as a power cut or the OOM
     killer would. Every file spft writes (checkpoints, stage-1 features, history, JSON records) passes here.
-    Used by tests/test_faults.py and scripts/fault_inject.py; unset, it costs one dictionary lookup."""
+    Used by tests/test_faults.py and scripts/fault_inject.py; unset, it costs one dictionary lookup.
+
+    ``SPFT_FAULT_LOG=FILE`` (only when set) appends each counted write's path to FILE, one line per write, in the
+    order of the count: the harness runs its reference with it to learn how many writes a run makes, and which, so
+    its write kills can be spread over the whole run."""
     global _writes
     target = os.environ.get(FAULT_POINT_ENV)
-    if not target:
+    log = os.environ.get(FAULT_LOG_ENV)
+    if not target and not log:
         return
     _writes += 1
-    if _writes == int(target):
+    if log:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{path}\n")
+    if target and _writes == int(target):
         import signal
 
         sys.stderr.write(f"spft: fault injection: SIGKILL during write {_writes} ({path})\n")

@@ -14,6 +14,7 @@ stops the run cleanly, must not lose its workers under it first.
 from __future__ import annotations
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from spft.data.dataset import EpochSeededSampler, ShardSampler
@@ -140,8 +141,13 @@ class SplitDataModule(L.LightningDataModule):
             keyed = getattr(ds, "augment", None) is not None  # augmentation seeded per (epoch, index)
             sampler = (EpochSeededSampler(len(ds), self.seed, rank, world, keyed=keyed) if train
                        else ShardSampler(len(ds), rank, world))
+            # An evaluation loader draws its workers' base seed (at each iterator it creates) from a generator of its
+            # own, not the global RNG: with persistent workers an uninterrupted run creates the validation iterator
+            # once, a resumed run again in its first epoch, and that extra draw left the resumed epoch's checkpoint
+            # with another recorded RNG state than the uninterrupted run's (the fault harness found it).
+            extra = {} if train else {"generator": torch.Generator().manual_seed(self.seed)}
             self._loaders[key] = DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size,
-                                            sampler=sampler, drop_last=False, **self.options)
+                                            sampler=sampler, drop_last=False, **self.options, **extra)
         return self._loaders[key]
 
     def train_dataloader(self) -> DataLoader:

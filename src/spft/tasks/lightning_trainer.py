@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from spft.atomic import atomic_write_csv
+from spft.atomic import atomic_write_text
 from spft.devices import resolve_precision
 from spft.errors import DataError, MissingFileError
 from spft.experiments.checkpoints import copy_checkpoint, load_checkpoint, newest_intact, save_checkpoint
@@ -111,20 +111,27 @@ class _KeepingWriter(ExperimentWriter):
         pass
 
     def keep_epochs_before(self, epoch: int) -> None:
-        """Drop the rows of epochs >= ``epoch`` (an epoch an interruption cut short is trained and logged again)."""
+        """Drop the rows of epochs >= ``epoch`` (an epoch an interruption cut short is trained and logged again).
+
+        The kept lines are kept byte for byte, as Lightning's writer wrote them (``\\r\\n`` line ends, its quoting):
+        re-serialising them with another CSV writer would leave a resumed run's log in two formats."""
         if not self._fs.isfile(self.metrics_file_path):
             return
         with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
-            reader = csv.DictReader(fh)
-            names, rows = list(reader.fieldnames or []), list(reader)
+            lines = fh.read().splitlines(keepends=True)  # Lightning's cells (metric names, numbers) hold no newline
+        if not lines:
+            return
+        header = next(csv.reader([lines[0]]))
+        column = header.index("epoch") if "epoch" in header else None
 
-        def before(row: dict) -> bool:
-            cell = row.get("epoch") or ""
+        def before(line: str) -> bool:
+            cells = next(csv.reader([line]), [])
+            cell = cells[column] if column is not None and column < len(cells) else ""
             return not cell or float(cell) < epoch
 
-        kept = [r for r in rows if before(r)]
-        if len(kept) != len(rows):
-            atomic_write_csv(self.metrics_file_path, kept, fieldnames=names)
+        kept = [lines[0], *(line for line in lines[1:] if before(line))]
+        if len(kept) != len(lines):
+            atomic_write_text(self.metrics_file_path, "".join(kept))
 
 
 class ResumableCSVLogger(CSVLogger):
