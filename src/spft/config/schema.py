@@ -66,7 +66,7 @@ class DataConfig:
     patient_column: Optional[str] = None  # groups for the seeded split (patients or lesions)
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train/val/test, summing to 1
     split_seed: Optional[int] = None  # default: the run's seed
-    train_subset: Optional[int] = None  # train on N images of the train split (seeded by data.split_seed or the run's seed, stratified per class; val/test untouched)
+    train_subset: Optional[int] = None  # N images of the train split (seeded, stratified per class); val/test whole
     image_size: Optional[int] = None  # default: the model's own input size
     color: Literal["grey", "rgb"] = "grey"  # how images are decoded (grey is repeated to the model's channels)
     num_workers: Optional[int] = None  # DataLoader workers; null: chosen from the core count (spft.data.loading)

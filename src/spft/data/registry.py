@@ -122,9 +122,10 @@ def subset_rows(labels, n: int, seed: int):
     """Indices (sorted) of ``n`` of the rows of ``labels`` ([N, C], NaN unknown): seeded, stratified per class.
 
     Rarest class first, each class gets ``max(1, round(n * prevalence))`` positive rows (fewer when the pool has
-    fewer), counting positives already drawn for rarer classes and preferring rows negative for them; the rest is filled from rows with no positive label
-    (then from any row), all draws from ``np.random.default_rng(seed)``. A class with a positive in the pool
-    therefore keeps at least one positive; when the quotas overlap beyond ``n`` a seeded draw trims them.
+    fewer), counting positives already drawn for rarer classes and preferring rows negative for them; the rest is
+    filled from rows with no positive label (then from any row), all draws from ``np.random.default_rng(seed)``. A
+    class with a positive in the pool therefore keeps at least one positive; when the quotas overlap beyond ``n`` a
+    seeded draw trims them. The seed is ``data.split_seed`` when set, else the run's seed.
     """
     import numpy as np
 
