@@ -47,6 +47,19 @@ def test_header_check_finds_every_kind_of_bad_file(tmp_path):
             load_image(files[name])
 
 
+def test_a_huge_image_is_refused_quoting_data_max_image_pixels_not_pillows_doubled_limit(tmp_path):
+    Image.new("1", (20000, 20000)).save(tmp_path / "huge.png")  # 400 M pixels: more than twice Pillow's limit
+    for check in (lambda: load_image(tmp_path / "huge.png"), lambda: _raise(check_image(tmp_path / "huge.png"))):
+        with pytest.raises(BadImageError) as err:
+            check()
+        assert "data.max_image_pixels = 89,478,485" in str(err.value) and "178956970" not in str(err.value)
+
+
+def _raise(message):
+    if message:
+        raise BadImageError(message)
+
+
 def test_a_bad_image_in_a_dataloader_worker_is_one_line_naming_the_file(tmp_path):
     from spft.data.contract import LabelTable
     from spft.data.dataset import ImageDataset

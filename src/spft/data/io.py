@@ -68,9 +68,10 @@ def pixel_limit(max_pixels=DEFAULT_PIXELS) -> int | None:
 
 
 def _lift_pillow_limit(limit: int | None) -> None:
-    """Pillow refuses more than twice its own limit in ``Image.open``; a larger (or no) spft limit lifts it in this
-    process (spft then enforces ``limit`` itself, from the image size in the header)."""
-    if Image.MAX_IMAGE_PIXELS is not None and (limit is None or limit > Image.MAX_IMAGE_PIXELS):
+    """spft enforces ``limit`` itself, from the image size in the header (:func:`_too_large`), so Pillow's own check
+    is lifted in this process: it refuses more than *twice* its limit in ``Image.open`` with a message quoting that
+    doubled number (178,956,970), not ``data.max_image_pixels``, and warns between once and twice its limit."""
+    if Image.MAX_IMAGE_PIXELS is not None:
         Image.MAX_IMAGE_PIXELS = None
 
 
