@@ -203,7 +203,8 @@ def differences(run: Path, reference: Path) -> list[str]:
       calibration.json, class_weights.json, data.json, logs/tb/hparams.yaml, and any file a later spft adds), except
       those that legitimately hold a time, a path or the process that wrote them:
     * ``DONE`` holds the finishing time: it must exist;
-    * ``config.yaml`` is compared without ``run.dir`` (the absolute run path: relocated runs differ);
+    * ``config.yaml`` is compared without ``run.dir`` (the absolute run path: relocated runs differ) and
+      ``trainer.progress_bar`` (display only);
     * ``env.json`` without ``started``, ``command`` (the starting process's time and argv, run path included) and
       ``git_sha`` (the checkout's commit when the run started: others commit while a campaign runs);
     * ``checkpoints/*.ckpt``: the whole checkpoint (weights, optimizer and scheduler state, loops, callbacks, spft's
@@ -232,6 +233,7 @@ def differences(run: Path, reference: Path) -> list[str]:
             x, y = yaml.safe_load(a.read_text()), yaml.safe_load(b.read_text())
             for cfg in (x, y):
                 (cfg.get("run") or {}).pop("dir", None)
+                (cfg.get("trainer") or {}).pop("progress_bar", None)  # display only: the numbers never depend on it
             found = _first_difference(x, y)
         elif name == "env.json":
             x, y = json.loads(a.read_text()), json.loads(b.read_text())

@@ -85,7 +85,7 @@ def test_pointing_game_against_synthetic_maps():
 def _thresholds(run: Path, copy: Path, value: dict[str, float]) -> Path:
     shutil.copytree(run, copy)
     classes = json.loads((run / "data.json").read_text())["classes"]
-    chosen = {c: {"threshold": value.get(c, 1.01)} for c in classes}
+    chosen = {c: {"threshold": value.get(c, 1.0)} for c in classes}
     (copy / "thresholds.json").write_text(json.dumps({"method": "youden", "target": None, "split": "val",
                                                       "classes": chosen}))
     return copy

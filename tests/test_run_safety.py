@@ -269,6 +269,7 @@ def test_a_killed_holder_frees_the_run_even_while_its_forked_workers_live(tmp_pa
     """kill -9 of `spft train` with DataLoader workers: the lock dies with the holder, not with the last orphaned
     worker (which shares the locked file through fork), so an immediate --resume is not refused."""
     run_dir = tmp_path / "run"
+    run_dir.mkdir()  # spft train creates the folder, then locks it (lock_run never creates a run's folder)
     ready_r, ready_w = os.pipe()
     holder = os.fork()
     if holder == 0:  # the `spft train` stand-in: lock the run, fork a long-lived worker, then die at once

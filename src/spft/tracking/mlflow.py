@@ -551,7 +551,7 @@ def push(folder: str | Path, uri: str | None = None) -> dict:
     """Send what a run (or sweep) directory left unsent; a run directory is also brought up to date (epochs not yet
     handled, the end of a finished run), and a run that was never tracked is sent whole to ``uri``."""
     from spft.errors import ConfigError, MissingFileError
-    from spft.tracking import check_uri
+    from spft.tracking.records import check_uri
 
     folder = Path(folder)
     is_run = (folder / "config.yaml").is_file()

@@ -227,3 +227,35 @@ class UnsentLog:
         from spft.atomic import atomic_write_text
 
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def is_file_store(uri: str) -> bool:
+    """``file:...`` or a bare path (``./mlruns``, ``/data/mlruns``): MLflow's file store."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # one letter: a Windows drive (C:\\mlruns)
+
+
+def check_uri(uri: str | None, what: str = "tracking.mlflow.uri") -> None:
+    """Refuse in one line, before anything is sent or trained, a file-store URI that the installed MLflow will not
+    open: MLflow 3 put its file store in maintenance mode and raises on it unless ``MLFLOW_ALLOW_FILE_STORE=true``
+    (then it is used as MLflow allows). ``sqlite:///PATH/mlflow.db`` is the local-file store that works."""
+    if not uri or not is_file_store(uri):
+        return
+    try:
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    except ImportError:  # an MLflow without the switch: its file store still works
+        return
+    try:
+        if MLFLOW_ALLOW_FILE_STORE.get():
+            return
+    except ValueError:  # not true/false/1/0: MLflow would refuse the store too
+        pass
+    import mlflow
+
+    from spft.errors import ConfigError
+
+    raise ConfigError(f"{what} {uri}: MLflow {mlflow.__version__}'s file store is in maintenance mode and refuses "
+                      "new runs; use a local database such as sqlite:///mlflow.db (or an http:// server), or set "
+                      "MLFLOW_ALLOW_FILE_STORE=true to use the file store anyway")
