@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import run_cli, tiny_overrides
@@ -143,6 +145,15 @@ def test_submit_show_and_resubmit_only_the_failed_run(tmp_path):
     record = json.loads((out / "slurm.json").read_text())
     assert {k: e["job_id"] for k, e in record["runs"].items()} == {f"base/seed{s}": f"4242_{s}" for s in (0, 1, 2)}
     assert record["arrays"][0]["job_id"] == "4242"
+    # paths inside the sweep are stored relative to it: a moved or copied sweep still finds them
+    assert {e["folder"] for e in record["runs"].values()} == {"slurm"}
+    assert all(not Path(e["log"]).is_absolute() for e in record["runs"].values())
+    from spft.experiments.slurm import read_record
+
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    entries = read_record(SimpleNamespace(out=moved))["runs"]
+    assert {e["folder"] for e in entries.values()} == {str(moved / "slurm")}
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["status"] == "submitted" and {r["status"] for r in sweep["runs"]} == {"submitted"}
     assert len(list((out / "slurm").glob("4242_*_submitted.pkl"))) == 3

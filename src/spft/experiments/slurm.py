@@ -342,14 +342,35 @@ def _queued() -> set[str] | None:
 
 # --- the command ----------------------------------------------------------------------------------------------------
 
+_PATH_KEYS = ("folder", "log")  # the paths of a run entry in slurm.json
+
+
 def read_record(sweep: Sweep) -> dict:
+    """``slurm.json`` with its paths absolute again: they are stored relative to the sweep folder when inside it, so
+    a moved or copied sweep still finds its submitit folder and logs (see :func:`write_record`)."""
     path = sweep.out / SLURM_JSON
     if not path.is_file():
         return {"arrays": [], "runs": {}}
     record = json.loads(path.read_text())
     record.setdefault("arrays", [])
     record.setdefault("runs", {})
+    for entry in record["runs"].values():
+        for key in _PATH_KEYS:
+            if isinstance(entry.get(key), str) and not Path(entry[key]).is_absolute():
+                entry[key] = str(sweep.out / entry[key])
     return record
+
+
+def write_record(sweep: Sweep, record: dict) -> None:
+    """Write ``slurm.json`` with each path inside the sweep folder stored relative to it (others as given)."""
+    root = sweep.out.resolve()
+    out = json.loads(json.dumps(record))
+    for entry in out["runs"].values():
+        for key in _PATH_KEYS:
+            value = entry.get(key)
+            if isinstance(value, str) and Path(value).is_absolute() and Path(value).resolve().is_relative_to(root):
+                entry[key] = str(Path(value).resolve().relative_to(root))
+    atomic_write_json(sweep.out / SLURM_JSON, out)
 
 
 def check_devices(sweep: Sweep, gpus: int) -> None:
@@ -428,7 +449,7 @@ def _submit_or_show(sweep: Sweep, kind: str, params: dict, folder: Path) -> int:
             state, old, note = shown[r.key]
             shown[r.key] = ("SUBMITTED", job_id, note if state == "NEW" else f"resubmitted after {state} of {old}; "
                                                                               f"{note}")
-        atomic_write_json(sweep.out / SLURM_JSON, record)
+        write_record(sweep, record)
     statuses = {r.status for r in sweep.runs}
     sweep.status = ("failed" if "failed" in statuses else
                     "finished" if statuses <= {"done"} else "submitted")
