@@ -192,3 +192,19 @@ def test_data_check_warns_about_exif_orientation_that_spft_ignores(tmp_path):
     exif = [w for w in report["warnings"] if "EXIF orientation" in w]
     assert len(exif) == 1 and exif[0].startswith("1 image(s)") and "3.jpg (orientation 6: rotated 90°)" in exif[0]
     assert np.asarray(load_image(tmp_path / "img" / "3.jpg", "grey")).shape[:2] == (8, 16)  # stored pixels, unrotated
+
+
+def test_a_linked_image_folder_leading_outside_data_root_is_refused_unless_followed(tmp_path):
+    """Named datasets find their files by walking data.root: a link there leading outside it (a folder, or an
+    image linked to /etc/passwd) is one line naming it, unless data.follow_links=true (issue 20 item 16)."""
+    import shutil
+
+    root, elsewhere = tmp_path / "nih", tmp_path / "big_disk"
+    make_chestxray14(root, layout="kaggle", n_patients=20)
+    shutil.move(root / "images_001", elsewhere)
+    (root / "images_001").symlink_to(elsewhere, target_is_directory=True)  # extracted on another disk, linked
+    proc = run_cli("data", "check", "configs/chestxray14.yaml", f"data.root={root}", "--json", check=False)
+    assert proc.returncode == 2 and f"{root / 'images_001'} is a link leading outside it" in proc.stderr
+    assert "data.follow_links=true" in proc.stderr
+    report = _check("configs/chestxray14.yaml", root, "data.follow_links=true")
+    assert report["missing_files"] == [] and sum(s["n_images"] for s in report["splits"].values()) > 0

@@ -92,7 +92,7 @@ class DataConfig:
     on_bad_image: Literal["error", "skip"] = "error"  # skip: excluded from its split, listed in skipped_images.csv
     max_image_pixels: Optional[int] = 89_478_485  # Pillow's decompression-bomb limit; null = no limit
     allow_outside_root: bool = False  # csv: image paths may leave data.root (../, absolute paths elsewhere)
-    follow_links: bool = False  # csv: symbolic links under data.root may lead outside it (a linked image folder)
+    follow_links: bool = False  # symbolic links under data.root may lead outside it (a linked image folder)
 
 
 @dataclass

@@ -108,7 +108,7 @@ def read_chestxray14(data_cfg, seed: int) -> LabelTable:
         KeyError: a required column is absent (the file's columns are listed).
         ValueError: an unknown finding name (file, row and column named) or a duplicated image.
     """
-    index = FileIndex(data_cfg.root)
+    index = FileIndex(data_cfg.root, data_cfg.follow_links)
     metadata = metadata_path(data_cfg, index, METADATA_NAMES, "chestxray14", "the Data_Entry file")
     df = read_metadata(metadata)
     image_col = find_column(df, metadata, "Image Index")

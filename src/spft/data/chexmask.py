@@ -93,7 +93,7 @@ def read_chexmask(data_cfg, structures: list[str], seed: int) -> MaskTable:
     root = data_cfg.images_root or data_cfg.root
     if not root:
         raise DataError("data.images_root: required for data.name=chexmask (the folder holding the images)")
-    index = FileIndex(root)
+    index = FileIndex(root, data_cfg.follow_links)
     stems = index.images_by_stem()
     paths, ids, masks, skipped = [], [], [], {"no image": 0, "no size": 0}
     for _, row in df.iterrows():

@@ -21,20 +21,36 @@ log = logging.getLogger(__name__)
 
 
 class FileIndex:
-    """Every file below ``root`` by file name; when a name occurs more than once the shallowest path wins."""
+    """Every file below ``root`` by file name; when a name occurs more than once the shallowest path wins.
 
-    def __init__(self, root: str | os.PathLike):
+    A symbolic link below the root (a folder or a file) that leads outside it is refused in one line naming it,
+    unless ``follow_links`` (``data.follow_links: true``, for a download whose image folders are linked on purpose):
+    a root from elsewhere must not make spft read files outside it."""
+
+    def __init__(self, root: str | os.PathLike, follow_links: bool = False):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise MissingFileError(f"data.root: folder not found: {self.root}")
         self.by_name: dict[str, str] = {}
         self.duplicates = 0
-        seen = {os.path.realpath(self.root)}
+        real_root = os.path.realpath(self.root)
+        seen = {real_root}
+
+        def allowed(path: str) -> bool:
+            if not follow_links and os.path.islink(path):
+                real = os.path.realpath(path)
+                if os.path.commonpath([real_root, real]) != real_root:
+                    raise DataError(f"data.root {self.root}: {path} is a link leading outside it (to {real}); set "
+                                    "data.follow_links=true if the dataset links its images on purpose")
+            return True
+
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):  # image folders may be symlinks
             # deterministic (sorted walk; of several copies of a name the shallowest wins); no symlink loops
-            dirnames[:] = [d for d in sorted(dirnames) if _first_visit(os.path.join(dirpath, d), seen)]
+            dirnames[:] = [d for d in sorted(dirnames)
+                           if allowed(os.path.join(dirpath, d)) and _first_visit(os.path.join(dirpath, d), seen)]
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
+                allowed(path)
                 known = self.by_name.get(name)
                 if known is not None:
                     self.duplicates += 1

@@ -109,7 +109,7 @@ def read_ham10000(data_cfg, seed: int) -> LabelTable:
         KeyError: a required column is absent (the file's columns are listed).
         ValueError: an unknown diagnosis or a non-one-hot ISIC row (file and row named), a duplicated image id.
     """
-    index = FileIndex(data_cfg.root)
+    index = FileIndex(data_cfg.root, data_cfg.follow_links)
     metadata = metadata_path(data_cfg, index, METADATA_NAMES, "ham10000", "the metadata file")
     images = index.images_by_stem()
     warnings: list[str] = []

@@ -181,7 +181,7 @@ def prepare_vindr_cxr(cfg) -> Path:
     train_csv, test_csv = _find_annotation_files(root)
     train_boxes, train_ids = _image_boxes(read_annotations(train_csv), train_csv)
     test_boxes, test_ids = _image_boxes(read_annotations(test_csv), test_csv) if test_csv else ({}, set())
-    dicoms = _dicom_index(FileIndex(root))
+    dicoms = _dicom_index(FileIndex(root, cfg.data.follow_links))
     seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
     splits = _assign_splits(list(train_ids), train_ids - set(train_boxes), list(test_ids), det, cfg.data, seed)
     split_images: dict[str, list[Path]] = {}
