@@ -33,7 +33,7 @@ ULTRALYTICS_RUN = """
 import json, sys
 from ultralytics import YOLO
 a = json.loads(sys.argv[1])
-model = YOLO("yolov8n.yaml")
+model = YOLO(a.get("weights", "yolov8n.yaml"))  # random weights from the YAML, or a .pt to fine-tune
 model.train(data=a["data"], epochs=a["epochs"], imgsz=a["imgsz"], batch=a["batch"], mosaic=1.0, fliplr=0.0,
             seed=a["seed"], workers=a["workers"], plots=False, project=a["project"], name=a["name"], exist_ok=True,
             verbose=False)

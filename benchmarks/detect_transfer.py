@@ -45,27 +45,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detect_bench import CONFIG, _env, _timed  # noqa: E402  (the sibling benchmark's helpers)
+from detect_bench import CONFIG, ULTRALYTICS_RUN, _env, _timed  # noqa: E402  (the sibling benchmark's helpers)
 
 SOURCE_FINDINGS = ("Atelectasis", "Effusion", "Infiltration", "Nodule")
 TARGET_FINDINGS = ("Cardiomegaly", "Mass", "Pneumothorax", "Consolidation")
 PAPER = ["recipe.stage1_epochs=2", "recipe.unfreeze.blocks_per_epoch=2", "detection.backbone_lr_ratio=0.1"]
 METHODS = ("ultralytics", "spft_recipe", "spft_open", "spft_scratch", "spft_recipe_ratio1", "spft_open_ratio01")
 DEFAULT_METHODS = METHODS[:4]
-
-ULTRALYTICS_FT = """
-import json, sys
-from ultralytics import YOLO
-a = json.loads(sys.argv[1])
-model = YOLO(a["weights"])
-model.train(data=a["data"], epochs=a["epochs"], imgsz=a["imgsz"], batch=a["batch"], mosaic=1.0, fliplr=0.0,
-            seed=a["seed"], workers=a["workers"], plots=False, project=a["project"], name=a["name"], exist_ok=True,
-            verbose=False)
-best = YOLO(f'{a["project"]}/{a["name"]}/weights/best.pt')
-r = best.val(data=a["data"], split="test", imgsz=a["imgsz"], batch=2 * a["batch"], plots=False, workers=a["workers"],
-             project=a["project"], name=a["name"] + "_test", exist_ok=True, verbose=False)
-print("RESULT " + json.dumps({"map50": float(r.box.map50), "map50_95": float(r.box.map)}))
-"""
 
 
 def prepare(folder: Path, findings: tuple[str, ...], n_images: int, seed: int, prevalence: float, image_size: int,
@@ -147,7 +133,7 @@ def run(args, method: str, seed: int, target: Path, pt: Path) -> dict:
     if method == "ultralytics":
         a = {"weights": str(pt), "data": str(target), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
              "seed": seed, "workers": args.workers, "project": str(args.out / "ultralytics"), "name": f"seed{seed}"}
-        proc, minutes, cpu = _timed([sys.executable, "-c", ULTRALYTICS_FT, json.dumps(a)], cwd=args.out,
+        proc, minutes, cpu = _timed([sys.executable, "-c", ULTRALYTICS_RUN, json.dumps(a)], cwd=args.out,
                                     env=_env(args.cache))
         log.write_text(proc.stdout + proc.stderr)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
