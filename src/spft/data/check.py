@@ -56,9 +56,7 @@ class DataReport:
     @property
     def val_has_no_auc(self) -> bool:
         """A non-empty validation split where no class has both positives and negatives (no AUC to monitor)."""
-        undefined = self.undefined_auc.get("val", {})
-        n_undefined = len(undefined.get("no_positives", [])) + len(undefined.get("no_negatives", []))
-        return self.splits["val"]["n_images"] > 0 and bool(self.classes) and n_undefined >= len(self.classes)
+        return no_val_auc(self.splits, self.undefined_auc, self.classes)
 
     @property
     def empty_splits(self) -> list[str]:
@@ -130,6 +128,14 @@ def undefined_auc(counts: dict[str, dict], classes: list[str]) -> dict[str, dict
     return out
 
 
+def no_val_auc(counts: dict[str, dict], undefined: dict, classes: list[str]) -> bool:
+    """A non-empty val split (``counts``: :func:`split_counts`) where every class's AUC is undefined
+    (``undefined``: :func:`undefined_auc`): no validation AUC to monitor — a data check problem, a refused training."""
+    val = undefined.get("val", {})
+    n_undefined = len(val.get("no_positives", [])) + len(val.get("no_negatives", []))
+    return counts["val"]["n_images"] > 0 and bool(classes) and n_undefined >= len(classes)
+
+
 def refuse_untrainable(table: LabelTable, source: str) -> None:
     """Before training: what ``spft data check`` reports as FAILED for a validation split without any class that
     has both positives and negatives is one :class:`~spft.errors.DataError` (validation AUC, the early-stopping and
@@ -139,9 +145,7 @@ def refuse_untrainable(table: LabelTable, source: str) -> None:
 
     counts = split_counts(table)
     undefined = undefined_auc(counts, table.classes)
-    val = undefined.get("val", {})
-    n_val = len(val.get("no_positives", [])) + len(val.get("no_negatives", []))
-    if counts["val"]["n_images"] > 0 and table.classes and n_val >= len(table.classes):
+    if no_val_auc(counts, undefined, table.classes):
         raise DataError(f"{source}: no class has both positives and negatives in the val split "
                         f"({counts['val']['n_images']} images), so validation AUC — the early-stopping and "
                         "best-checkpoint monitor — is undefined; `spft data check` fails on this data too: give val "

@@ -171,15 +171,10 @@ def train_subset(table: LabelTable, n: int, seed: int) -> LabelTable:
     train = table.indices("train")
     if n > len(train):
         raise DataError(f"'data.train_subset': {n} training images asked for, the train split has {len(train)}")
+    from spft.data.csv_dataset import subset_table
+
     keep_train = train[subset_rows(table.labels[train], n, seed)]
     keep = np.sort(np.concatenate([keep_train, np.flatnonzero(np.asarray(table.splits) != "train")]))
-
-    def pick(values):
-        return [values[i] for i in keep]
-
     policy = (f"{table.split_policy}; " if table.split_policy else "") + (
         f"train subset: {n} of {len(train)} images (seed {seed}, stratified per class)")
-    return dataclasses.replace(table, paths=pick(table.paths), ids=pick(table.ids), groups=pick(table.groups),
-                               splits=pick(table.splits), labels=table.labels[keep],
-                               uncertain=None if table.uncertain is None else table.uncertain[keep],
-                               split_policy=policy)
+    return dataclasses.replace(subset_table(table, keep), split_policy=policy)

@@ -225,7 +225,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = F
     ``reload_dataloaders`` asks the DataModule for its loaders every epoch (the stage-1 feature cache switches
     from feature batches to images at stage 2; the DataModule hands back the same loader objects otherwise)."""
     best = RelocatableCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
-                           save_top_k=1, enable_version_counter=False)
+                                 save_top_k=1, enable_version_counter=False)
     callbacks = [
         best,  # before last: last.ckpt must carry the best-tracking state this epoch updated
         LastCheckpoint(best, dirpath=run_dir / "checkpoints"),
