@@ -188,6 +188,7 @@ class TrainerConfig:
     # that fraction of the batches, null = all. Not for detection (Ultralytics has no such switch).
     limit_train_batches: Optional[int | float] = None  # per epoch: an int = that many batches, a float = a fraction
     limit_val_batches: Optional[int | float] = None  # per validation: an int = that many batches, a float = a fraction
+    limit_test_batches: Optional[int | float] = None  # test scoring: an int = that many batches, a float = a fraction
 
 
 @dataclass
@@ -491,7 +492,7 @@ def _check_recipe(cfg: SpftConfig) -> None:
 
 
 def _check_trainer(trainer: TrainerConfig) -> None:
-    for key in ("limit_train_batches", "limit_val_batches"):
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         value = getattr(trainer, key)
         ok = value is None or (value >= 1 if isinstance(value, int) else 0.0 < value <= 1.0)
         if not ok:

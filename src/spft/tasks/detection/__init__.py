@@ -54,6 +54,8 @@ class DetectionTask(Task):
                                        "smaller dataset for a quick run",
         "trainer.limit_val_batches": "Ultralytics trains and validates on every batch; leave it null and use a "
                                      "smaller dataset for a quick run",
+        "trainer.limit_test_batches": "Ultralytics scores every test image; leave it null and use a smaller dataset "
+                                      "for a quick run",
         "model.config": "detection builds the model from model.name (an Ultralytics model YAML or weights)",
         "model.attn_implementation": "a transformers encoder option; Ultralytics models do not read it",
         "model.gradient_checkpointing": "a transformers encoder option; Ultralytics models do not read it",
