@@ -1,6 +1,6 @@
 """The Lightning Trainer every Lightning task uses, and what it is built from: :func:`build_trainer` (best/last
 checkpoints, early stopping, the recipe's callbacks from :mod:`spft.tasks.recipe_callbacks`, CSV + TensorBoard
-logs, the progress bar on stderr), the checkpoint files (:class:`LastCheckpoint` after every epoch,
+logs, the progress bar of :mod:`spft.tasks.progress`), the checkpoint files (:class:`LastCheckpoint` after every epoch,
 :class:`AtomicCheckpointIO`: atomic writes with a recorded digest, verified loads), the CSV log that survives
 ``--resume``, :func:`quiet_lightning` and :func:`load_checkpoint_into` for evaluation.
 """
@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -26,6 +25,7 @@ from spft.errors import DataError, MissingFileError
 from spft.experiments.checkpoints import copy_checkpoint, load_checkpoint, newest_intact, save_checkpoint
 from spft.tasks.hooks import injected_callbacks
 from spft.tasks.lightning_data import FreshEpochOrder
+from spft.tasks.progress import StderrProgressBar, quiet_device_banners
 from spft.tasks.recipe_callbacks import recipe_callbacks
 
 
@@ -171,31 +171,6 @@ class FlushCSVLog(L.Callback):
                 logger.save()
 
 
-class StderrProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bars on stderr (Lightning writes them to stdout, which holds spft's results and, as its
-    last line, the run directory)."""
-
-    @staticmethod
-    def _to_stderr(make):
-        with contextlib.redirect_stdout(sys.stderr):  # Lightning passes file=sys.stdout, read at call time
-            return make()
-
-    def init_sanity_tqdm(self):
-        return self._to_stderr(super().init_sanity_tqdm)
-
-    def init_train_tqdm(self):
-        return self._to_stderr(super().init_train_tqdm)
-
-    def init_validation_tqdm(self):
-        return self._to_stderr(super().init_validation_tqdm)
-
-    def init_test_tqdm(self):
-        return self._to_stderr(super().init_test_tqdm)
-
-    def init_predict_tqdm(self):
-        return self._to_stderr(super().init_predict_tqdm)
-
-
 # Lightning warnings a user of spft cannot act on (spft chose the setting, or it is Lightning's own business).
 _UNACTIONABLE_WARNINGS = (
     r".*does not have many workers",  # data.num_workers is the user's explicit choice (0 in tests, on laptops)
@@ -234,6 +209,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = F
         FlushCSVLog(),
         *extra_callbacks,
     ]
+    quiet_device_banners()  # Lightning's GPU/TPU banners (env.json says which device ran)
     if cfg.trainer.progress_bar:
         callbacks.append(StderrProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
     callbacks += injected_callbacks()

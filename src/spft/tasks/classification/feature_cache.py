@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,8 @@ class FeatureCache:
         """Every rank's ``(indices, features)`` for its strided shard of ``dataset``."""
         from tqdm import tqdm
 
+        from spft.tasks.progress import is_terminal
+
         sampler = ShardSampler(len(dataset), rank, world)
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options)
         was_training = self.model.training
@@ -218,7 +221,7 @@ class FeatureCache:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
         try:
             with autocast, tqdm(total=len(sampler), desc=f"features {split}", unit="img",
-                                disable=rank != 0) as bar:
+                                disable=rank != 0 or not is_terminal(sys.stderr)) as bar:  # no \r frames in a log
                 for batch in loader:
                     rows.append(self.model.features(batch["image"].to(device, non_blocking=True)).float().cpu())
                     idx.append(batch["index"])
