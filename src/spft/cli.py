@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from spft.compat import has_option_string, subparser_actions
 from spft.errors import ConfigError, SpftError
 
 log = logging.getLogger("spft")
@@ -461,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _leaf_parsers(parser: argparse.ArgumentParser):
     """Every (sub)command parser that runs a command, however deeply nested (``spft data check``)."""
-    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    subs = subparser_actions(parser)
     if not subs:
         yield parser
     for action in subs:
@@ -473,7 +474,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
     """Parse ``argv`` so that options and ``KEY=VALUE`` overrides mix in any order, and ``-v`` works after the
     subcommand too (``spft repeat CONFIG --seeds 0,1 optim.lr_head=1e-4 -v``)."""
     for leaf in _leaf_parsers(parser):
-        if "-v" not in leaf._option_string_actions:
+        if not has_option_string(leaf, "-v"):
             leaf.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     args, extra = parser.parse_known_args(argv)
     if hasattr(args, "inputs"):  # spft predict: inputs after an option (a file name may hold "=")

@@ -108,13 +108,15 @@ def average_gradients(params: list, world: int) -> None:
     parameters it registered, for those it did not (blocks opened after it wrapped the model)."""
     import torch
 
+    from spft.compat import flatten_dense_tensors, unflatten_dense_tensors
+
     grads = [p.grad for p in params]
     if not grads:
         return
-    flat = torch._utils._flatten_dense_tensors(grads)
+    flat = flatten_dense_tensors(grads)
     torch.distributed.all_reduce(flat)
     flat /= world
-    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+    for g, synced in zip(grads, unflatten_dense_tensors(flat, grads)):
         g.copy_(synced)
 
 

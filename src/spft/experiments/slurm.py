@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from spft.atomic import atomic_write_json, open_regular
+from spft.compat import SUBMITIT_LOCAL_CONTROLLER, submission_script
 from spft.errors import ConfigError, DependencyError, SpftError
 from spft.experiments.sweep import PlannedRun, Sweep, _log_path, write_sweep_json
 
@@ -220,7 +221,7 @@ def sbatch_script(executor, n_runs: int) -> str:
     if n_runs > 1:
         executor.parameters["map_count"] = n_runs
     try:
-        return executor._make_submission_file_text(executor._submitit_command_str, "preview")
+        return submission_script(executor, "preview")
     finally:
         executor.parameters.pop("map_count", None)
 
@@ -289,7 +290,7 @@ def _local_state(folder: str, job_id: str) -> str:
     if done:
         return done
     try:  # the job id of a local job is its controller's PID
-        alive = b"submitit.local._local" in Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
+        alive = SUBMITIT_LOCAL_CONTROLLER.encode() in Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
     except (OSError, ValueError):
         alive = False
     return "RUNNING" if alive else "INTERRUPTED"

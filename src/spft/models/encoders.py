@@ -20,6 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spft.compat import (
+    attention_function_names,
+    attn_implementation,
+    enable_layer_checkpointing,
+    gradient_checkpointing_layer_class,
+)
 from spft.errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -198,12 +204,10 @@ def check_attention_name(requested: str | None) -> None:
     """Refuse a misspelt ``model.attn_implementation`` (a typo must not silently become a fallback)."""
     if requested is None or "/" in requested:  # None: transformers' default; "org/repo": a hub kernel
         return
-    try:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
-    except ImportError:  # older transformers: let it judge
+    names = attention_function_names()
+    if names is None:  # older transformers: let it judge
         return
+    known = ["eager", *names]
     if requested not in known:
         raise ConfigError(f"model.attn_implementation: unknown attention implementation {requested!r}; "
                          f"expected one of {', '.join(known)} (or null for transformers' default)")
@@ -222,7 +226,7 @@ def attention_implementation(model: nn.Module) -> str | None:
     cfg = getattr(model, "config", None)
     if cfg is None or not has_attention(model):
         return None
-    return getattr(cfg, "_attn_implementation", None)
+    return attn_implementation(cfg)
 
 
 def _fallback_order(requested: str | None) -> list[str | None]:
@@ -235,7 +239,7 @@ def _short(exc: BaseException) -> str:
 
 
 def _report_attention(model: nn.Module, requested: str | None, errors: list[str]) -> None:
-    actual = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    actual = attn_implementation(getattr(model, "config", None))
     model._spft_attn_requested = requested  # apply_speed_options reads it: the request was already handled
     if requested is None or actual == requested:
         return
@@ -296,7 +300,7 @@ def use_attention(model: nn.Module, requested: str | None) -> str | None:
         return attention_implementation(model)
     errors: list[str] = []
     for impl in _fallback_order(requested):
-        if impl == getattr(model.config, "_attn_implementation", None):
+        if impl == attn_implementation(model.config):
             break
         try:
             setter(impl)
@@ -336,15 +340,11 @@ def enable_gradient_checkpointing(encoder: nn.Module) -> int:
         else:
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     else:
-        try:
-            from transformers.modeling_layers import GradientCheckpointingLayer
-        except ImportError:
-            GradientCheckpointingLayer = ()  # noqa: N806 - older transformers: no per-layer mechanism
-        layers = [m for m in encoder.modules() if isinstance(m, GradientCheckpointingLayer)]
+        layer_class = gradient_checkpointing_layer_class() or ()  # older transformers: no per-layer mechanism
+        layers = [m for m in encoder.modules() if isinstance(m, layer_class)]
         func = functools.partial(checkpoint, **kwargs)
         for layer in layers:
-            layer.gradient_checkpointing = True
-            layer._gradient_checkpointing_func = func
+            enable_layer_checkpointing(layer, func)
     n = checkpointed_layers(encoder)
     if n == 0:
         raise ConfigError(f"model.gradient_checkpointing: {what} does not support gradient checkpointing in "

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spft.compat import attn_implementation
 from spft.errors import ConfigError, DataError
 from spft.models.encoders import encoder_layer_groups, n_prefix_tokens
 
@@ -194,7 +195,7 @@ def gradcam(model, pixel_values: torch.Tensor, class_index, size: tuple[int, int
 def eager_attention(encoder: nn.Module):
     """The encoder switched to eager attention (which returns attention weights) inside the block, then back."""
     cfg = getattr(encoder, "config", None)
-    before = getattr(cfg, "_attn_implementation", None)
+    before = attn_implementation(cfg)
     setter = getattr(encoder, "set_attn_implementation", None)
     switch = before not in (None, "eager") and setter is not None
     if switch:

@@ -16,6 +16,7 @@ import logging
 import torch
 from torch import nn
 
+from spft.compat import dynamo_recompile_limit, is_compiled_in_place, set_dynamo_recompile_limit
 from spft.models.encoders import (
     attention_implementation,
     checkpointed_layers,
@@ -75,7 +76,7 @@ def _is_channels_last(encoder: nn.Module) -> bool:
 
 def is_compiled(encoder: nn.Module) -> bool:
     """Whether ``encoder`` was compiled in place (``nn.Module.compile``)."""
-    return getattr(encoder, "_compiled_call_impl", None) is not None
+    return is_compiled_in_place(encoder)
 
 
 def compile_encoder(encoder: nn.Module, **compile_kwargs) -> None:
@@ -84,14 +85,11 @@ def compile_encoder(encoder: nn.Module, **compile_kwargs) -> None:
     (``torch.compile(module)`` would wrap it in an ``OptimizedModule`` whose keys gain an ``_orig_mod.`` prefix.)
     A deep copy (the EMA model) is uncompiled: ``nn.Module.__getstate__`` drops the compiled call.
     """
-    import torch._dynamo
-
-    limit_name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-    limit = getattr(torch._dynamo.config, limit_name)
+    limit_name, limit = dynamo_recompile_limit()
     if limit < COMPILE_RECOMPILE_LIMIT:
         log.info("trainer.compile: torch._dynamo.config.%s %d -> %d (one graph per unfreeze step)", limit_name,
                  limit, COMPILE_RECOMPILE_LIMIT)
-        setattr(torch._dynamo.config, limit_name, COMPILE_RECOMPILE_LIMIT)
+        set_dynamo_recompile_limit(COMPILE_RECOMPILE_LIMIT)
     encoder.compile(**compile_kwargs)
 
 

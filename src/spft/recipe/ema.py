@@ -18,8 +18,8 @@ import weakref
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from spft.compat import foreach_lerp_, group_tensors_by_device_and_dtype
 from spft.errors import ConfigError
 
 
@@ -53,7 +53,7 @@ class EmaModel(AveragedModel):
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, *args, **kwargs):  # torch private: spft.compat.PRIVATE_OVERRIDES
         self._count = None  # n_averaged is being replaced: re-read it
         return super()._load_from_state_dict(*args, **kwargs)
 
@@ -89,10 +89,10 @@ class EmaModel(AveragedModel):
                 if not e.is_floating_point():  # e.g. BatchNorm's num_batches_tracked: follow the model
                     e.copy_(m)
             if moving:
-                grouped = _group_tensors_by_device_and_dtype([[e for e, _ in moving],
-                                                               [m.detach().to(e.device) for e, m in moving]])
+                grouped = group_tensors_by_device_and_dtype([[e for e, _ in moving],
+                                                              [m.detach().to(e.device) for e, m in moving]])
                 for (ema_list, model_list), _ in grouped.values():
-                    torch._foreach_lerp_(ema_list, model_list, weight)
+                    foreach_lerp_(ema_list, model_list, weight)
         self.n_averaged += 1
         self._count += 1
 

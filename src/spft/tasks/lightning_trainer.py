@@ -20,6 +20,13 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from spft.atomic import atomic_write_text
+from spft.compat import (
+    checkpoint_last_saved,
+    csv_logger_experiment,
+    logger_filesystem,
+    record_checkpoint_saved,
+    set_csv_logger_experiment,
+)
 from spft.devices import resolve_precision
 from spft.errors import DataError, MissingFileError
 from spft.experiments.checkpoints import copy_checkpoint, load_checkpoint, newest_intact, save_checkpoint
@@ -42,7 +49,7 @@ class RelocatableCheckpoint(ModelCheckpoint):
     # existed, so the best-tracking state of checkpoints written by earlier versions still loads.
     state_name = "ModelCheckpoint"
 
-    def _generate_state_key(self, **kwargs) -> str:
+    def _generate_state_key(self, **kwargs) -> str:  # Lightning private: spft.compat.PRIVATE_OVERRIDES
         return f"{self.state_name}{kwargs!r}"
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -75,14 +82,13 @@ class LastCheckpoint(RelocatableCheckpoint):
 
     state_name = "LastCheckpoint"
 
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        best = self._best
-        if best._last_global_step_saved == trainer.global_step and best._last_checkpoint_saved:
+    def _save_checkpoint(self, trainer, filepath: str) -> None:  # Lightning private: spft.compat.PRIVATE_OVERRIDES
+        best_step, best_file = checkpoint_last_saved(self._best)
+        if best_step == trainer.global_step and best_file:
             if trainer.is_global_zero:
-                copy_checkpoint(best._last_checkpoint_saved, filepath)
+                copy_checkpoint(best_file, filepath)
             trainer.strategy.barrier()
-            self._last_global_step_saved = trainer.global_step
-            self._last_checkpoint_saved = filepath
+            record_checkpoint_saved(self, trainer.global_step, filepath)
         else:
             super()._save_checkpoint(trainer, filepath)
 
@@ -103,11 +109,12 @@ class _KeepingWriter(ExperimentWriter):
 
     def __init__(self, log_dir: str):
         super().__init__(log_dir)
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+        fs = logger_filesystem(self)
+        if fs.isfile(self.metrics_file_path):
+            with fs.open(self.metrics_file_path, "r", newline="") as fh:
                 self.metrics_keys = list(csv.DictReader(fh).fieldnames or [])
 
-    def _check_log_dir_exists(self) -> None:  # Lightning warns and deletes metrics.csv here
+    def _check_log_dir_exists(self) -> None:  # Lightning warns and deletes metrics.csv here (spft.compat)
         pass
 
     def keep_epochs_before(self, epoch: int) -> None:
@@ -115,9 +122,10 @@ class _KeepingWriter(ExperimentWriter):
 
         The kept lines are kept byte for byte, as Lightning's writer wrote them (``\\r\\n`` line ends, its quoting):
         re-serialising them with another CSV writer would leave a resumed run's log in two formats."""
-        if not self._fs.isfile(self.metrics_file_path):
+        fs = logger_filesystem(self)
+        if not fs.isfile(self.metrics_file_path):
             return
-        with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+        with fs.open(self.metrics_file_path, "r", newline="") as fh:
             lines = fh.read().splitlines(keepends=True)  # Lightning's cells (metric names, numbers) hold no newline
         if not lines:
             return
@@ -142,10 +150,10 @@ class ResumableCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> _KeepingWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _KeepingWriter(log_dir=self.log_dir)
-        return self._experiment
+        if csv_logger_experiment(self) is None:
+            logger_filesystem(self).makedirs(self.root_dir, exist_ok=True)
+            set_csv_logger_experiment(self, _KeepingWriter(log_dir=self.log_dir))
+        return csv_logger_experiment(self)
 
     def keep_epochs_before(self, epoch: int) -> None:
         self.experiment.keep_epochs_before(epoch)

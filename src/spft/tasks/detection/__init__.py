@@ -9,21 +9,22 @@ image" errors into install attempts. Every module here that imports Ultralytics 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from spft.compat import ultralytics_image_open
 from spft.tasks.base import Evaluation, Task
 
 
 def restore_pil_open() -> None:
     """Put Pillow's own ``Image.open`` back if Ultralytics has patched it (HEIC files then stay unsupported)."""
-    patches = sys.modules.get("ultralytics.utils.patches")
-    if patches is None:
+    pair = ultralytics_image_open()
+    if pair is None:
         return
     from PIL import Image
 
-    if Image.open is getattr(patches, "image_open", None):
-        Image.open = patches._image_open
+    wrapper, original = pair
+    if Image.open is wrapper and original is not None:
+        Image.open = original
 
 
 class DetectionTask(Task):

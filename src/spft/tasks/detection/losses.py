@@ -25,7 +25,7 @@ class WeightedRTDETRLoss(RTDETRDetectionLoss):
         self.class_weights = torch.ones(nc) if class_weights is None else torch.as_tensor(class_weights).float()
 
     def _get_loss_class(self, pred_scores: torch.Tensor, targets: torch.Tensor, gt_scores: torch.Tensor,
-                        num_gts: int, postfix: str = "") -> dict[str, torch.Tensor]:
+                        num_gts: int, postfix: str = "") -> dict[str, torch.Tensor]:  # spft.compat.PRIVATE_OVERRIDES
         bs, nq = pred_scores.shape[:2]
         one_hot = torch.zeros((bs, nq, self.nc + 1), dtype=torch.int64, device=targets.device)
         one_hot.scatter_(2, targets.unsqueeze(-1), 1)

@@ -26,6 +26,7 @@ from ultralytics.models.rtdetr.train import RTDETRTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
+from spft.compat import batch_norm_base
 from spft.errors import ConfigError
 from spft.experiments.checkpoints import install, record_epoch
 from spft.recipe import (
@@ -127,7 +128,7 @@ class SpftTrainerMixin:
                  lr_backbone, lr_head)
         return optimizer
 
-    def _setup_scheduler(self):
+    def _setup_scheduler(self):  # Ultralytics private: spft.compat.PRIVATE_OVERRIDES
         """Recipe schedule per group (``optim.schedule``: cosine or constant, after the warm-up), evaluated per epoch
         (Ultralytics steps its scheduler at each epoch start)."""
         steps_per_epoch = max(1, len(self.train_loader) // max(1, self.accumulate))
@@ -139,7 +140,7 @@ class SpftTrainerMixin:
         self.lf = self.scheduler.lr_lambdas[-1]  # the head's factor, for Ultralytics code that reads self.lf
 
     # ---- stages -------------------------------------------------------------------------------------------------
-    def _setup_train(self):
+    def _setup_train(self):  # Ultralytics private: spft.compat.PRIVATE_OVERRIDES
         super()._setup_train()
         n = self.groups.n_blocks
         if randomly_initialised(self.spft_cfg) and len(trainable_at(self.plan, 0, n).open_blocks) < n:
@@ -156,7 +157,7 @@ class SpftTrainerMixin:
         if self.ema is not None:
             self.ema.decay = RecipeEmaDecay(ema_cfg.decay, ema_cfg.warmup, ema_cfg.enabled)
 
-    def _model_train(self):
+    def _model_train(self):  # Ultralytics private: spft.compat.PRIVATE_OVERRIDES
         """Apply the epoch's trainable state, keep frozen blocks' BN in eval mode (train mode when their statistics
         were never estimated, see the module docstring), snapshot the backbone."""
         state = trainable_at(self.plan, self.epoch, self.groups.n_blocks)
@@ -178,7 +179,7 @@ class SpftTrainerMixin:
         if frozen and randomly_initialised(self.spft_cfg):
             for i in frozen:  # statistics never estimated: eval mode would make them the identity (module docstring)
                 for m in self.groups.blocks[i].modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    if isinstance(m, batch_norm_base()):
                         m.train()
 
     # ---- class weights --------------------------------------------------------------------------------------------
