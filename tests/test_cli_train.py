@@ -20,7 +20,8 @@ CONFIG = "configs/phantom_cxr.yaml"
 @pytest.fixture(scope="module")
 def finished_run(spft_cache, tmp_path_factory) -> tuple[Path, object]:
     run_dir = tmp_path_factory.mktemp("runs") / "straight"
-    proc = run_cli("train", CONFIG, *tiny_overrides(run_dir))
+    # the progress bar on, as a user has it: stderr is a file here, as a sweep's logs/<row>-seed<k>.log is
+    proc = run_cli("train", CONFIG, *tiny_overrides(run_dir, extra=("trainer.progress_bar=true",)))
     return run_dir, proc
 
 
@@ -33,9 +34,15 @@ def test_train_writes_a_self_describing_run_dir(finished_run):
     run_dir, proc = finished_run
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir)  # last line printed = the run directory
     for name in ("config.yaml", "env.json", "data.json", "history.csv", "class_weights.json", "metrics.json",
-                 "predictions_test.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "DONE"):
+                 "predictions_test.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "curves.png", "DONE"):
         assert (run_dir / name).is_file(), name
     assert "stage 1: head only" in proc.stderr and "stage 2: top 1/2 blocks" in proc.stderr
+    # a log file gets one line per epoch, no carriage-return frames, no device banners, no v_num
+    assert "\r" not in proc.stderr and "GPU available" not in proc.stderr and "TPU available" not in proc.stderr
+    assert "v_num" not in proc.stderr
+    epochs = [line for line in proc.stderr.splitlines() if line.startswith("Epoch ")]
+    assert [line.split(":")[0] for line in epochs] == [f"Epoch {e}" for e in range(4)], proc.stderr
+    assert all("batches in" in line and "val/auc=" in line for line in epochs), epochs
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["run"]["dir"] == str(run_dir) and resolved["recipe"]["stage1_epochs"] == 1
     env = json.loads((run_dir / "env.json").read_text())

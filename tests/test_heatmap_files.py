@@ -105,7 +105,8 @@ def test_heatmap_files_default_classes_and_failures(run, images, tmp_path):
     result = predict(copy, inputs, workers=1, heatmaps=out)
     assert [f.id for f in result.failures] == [str(bad)]  # listed by predict, no heatmap either
     listing = pd.read_csv(out / "heatmaps.csv")
-    assert result.heatmaps == out / "heatmaps.csv" and list(listing.columns) == ["id", "class", "prob", "npy", "png"]
+    assert result.heatmaps == out / "heatmaps.csv"
+    assert list(listing.columns) == ["id", "class", "prob", "npy", "png", "figure"]
     assert list(zip(listing["id"], listing["class"])) == [(i, c) for i in inputs[:3] for c in (classes[0], classes[2])]
     assert listing["npy"].tolist()[:4] == [f"x_scan_one__{classes[0]}.npy", f"x_scan_one__{classes[2]}.npy",
                                            f"y_scan_one__{classes[0]}.npy", f"y_scan_one__{classes[2]}.npy"]
@@ -117,6 +118,8 @@ def test_heatmap_files_default_classes_and_failures(run, images, tmp_path):
         assert np.isfinite(heat).all() and (heat >= 0).all() and heat.max() > 0
         picture = Image.open(out / row["png"])
         assert picture.mode == "RGB" and picture.size == (w, h)
+        figure = Image.open(out / row["figure"])  # image, overlay, colour bar, title: readable whatever the image size
+        assert row["figure"] == f"figures/{row['png']}" and figure.size[0] >= 800 and figure.size[1] >= 400
         assert row["prob"] == pytest.approx(table.loc[row["id"], f"prob_{row['class']}"])
     a, b = (np.load(out / f"{s}_scan_one__{classes[0]}.npy") for s in "xy")
     np.testing.assert_allclose(a, b, atol=1e-5)  # same pixels, same map

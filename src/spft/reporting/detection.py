@@ -197,9 +197,9 @@ def build_figures(data: DetectionData, fig_dir: Path) -> list[Figure]:
             stem = f"training_curves_{file_stem(o)}" if len(overlays) > 1 else "training_curves"
             out.append(Figure(figures.detection_curves(histories, f"Training curves — {data.label(o)}",
                                                        fig_dir / stem),
-                              f"Summed train losses and validation mAP@50 / mAP@50-95 (EMA weights) per epoch, "
-                              f"{data.label(o)}; the dashed line marks the start of stage 2, dotted lines further "
-                              "backbone modules opening."))
+                              f"Summed train losses and validation mAP@50 (circles) / mAP@50-95 (squares) (EMA "
+                              f"weights) per epoch, {data.label(o)}; the grey band is stage 2, thin grey lines "
+                              "further backbone modules opening."))
     return out
 
 

@@ -20,20 +20,26 @@ _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1100px; color: #222; line-height: 1.4; padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; margin-top: 2em; }
-table { border-collapse: collapse; margin: 1em 0 1.5em; font-size: 0.86em; }
+div.scroll { max-width: 100%; overflow-x: auto; margin: 1em 0 1.5em; }
+table { border-collapse: collapse; font-size: 0.86em; }
+div.scroll.wide table { font-size: 0.78em; }
+div.scroll.wide th, div.scroll.wide td { padding: 2px 6px; }
 .caption { font-size: 0.9em; margin: 1.4em 0 0.3em; max-width: 1000px; } .caption small { color: #888; }
-div.table table { margin-top: 0.2em; }
-th, td { border-bottom: 1px solid #e3e3e3; padding: 3px 9px; text-align: right; white-space: nowrap; }
+div.table div.scroll { margin-top: 0.2em; }
+th, td { border-bottom: 1px solid #e3e3e3; padding: 3px 9px; text-align: right; white-space: normal;
+         vertical-align: top; }
+thead th { vertical-align: bottom; }
+span.u { white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 thead th { border-bottom: 2px solid #999; background: #fafafa; }
 .paper { background: #fff6e0; font-style: italic; }
 .note { background: #f4f7fb; border-left: 4px solid #4C72B0; padding: 0.6em 1em; }
-.meta td { text-align: left; white-space: normal; }
+.meta td { text-align: left; overflow-wrap: anywhere; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #444; }
 .skipped td { color: #a33; }
 td.below { color: #b00; font-weight: 600; }
-.overrides td { text-align: left; white-space: normal; font-family: ui-monospace, Menlo, Consolas, monospace; }
+.overrides td { text-align: left; overflow-wrap: anywhere; font-family: ui-monospace, Menlo, Consolas, monospace; }
 """
 
 
@@ -50,13 +56,13 @@ def _img(png: Path) -> str:
 
 def _kv_table(rows: list[tuple[str, str]]) -> str:
     body = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f'<table class="meta"><tbody>{body}</tbody></table>'
+    return f'<div class="scroll"><table class="meta"><tbody>{body}</tbody></table></div>'
 
 
 def _plain_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def render_html(title: str, summary: list[tuple[str, str]], note: str, used: list[list[str]],

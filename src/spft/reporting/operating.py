@@ -151,10 +151,11 @@ def reliability_figure(probs_after: np.ndarray, probs_before: np.ndarray | None,
             ax.axis("off")
             continue
         c = classes[k]
-        ax.plot([0, 1], [0, 1], ls=":", color="#777777", lw=1)
-        curves = [("calibrated" if probs_before is not None else "model", probs_after[:, k], after_ece[c], "#4C72B0")]
+        ax.plot([0, 1], [0, 1], **figures.CALIBRATION_STYLE)
+        curves = [("calibrated" if probs_before is not None else "model", probs_after[:, k], after_ece[c],
+                   figures.colour(0))]
         if probs_before is not None:
-            curves.insert(0, ("before", probs_before[:, k], before_ece[c], "#C44E52"))
+            curves.insert(0, ("before", probs_before[:, k], before_ece[c], figures.colour(1)))
         for name, p, e, colour in curves:
             r = reliability(p, labels[:, k])
             xs = [cf for cf, a in zip(r["confidence"], r["accuracy"], strict=True) if a is not None]
@@ -210,9 +211,10 @@ def operating_section(data, n_boot: int, seed: int, fig_dir: Path, best, best_ho
             name = f"{data.label(run.overlay)}, seed {run.seed}" if several else f"seed {run.seed}"
             caption = (f"Reliability diagrams of the best run ({name}, {best_how}) on the test split: per class, the "
                        f"fraction of positive images against the mean predicted probability in {BINS} equal-width "
-                       "bins (grey bars: share of images per bin; dotted: perfect calibration); ECE in the legend.")
+                       "bins (grey bars: share of images per bin; grey dash-dot-dot diagonal: perfect calibration); "
+                       "ECE in the legend.")
             if before is not None:
-                caption += (f" Red: before, blue: after temperature scaling (T = {calibration['temperature']:.4f}, "
+                caption += (f" Orange: before, blue: after temperature scaling (T = {calibration['temperature']:.4f}, "
                             f"fitted on validation); test ECE {calibration.get('ece_test_before', float('nan')):.4f} "
                             f"before, {calibration.get('ece_test_after', float('nan')):.4f} after.")
             figs.append(Figure(reliability_figure(run.probs, before, run.labels, run.classes,

@@ -138,8 +138,8 @@ def build_figures(data: SweepData, fig_dir: Path) -> list[Figure]:
     name = f"{data.label(best.overlay)}, seed {best.seed}" if len(overlays) > 1 else f"seed {best.seed}"
     out.append(Figure(figures.best_run_chart(best.auc.per_class, best.macro, f"Best run by validation ({name})",
                                              fig_dir / "auc_best_run"),
-                      f"Per-class test AUC of the best run, {name}: {how} (paper Fig. 3). Dotted line: chance "
-                      "(AUC 0.5); bars under it are red and marked 'below chance'."))
+                      f"Per-class test AUC of the best run, {name}: {how} (paper Fig. 3). Black line: macro AUC; "
+                      "dotted line: chance (AUC 0.5); bars under it are red and marked 'below chance'."))
     if best.probs is not None:
         out.append(Figure(figures.roc_curves(best.probs, best.labels, best.classes, best.auc.per_class,
                                              f"ROC curves, best run by validation ({name})", fig_dir / "roc_best_run"),
@@ -150,8 +150,9 @@ def build_figures(data: SweepData, fig_dir: Path) -> list[Figure]:
         if histories:
             stem = f"training_curves_{file_stem(o)}" if len(overlays) > 1 else "training_curves"
             out.append(Figure(figures.training_curves(histories, f"Training curves — {data.label(o)}", fig_dir / stem),
-                              f"Loss and validation macro AUC (EMA and raw weights) per epoch, {data.label(o)}; the "
-                              "dashed line marks the start of stage 2, dotted lines further unfreezing steps."))
+                              f"Loss (solid: train, dashed: validation) and validation macro AUC (solid with circles: "
+                              f"EMA weights, dash-dot: raw weights) per epoch, {data.label(o)}; the grey band is "
+                              "stage 2, thin grey lines further unfreezing steps, the dotted line chance."))
     return out
 
 

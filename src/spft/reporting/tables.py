@@ -21,6 +21,7 @@ import csv
 import html
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,12 +229,14 @@ class Table:
         def td(j: int, c) -> str:
             cls = " ".join(k for k, on in (("paper", j in paper), ("below", bool(getattr(c, "flag", "")))) if on)
             attr = f' class="{cls}"' if cls else ""
-            return f"<td{attr}>{html.escape(format_cell(c, self.digits))}</td>"
+            return f"<td{attr}>{html_cell(format_cell(c, self.digits))}</td>"
 
         body = "".join("<tr>" + "".join(td(j, c) for j, c in enumerate(row)) + "</tr>\n" for row in self.rows)
+        scroll = "scroll wide" if len(self.columns) > WIDE_COLUMNS else "scroll"
         return (f'<div class="table" id="{html.escape(self.name)}"><p class="caption"><b>{html.escape(self.title)}.'
                 f"</b> {html.escape(self.caption)} <small>[tables/{html.escape(self.name)}.md|csv|tex]</small></p>\n"
-                f"<table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table></div>\n")
+                f'<div class="{scroll}"><table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table></div>'
+                "</div>\n")
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write ``<name>.md``, ``<name>.csv`` and ``<name>.tex`` into ``out_dir``; return the paths."""
@@ -244,6 +247,18 @@ class Table:
             atomic_write_text(path, text)
             paths.append(path)
         return paths
+
+
+WIDE_COLUMNS = 6  # an HTML table with more columns gets the smaller font of ``div.scroll.wide``
+
+
+def html_cell(text: str) -> str:
+    """A table cell's text for HTML, escaped, that may wrap only between its parts: the value, the ``[interval]``
+    and the ``(n+=...)`` note each stay on one line (``<span class="u">``); a cell without a space is left bare."""
+    if " " not in text:
+        return html.escape(text)
+    parts = re.split(r" (?=[\[(])", text)
+    return " ".join(f'<span class="u">{html.escape(p)}</span>' for p in parts)
 
 
 def _csv_value(v) -> str | float | int:

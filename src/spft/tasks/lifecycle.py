@@ -13,6 +13,7 @@ lock, which record files a resumed run rewrites, the clean-up of a failed start 
         with track_run(...):                              MLflow (tracking.mlflow.uri): params, epochs, end, status
             attempt.fit()                                 attempt.epoch_listeners: called after each epoch
             attempt.test(attempt.load_best())             primary process only
+            curves.png                                    history.csv drawn (spft.reporting.figures.run_curves)
             DONE
 """
 
@@ -100,8 +101,21 @@ def run_to_done(engine: Engine, cfg, run_dir: Path, resume_from: Path | None) ->
             if not attempt.primary:  # under DDP only rank 0 tests and finishes
                 return run_dir
             attempt.test(attempt.load_best())
+            write_curves(run_dir)
             mark_done(run_dir)
     return run_dir
+
+
+def write_curves(run_dir: Path) -> Path | None:
+    """``curves.png``: the run's training curves from its ``history.csv`` (:func:`spft.reporting.figures.run_curves`).
+    A figure that cannot be drawn is a warning, never a failed run."""
+    try:
+        from spft.reporting.figures import run_curves
+
+        return run_curves(run_dir)
+    except Exception as exc:  # noqa: BLE001 - a figure must not fail a finished run
+        log.warning("curves.png not written: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def start_run(cfg, engine: Engine) -> Path:

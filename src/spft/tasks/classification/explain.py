@@ -2,8 +2,10 @@
 
 :func:`write_heatmaps` saves, for each predicted image and each chosen class (default: the classes predicted
 positive at the run's thresholds), the map on the image's own pixels as ``DIR/<name>__<class>.npy`` (float32,
-``H x W``, non-negative, higher = more evidence) and an overlay ``DIR/<name>__<class>.png``, and lists them in
-``DIR/heatmaps.csv`` (``id, class, prob, npy, png``; file names relative to ``DIR``). ``<name>`` is the image's
+``H x W``, non-negative, higher = more evidence), an overlay ``DIR/<name>__<class>.png`` (the image's own size) and
+a figure to read ``DIR/figures/<name>__<class>.png`` (the image, the overlay, a colour bar, the class and its
+predicted probability in the title: :func:`spft.reporting.figures.heatmap_figure`), and lists them in
+``DIR/heatmaps.csv`` (``id, class, prob, npy, png, figure``; file names relative to ``DIR``). ``<name>`` is the image's
 stem, sanitised to ``[A-Za-z0-9._-]``; images whose stems collide (same name in different folders, or ``a.png`` and
 ``a.jpg``) are named by their path below the folder they share, and anything still equal (the same file given twice)
 gets ``_2``, ``_3`` ... Methods (:mod:`spft.models.heatmaps`): ``gradcam`` (ViT: the tokens entering the last block;
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("gradcam", "rollout")
 LISTING = "heatmaps.csv"
+FIGURES = "figures"  # DIR/figures/<name>__<class>.png: image, overlay, colour bar, class and probability
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -172,15 +175,17 @@ def write_heatmaps(model, items: list, item_ids: list[str], table: pd.DataFrame,
     """Heatmap files for the rows of ``table`` (a :meth:`Classifier.run` table) into ``out_dir``: ``(listing,
     failures, listing file)``. ``items`` / ``item_ids``: the inputs the table was made from (paths,
     :class:`InputImage`, arrays, PIL images) and their ids, in the same order, failed ones included."""
+    from matplotlib.pyplot import close
     from tqdm.auto import tqdm
 
     from spft.models.heatmaps import overlay
+    from spft.reporting.figures import heatmap_figure
 
     chosen = check_request(model, classes, method)
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--heatmaps {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    (out / FIGURES).mkdir(parents=True, exist_ok=True)
     ids = [str(i) for i in table["id"]]
     rows = _align(items, [str(i) for i in item_ids], ids)
     jobs = []
@@ -207,11 +212,16 @@ def write_heatmaps(model, items: list, item_ids: list[str], table: pd.DataFrame,
                 np.save(out / f"{base}.npy", heat.astype(np.float32, copy=False))
                 overlay(picture, heat).save(out / f"{base}.png", optimize=True)
                 prob = float(table[f"prob_{name}"].iloc[r]) if c is not None else float("nan")
+                title = (f"{ids[r]} — attention rollout (class-agnostic)" if c is None
+                         else f"{ids[r]} — {name}: predicted probability {prob:.3f}")
+                fig = heatmap_figure(picture, heat, title, "rollout" if c is None else "Grad-CAM")
+                fig.savefig(out / FIGURES / f"{base}.png", dpi=100)  # not figures.save: a stem may hold dots
+                close(fig)
                 listing.append({"id": ids[r], "class": name, "prob": prob, "npy": f"{base}.npy",
-                                "png": f"{base}.png"})
+                                "png": f"{base}.png", "figure": f"{FIGURES}/{base}.png"})
     finally:
         bar.close()
-    frame = pd.DataFrame(listing, columns=["id", "class", "prob", "npy", "png"])
+    frame = pd.DataFrame(listing, columns=["id", "class", "prob", "npy", "png", "figure"])
     listing_file = out / LISTING
     from spft.atomic import atomic_write_text
     from spft.csvsafe import frame_to_csv
