@@ -212,8 +212,9 @@ def write_heatmaps(model, items: list, item_ids: list[str], table: pd.DataFrame,
                 np.save(out / f"{base}.npy", heat.astype(np.float32, copy=False))
                 overlay(picture, heat).save(out / f"{base}.png", optimize=True)
                 prob = float(table[f"prob_{name}"].iloc[r]) if c is not None else float("nan")
-                title = (f"{ids[r]} — attention rollout (class-agnostic)" if c is None
-                         else f"{ids[r]} — {name}: predicted probability {prob:.3f}")
+                shown = PurePath(ids[r]).name or ids[r]  # a long folder path would run off the figure
+                title = (f"{shown} — attention rollout (class-agnostic)" if c is None
+                         else f"{shown} — {name}: predicted probability {prob:.3f}")
                 fig = heatmap_figure(picture, heat, title, "rollout" if c is None else "Grad-CAM")
                 fig.savefig(out / FIGURES / f"{base}.png", dpi=100)  # not figures.save: a stem may hold dots
                 close(fig)
