@@ -11,7 +11,8 @@ and a validation split where no class has an AUC are problems (non-zero exit).
 :func:`screen_images` is what ``spft train`` (and ``spft evaluate``) run on the table before the first batch:
 ``data.check_images`` header (default; reads a few KB per file, so ~100k images take about a minute on a local
 disk with 8 threads) | decode (every image decoded, like ``--scan``) | off, and ``data.on_bad_image`` error (stop,
-naming the first file) | skip (leave them out, listed in the run directory's ``skipped_images.csv``).
+naming the first file) | skip (leave them out, listed in the run directory's ``skipped_images.csv``). Files that
+passed are remembered with their size and mtime (:mod:`spft.data.header_cache`): a later start only ``stat``s them.
 """
 
 from __future__ import annotations
@@ -165,33 +166,45 @@ def _undefined_warning(split: str, entry: dict[str, list[str]]) -> str:
 
 
 def scan_images(paths: list[str], color: str = "grey", workers: int | None = None, decode: bool = True,
-                max_pixels=None, progress: bool | None = True) -> dict[str, str]:
+                max_pixels=None, progress: bool | None = True, remember: bool = True) -> dict[str, str]:
     """Check every file in ``paths`` with a small thread pool and a progress bar on stderr; returns
     ``{path: error}``. ``decode=True`` decodes each image fully, else only its header and end (see
     :func:`spft.data.io.check_image`). ``progress=None`` shows the bar only on a terminal. The pixel limit is
-    ``max_pixels`` when given, else this process's ``data.max_image_pixels``."""
+    ``max_pixels`` when given, else this process's ``data.max_image_pixels``.
+
+    ``remember``: files that passed this same check before and have the same size and mtime since are not read
+    again (:class:`spft.data.header_cache.HeaderCache`, under ``$SPFT_CACHE/image_checks/``); the good files
+    checked now are added to it."""
     from tqdm import tqdm
 
-    from spft.data.io import DEFAULT_PIXELS
+    from spft.data.header_cache import HeaderCache
+    from spft.data.io import DEFAULT_PIXELS, pixel_limit
 
     limit = DEFAULT_PIXELS if max_pixels is None else max_pixels
     workers = workers or min(8, os.cpu_count() or 1)
     bad: dict[str, str] = {}
     chunk = 1024  # bounded number of pending futures, whatever the dataset size
+    cache = HeaderCache(paths, "decode" if decode else "header", pixel_limit(limit)) if remember and paths else None
+    todo, signatures = cache.unchanged(paths) if cache is not None else (paths, {})
+    if len(todo) < len(paths):
+        log.info("%d of %d image(s) unchanged since they last passed the check (%s): not read again",
+                 len(paths) - len(todo), len(paths), cache.file)
 
     def one(path: str) -> str | None:
         return check_image(path, limit, decode=decode)
 
     desc = "decoding" if decode else "checking images"
     disable = None if progress is None else not progress
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(paths), desc=desc, unit="img",
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(todo), desc=desc, unit="img",
                                                                disable=disable) as bar:
-        for start in range(0, len(paths), chunk):
-            part = paths[start:start + chunk]
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
             for path, error in zip(part, pool.map(one, part)):
                 if error:
                     bad[path] = error
                 bar.update(1)
+    if cache is not None:
+        cache.remember({p: s for p, s in signatures.items() if p not in bad}, [p for p in signatures if p in bad])
     return bad
 
 

@@ -62,7 +62,9 @@ class LightningEngine:
 
     def setup(self, cfg, run_dir: Path, resume_from: Path | None, guard) -> LightningAttempt:
         from spft.tasks.lightning_trainer import build_trainer
+        from spft.tasks.limits import warn_if_limited
 
+        warn_if_limited(cfg)  # a smoke run: one line before anything is read
         table, prep, module, dm = self.build_run(cfg, run_dir)
         listeners: list[Callable[[], None]] = []  # the lifecycle adds to it (tracking)
         trainer = build_trainer(cfg, run_dir, self.monitor, reload_dataloaders=bool(getattr(dm, "reload_every_epoch",

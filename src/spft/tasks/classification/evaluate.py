@@ -232,6 +232,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     from spft.tasks.classification.build import build_run
     from spft.tasks.classification.operating import apply_run_records
     from spft.tasks.lightning_trainer import load_checkpoint_into
+    from spft.tasks.limits import given_test_limit, limited
 
     run_dir = Path(run_dir)
     split_given = split is not None
@@ -257,10 +258,15 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     _, _, module, dm = build_run(cfg, None, table=table)
     epoch = load_checkpoint_into(module, run_dir / "checkpoints" / f"{checkpoint}.ckpt")
     device = f"cuda:{torch.cuda.current_device()}" if eval_device(cfg) == "cuda" else "cpu"
-    ev = evaluate_module(module, dm.loader("test", rank=rank, world=world), split, device, world)
+    limit = given_test_limit(cfg, overrides)  # the run's own trainer.limit_* do not apply here
+    if limit is not None:
+        log.warning("trainer.limit_test_batches=%s: scoring a SUBSET of the rows (a smoke check, not a result)", limit)
+    ev = evaluate_module(module, limited(dm.loader("test", rank=rank, world=world), limit), split, device, world)
     ev.data_file, ev.checkpoint = data_file, checkpoint
+    if limit is not None:
+        ev.extra["limited"] = {"test": limit}
     apply_run_records(run_dir, cfg, ev)  # the run's temperature and thresholds, never refitted
-    if len(ev.ids) != len(rows):  # data.on_bad_image=skip left some out
+    if limit is None and len(ev.ids) != len(rows):  # data.on_bad_image=skip left some out
         log.warning("%d of %d image(s) were left out as unusable (data.on_bad_image=skip)", len(rows) - len(ev.ids),
                     len(rows))
     if rank == 0:

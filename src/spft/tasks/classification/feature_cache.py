@@ -11,6 +11,10 @@ The key hashes everything the features depend on — the encoder's weights (ever
 (size, mean, std, colour), the extraction precision, and each image's path, size and modification time — so a
 cache entry is never stale. :func:`cache_blocker` says why the cache cannot be used for a run (random augmentation,
 a stochastic encoder, switched off), and the run's log says so.
+
+A smoke run (``trainer.limit_train_batches`` / ``limit_val_batches``) extracts only the rows its limited epochs read
+(``rows``: :meth:`FeatureCache.get`; the key then covers those rows' images only), and its loaders stop after the
+limited number of batches (:class:`BatchesOf` ``stop_after``), so they never ask for a row without features.
 """
 
 from __future__ import annotations
@@ -81,19 +85,29 @@ class FeatureBatches(Dataset):
     """Whole batches of cached features: ``self[indices]`` is the batch dict the image loader would have given,
     with ``features`` in place of ``image``."""
 
-    def __init__(self, features: torch.Tensor, dataset):
+    def __init__(self, features: torch.Tensor, dataset, rows=None):
         self.features = features
+        self.position = None  # dataset index -> row of ``features`` (-1: not extracted), when only ``rows`` were
+        if rows is not None:
+            self.position = torch.full((len(dataset),), -1, dtype=torch.long)
+            self.position[torch.as_tensor(rows, dtype=torch.long)] = torch.arange(len(rows))
         self.labels = torch.from_numpy(np.ascontiguousarray(dataset.labels()))
         table, index = dataset.table, dataset.index
         self.ids = np.array([table.ids[int(r)] for r in index], dtype=object)
         self.groups = np.array([table.groups[int(r)] for r in index], dtype=object)
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.labels)
 
     def __getitem__(self, indices: list[int]) -> dict:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return {"features": self.features[idx], "labels": self.labels[idx], "index": idx,
+        at = idx
+        if self.position is not None:
+            at = self.position[idx]
+            if bool((at < 0).any()):
+                raise RuntimeError(f"stage-1 feature batch asks for {int((at < 0).sum())} row(s) whose features were "
+                                   "not extracted (beyond the trainer.limit_* batches)")
+        return {"features": self.features[at], "labels": self.labels[idx], "index": idx,
                 "id": self.ids[indices].tolist(), "group": self.groups[indices].tolist()}
 
 
@@ -104,11 +118,15 @@ def whole_batch(batch: dict) -> dict:
 
 
 class BatchesOf(Sampler[list[int]]):
-    """Groups an index sampler into lists of ``batch_size`` (last one shorter) and forwards ``set_epoch``."""
+    """Groups an index sampler into lists of ``batch_size`` (last one shorter) and forwards ``set_epoch``.
 
-    def __init__(self, sampler, batch_size: int):
+    ``stop_after``: yield at most that many batches (a limited run's features exist for those only). The length
+    stays the whole epoch's, so that Lightning's own limit (a fraction of the length) counts the same batches."""
+
+    def __init__(self, sampler, batch_size: int, stop_after: int | None = None):
         self.sampler = sampler
         self.batch_size = batch_size
+        self.stop_after = stop_after
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
@@ -118,12 +136,16 @@ class BatchesOf(Sampler[list[int]]):
         return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self):
-        batch = []
+        batch, given = [], 0
+        if self.stop_after is not None and self.stop_after <= 0:
+            return
         for i in self.sampler:
             batch.append(i)
             if len(batch) == self.batch_size:
                 yield batch
-                batch = []
+                batch, given = [], given + 1
+                if self.stop_after is not None and given >= self.stop_after:
+                    return
         if batch:
             yield batch
 
@@ -139,7 +161,7 @@ class FeatureCache:
         self._features: dict[str, torch.Tensor] = {}
         self._weights: str | None = None
 
-    def key(self, dataset, precision: str) -> str:
+    def key(self, dataset, precision: str, rows=None) -> str:
         if self._weights is None:
             self._weights = weights_digest(self.model.encoder)
         t = self.transform
@@ -147,28 +169,32 @@ class FeatureCache:
                 "prefix_tokens": self.model.n_prefix, "size": t.size, "mean": t.mean.flatten().tolist(),
                 "std": t.std.flatten().tolist(), "color": self.color, "precision": precision,
                 "preprocessing": t.describe() if hasattr(t, "describe") else None,  # resize, crop, filter, rescale
-                "images": files_digest([dataset.table.paths[int(r)] for r in dataset.index])}
+                "images": files_digest([dataset.table.paths[int(dataset.index[int(i)])]
+                                        for i in (range(len(dataset)) if rows is None else rows)])}
         return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
 
     def get(self, split: str, dataset, device: torch.device, batch_size: int, loader_options: dict,
-            rank: int = 0, world: int = 1) -> torch.Tensor:
-        """The ``[N, D]`` float32 features of ``dataset`` (computed on first use, then from memory or disk)."""
+            rank: int = 0, world: int = 1, rows=None) -> torch.Tensor:
+        """The ``[N, D]`` float32 features of ``dataset`` (computed on first use, then from memory or disk).
+
+        ``rows``: only these dataset indices (sorted; a limited run's), giving ``[len(rows), D]`` in their order."""
         if split in self._features:
             return self._features[split]
         precision = "bf16" if device.type == "cuda" else "fp32"
-        path = self.folder / self.key(dataset, precision) / f"{split}.npy"
-        features = _read(path, len(dataset))
+        path = self.folder / self.key(dataset, precision, rows) / f"{split}.npy"
+        n = len(dataset) if rows is None else len(rows)
+        features = _read(path, n)
         if all_ranks_agree(features is not None, world):
             log.info("stage-1 feature cache: %s features read from %s", split, path)
             feature_store.touch(path.parent)
         else:
             features = self._compute_once(split, path, dataset, device, batch_size, loader_options, rank, world,
-                                          precision)
+                                          precision, rows)
         self._features[split] = features
         return features
 
     def _compute_once(self, split: str, path: Path, dataset, device, batch_size, loader_options, rank, world,
-                      precision) -> torch.Tensor:
+                      precision, rows=None) -> torch.Tensor:
         """Extract and persist one split's features while holding the entry's ``<key>.lock``, so that concurrent
         runs of the same encoder and data (``spft repeat --jobs N``) compute them once: the others wait for the
         lock, then read the finished file. Under DDP rank 0 holds the lock for its job and the other ranks wait
@@ -176,16 +202,21 @@ class FeatureCache:
         lock = path.parent.with_name(path.parent.name + ".lock")
         with exclusive(lock, "computing the same stage-1 features") if rank == 0 else contextlib.nullcontext():
             all_ranks_agree(True, world)  # every rank waits here until rank 0 holds the lock
-            features = _read(path, len(dataset))
+            n = len(dataset) if rows is None else len(rows)
+            features = _read(path, n)
             if all_ranks_agree(features is not None, world):  # another process wrote them while we waited
                 log.info("stage-1 feature cache: %s features read from %s (computed meanwhile by another process)",
                          split, path)
                 feature_store.touch(path.parent)
                 return features
-            parts = self._extract(split, dataset, device, batch_size, loader_options, rank, world, precision)
-            features = torch.zeros(len(dataset), hidden_size(self.model.encoder))
+            parts = self._extract(split, dataset, device, batch_size, loader_options, rank, world, precision, rows)
+            features = torch.zeros(n, hidden_size(self.model.encoder))
+            position = None
+            if rows is not None:
+                position = torch.full((len(dataset),), -1, dtype=torch.long)
+                position[torch.as_tensor(rows, dtype=torch.long)] = torch.arange(n)
             for index, values in parts:  # outside inference mode: the head will train on these
-                features[index] = values.clone()
+                features[index if position is None else position[index]] = values.clone()
             if rank == 0 and self._persist(path, features, dataset):
                 log.info("stage-1 feature cache: %d %s features written to %s", len(features), split, path)
         return features
@@ -197,8 +228,8 @@ class FeatureCache:
             atomic_write_with(path, lambda fh: np.save(fh, features.numpy()))
             if not (path.parent / "meta.json").is_file():
                 feature_store.write_meta(path.parent, {"describe": f"{type(self.model.encoder).__name__}, "
-                                                       f"{len(dataset)} {path.stem} images, {self.color}",
-                                                       "images": len(dataset), "dim": int(features.shape[1])})
+                                                       f"{len(features)} {path.stem} images, {self.color}",
+                                                       "images": len(features), "dim": int(features.shape[1])})
         except (SpftError, OSError) as exc:
             log.warning("stage-1 feature cache: cannot write %s (%s); training on without persisting the features "
                         "(set $SPFT_CACHE to a writable folder to keep them)", path, exc)
@@ -207,13 +238,14 @@ class FeatureCache:
         return True
 
     @torch.inference_mode()
-    def _extract(self, split, dataset, device, batch_size, loader_options, rank, world, precision) -> list:
-        """Every rank's ``(indices, features)`` for its strided shard of ``dataset``."""
+    def _extract(self, split, dataset, device, batch_size, loader_options, rank, world, precision, rows=None
+                 ) -> list:
+        """Every rank's ``(indices, features)`` for its strided shard of ``dataset`` (of ``rows``, when given)."""
         from tqdm import tqdm
 
         from spft.tasks.progress import is_terminal
 
-        sampler = ShardSampler(len(dataset), rank, world)
+        sampler = ShardSampler(len(dataset), rank, world) if rows is None else [int(r) for r in rows[rank::world]]
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options)
         was_training = self.model.training
         self.model.eval()

@@ -21,13 +21,20 @@ __all__ = ["MONITOR", "build_run", "resume", "train"]
 
 
 def _test(module, dm, device, run_dir: Path, best_epoch) -> None:
-    # rank 0 alone, on the whole test split; the validation split too, for the temperature and the thresholds
+    # rank 0 alone, on the test split; the validation split too, for the temperature and the thresholds (a smoke
+    # run's trainer.limit_test_batches / limit_val_batches: their first batches only, spft.tasks.limits)
     from spft.tasks.classification.operating import fit_and_apply
+    from spft.tasks.limits import limited, limits_of
 
-    result = evaluate_module(module, dm.loader("test", rank=0, world=1), split="test", device=device)
-    val = (evaluate_module(module, dm.loader("val", rank=0, world=1), split="val", device=device)
+    trainer_cfg = module.cfg.trainer
+    result = evaluate_module(module, limited(dm.loader("test", rank=0, world=1), trainer_cfg.limit_test_batches),
+                             split="test", device=device)
+    val = (evaluate_module(module, limited(dm.loader("val", rank=0, world=1), trainer_cfg.limit_val_batches),
+                           split="val", device=device)
            if len(dm.datasets["val"]) else None)
     fit_and_apply(run_dir, module.cfg, val, result)  # thresholds.json, calibration.json; calibrates `result`
+    if limits_of(module.cfg):
+        result.extra["limited"] = limits_of(module.cfg)
     write_evaluation(run_dir, result, best_epoch=best_epoch)
 
 

@@ -9,7 +9,7 @@ patient group for bootstrap) and ``predictions_<split>/`` (predicted masks and p
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ class SegEvaluation:
     hd95: list[list[float | None]]  # [image][structure], pixels at the image's size; None: an empty mask
     data_file: str = ""  # set by `spft evaluate`: where the rows came from
     checkpoint: str = ""
+    extra: dict = field(default_factory=dict)  # e.g. "limited": a smoke run's trainer.limit_* (spft.tasks.limits)
 
     def metrics(self) -> dict:
         mean, per = mean_dice(self.dice, self.structures)
@@ -42,6 +43,7 @@ class SegEvaluation:
                "mean_hd95": mean_hd, "per_structure_hd95": per_hd}
         if self.data_file:
             out.update(data_file=self.data_file, checkpoint=self.checkpoint)
+        out.update(self.extra)
         return out
 
 
@@ -53,12 +55,15 @@ def _predict_original(logits: torch.Tensor, shape: tuple[int, int]) -> np.ndarra
 
 @torch.no_grad()
 def evaluate_module(module, dataset, split: str, device="cpu", batch_size: int = 8, out_dir: Path | None = None,
-                    n_overlays: int = 0) -> SegEvaluation:
-    """Predict every image of ``dataset`` with the evaluation (EMA) weights and score Dice at the image's size."""
+                    n_overlays: int = 0, limit: int | float | None = None) -> SegEvaluation:
+    """Predict every image of ``dataset`` with the evaluation (EMA) weights and score Dice at the image's size
+    (the first batches only under ``limit``: a smoke run's ``trainer.limit_test_batches``)."""
+    from spft.tasks.limits import limited
+
     model = module.eval_model().to(device).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     ids, groups, dice, hd = [], [], [], []
-    for batch in loader:
+    for batch in limited(loader, limit):
         logits = model(batch["image"].to(device), batch["boxes"].to(device)).cpu()
         for b, i in enumerate(batch["index"].tolist()):
             image, truth = dataset.original(i)
@@ -144,6 +149,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.classification.evaluate import data_file_of, is_other_data, output_paths
     from spft.tasks.lightning_trainer import load_checkpoint_into
+    from spft.tasks.limits import given_test_limit
     from spft.tasks.segmentation.build import build_run
 
     run_dir = Path(run_dir)
@@ -170,8 +176,13 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
         log.info("evaluating %d image(s) of %s: the %s split", len(dataset), data_file, split)
     epoch = load_checkpoint_into(module, run_dir / "checkpoints" / f"{checkpoint}.ckpt")
     batch_size = cfg.trainer.eval_batch_size or cfg.trainer.batch_size
-    ev = evaluate_module(module, dataset, split, eval_device(cfg), batch_size)
+    limit = given_test_limit(cfg, overrides)  # the run's own trainer.limit_* do not apply here
+    if limit is not None:
+        log.warning("trainer.limit_test_batches=%s: scoring a SUBSET of the rows (a smoke check, not a result)", limit)
+    ev = evaluate_module(module, dataset, split, eval_device(cfg), batch_size, limit=limit)
     ev.data_file, ev.checkpoint = data_file, checkpoint
+    if limit is not None:
+        ev.extra["limited"] = {"test": limit}
     metrics_path, predictions_path = output_paths(run_dir, cfg, other, split, split_given, out, name, data_file)
     atomic_write_csv(predictions_path, prediction_rows(ev))
     metrics = {**ev.metrics(), "predictions_file": str(predictions_path)}

@@ -23,8 +23,13 @@ __all__ = ["MONITOR", "build_run", "resume", "structure_weights", "train"]
 
 
 def _test(module, dm, device, run_dir: Path, best_epoch) -> None:
+    from spft.tasks.limits import limits_of
+
     ev = evaluate_module(module, dm.datasets["test"], "test", device, dm.eval_batch_size,
-                         out_dir=run_dir / "predictions_test", n_overlays=module.cfg.segmentation.n_overlays)
+                         out_dir=run_dir / "predictions_test", n_overlays=module.cfg.segmentation.n_overlays,
+                         limit=module.cfg.trainer.limit_test_batches)
+    if limits_of(module.cfg):
+        ev.extra["limited"] = limits_of(module.cfg)
     write_evaluation(run_dir, ev, best_epoch=best_epoch)
 
 
