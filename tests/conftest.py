@@ -32,11 +32,13 @@ def spft_cache(tmp_path_factory) -> Path:
     return cache
 
 
-def tiny_overrides(run_dir: Path, n_images: int = 240, epochs: int = 4, extra: tuple[str, ...] = ()) -> list[str]:
+def tiny_overrides(run_dir: Path, n_images: int = 240, epochs: int = 4, extra: tuple[str, ...] = (),
+                   phantom: bool = True) -> list[str]:
+    """A tiny, fast run of the demo config; ``phantom=False`` for a run whose data.name is switched (the phantom
+    keys then are not keys of its dataset)."""
     return [
         *TINY_MODEL,
-        f"data.phantom.n_images={n_images}",
-        "data.phantom.image_size=64",
+        *([f"data.phantom.n_images={n_images}", "data.phantom.image_size=64"] if phantom else []),
         "data.num_workers=0",
         f"trainer.max_epochs={epochs}",
         "trainer.batch_size=32",

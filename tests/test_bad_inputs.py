@@ -177,7 +177,8 @@ def test_train_stops_before_training_or_skips_and_records(spft_cache, tmp_path):
     data = ["data.name=csv", f"data.csv={tmp_path / 'labels.csv'}", "data.allow_outside_root=true",
             "data.split_column=split", "data.patient_column=patient_id", "data.label_columns=[Effusion, Nodule]",
             "recipe.class_weights.heuristic={}"]
-    proc = run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(tmp_path / "stop", n_images=160, epochs=2),
+    proc = run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(tmp_path / "stop", n_images=160, epochs=2,
+                                                                        phantom=False),
                    *data, check=False)
     assert proc.returncode == 2
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("spft train: error:")]
@@ -185,7 +186,7 @@ def test_train_stops_before_training_or_skips_and_records(spft_cache, tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "stop" / "history.csv").exists()
 
     run_dir = tmp_path / "skip"
-    run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(run_dir, n_images=160, epochs=2), *data,
+    run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(run_dir, n_images=160, epochs=2, phantom=False), *data,
             "data.on_bad_image=skip")
     with open(run_dir / "skipped_images.csv") as fh:
         skipped = list(csv.DictReader(fh))

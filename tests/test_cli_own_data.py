@@ -24,7 +24,7 @@ def test_own_csv_with_patient_grouped_split(spft_cache, tmp_path):
     own.loc[::9, "cardio"] = ""  # some unknown labels
     own.to_csv(tmp_path / "mine.csv", index=False)
     run_dir = tmp_path / "run"
-    run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(run_dir, epochs=2), "data.name=csv",
+    run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(run_dir, epochs=2, phantom=False), "data.name=csv",
             f"data.csv={tmp_path / 'mine.csv'}", f"data.root={folder}", "data.image_column=file",
             "data.label_columns=[effusion, cardio]", "data.patient_column=subject",
             "recipe.class_weights.heuristic={}")

@@ -143,7 +143,7 @@ def test_refuses_to_overwrite_a_run(finished_run):
 @pytest.mark.parametrize("override, message", [
     ("optim.lr_haed=1e-4", "did you mean 'optim.lr_head'"),
     ("data.label_columns=[Nodule, Nodle]", "column 'Nodle' (from data.label_columns[1]) not found"),
-    ("data.split_column=visit", "column 'visit' (from data.split_column) not found"),
+    ("data.views=both", "'data.views': not a key of data.name=phantom; it belongs to data.name chexpert"),
 ])
 def test_bad_input_fails_fast_with_a_named_error(spft_cache, tmp_path, override, message):
     proc = run_cli("train", CONFIG, *tiny_overrides(tmp_path / "r"), override, check=False)
@@ -164,7 +164,8 @@ def test_missing_image_fails_before_training(spft_cache, tmp_path):
     shutil.copytree(folder, copy)
     victim = sorted((copy / "images").iterdir())[5]
     victim.unlink()
-    proc = run_cli("train", CONFIG, *tiny_overrides(tmp_path / "r"), "data.name=csv", f"data.csv={copy}/labels.csv",
+    proc = run_cli("train", CONFIG, *tiny_overrides(tmp_path / "r", phantom=False), "data.name=csv",
+                   f"data.csv={copy}/labels.csv",
                    "data.split_column=split", "data.patient_column=patient_id",
                    "data.label_columns=[Cardiomegaly, Effusion, Mass]", check=False)
     assert proc.returncode == 2 and victim.name in proc.stderr and "not found" in proc.stderr

@@ -107,7 +107,7 @@ def test_csv_of_dicom_files_checks_and_trains(spft_cache, tmp_path):
     report = json.loads(check.stdout)
     assert report["ok"] and report["unreadable_files"] == [] and report["checked"] == "decode"
     run_dir = tmp_path / "run"
-    run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(run_dir, n_images=160, epochs=2), *data,
+    run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(run_dir, n_images=160, epochs=2, phantom=False), *data,
             "recipe.class_weights.heuristic={}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["n"] == int((rows["split"] == "test").sum()) and metrics["macro_auc"] is not None

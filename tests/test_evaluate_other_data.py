@@ -25,7 +25,8 @@ def trained(spft_cache, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluate_other")
     folder = ensure_phantoms(load_config("configs/phantom_cxr.yaml", tiny_overrides(tmp, n_images=160)).data.phantom)
     run_dir = tmp / "run"
-    run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(run_dir, n_images=160, epochs=2), "data.name=csv",
+    run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(run_dir, n_images=160, epochs=2, phantom=False),
+            "data.name=csv",
             f"data.csv={folder / 'labels.csv'}", f"data.root={folder}", CLASSES, "data.patient_column=patient_id",
             "recipe.class_weights.heuristic={}")
     external = pd.read_csv(folder / "labels.csv").drop(columns=["split"])  # 160 labelled images, no split column

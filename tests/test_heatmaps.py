@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spft.config.schema import ModelConfig
+from spft.config.schema import ClassifierModelConfig as ModelConfig
 from spft.models.classifier import build_classifier
 from spft.models.encoders import Preprocessing, attention_implementation
 from spft.models.heatmaps import (

@@ -158,7 +158,8 @@ def test_failed_start_leaves_no_directory(spft_cache, tmp_path):
     run_dir = tmp_path / "run"
     csv = tmp_path / "labels.csv"
     csv.write_text("Image Index,Patient ID,a\nmissing.png,p1,1\n")
-    proc = run_cli("train", CONFIG, *_small(run_dir), "data.name=csv", f"data.csv={csv}", f"data.root={tmp_path}",
+    proc = run_cli("train", CONFIG, *tiny_overrides(run_dir, epochs=2, phantom=False), "data.name=csv",
+                   f"data.csv={csv}", f"data.root={tmp_path}",
                    "data.label_columns=[a]", "recipe.class_weights.heuristic={}", check=False)
     assert proc.returncode == 2, proc.stderr
     assert not run_dir.exists(), "a start that failed before its first checkpoint leaves nothing behind"

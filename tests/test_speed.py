@@ -18,6 +18,7 @@ from segmentation_fixtures import TINY_SAM2
 from torch import nn
 
 from spft.config import load_config
+from spft.config.datasets import CsvData
 from spft.config.schema import SpftConfig
 from spft.models.classifier import SpftClassifier
 from spft.models.encoders import attention_implementation, build_encoder, enable_gradient_checkpointing
@@ -30,7 +31,7 @@ TINY_RESNET = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 
 
 
 def _cfg(**model) -> SpftConfig:
-    cfg = SpftConfig()
+    cfg = SpftConfig(data=CsvData())
     cfg.model.config = dict(TINY)
     for key, value in model.items():
         setattr(cfg.model, key, value)

@@ -274,7 +274,8 @@ def check_data(cfg, scan: bool = False, workers: int | None = None, headers: boo
         if group in where:
             where[group].add(split)
     report = DataReport(
-        dataset=cfg.data.name, source=table.source or str(cfg.data.csv or cfg.data.root), classes=list(table.classes),
+        dataset=cfg.data.name, source=table.source or str(getattr(cfg.data, "csv", None) or cfg.data.root),
+        classes=list(table.classes),
         group_kind=table.group_kind, split_policy=table.split_policy, label_policy=table.label_policy,
         splits=split_counts(table), leaked_groups=leaked,
         leaked_splits={g: [s for s in SPLITS if s in where[g]] for g in leaked},

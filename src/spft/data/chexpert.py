@@ -135,7 +135,7 @@ def read_chexpert(data_cfg, seed: int) -> LabelTable:
         KeyError: a required column is absent (the file's columns are listed).
         ValueError: a label value other than 1, 0, -1 or blank (file, row and column named), a bad data.uncertain.
     """
-    if data_cfg.csv:
+    if getattr(data_cfg, "csv", None):  # a config built in code; the loader refuses the key
         raise DataError("data.csv is not used by chexpert: set data.root to the folder holding train.csv and "
                          "valid.csv")
     root = Path(data_cfg.root).expanduser()

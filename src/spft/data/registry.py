@@ -50,17 +50,16 @@ def ensure_phantoms(phantom_cfg, root: str | None = None) -> Path:
 
 def phantom_data_config(data_cfg):
     """The ``csv`` view of a phantom config: same keys, pointing at the generated labels.csv."""
+    from spft.config.datasets import ClassificationDataConfig, CsvData
     from spft.data import phantoms
 
     folder = ensure_phantoms(data_cfg.phantom, data_cfg.root)
-    view = copy.deepcopy(data_cfg)
-    view.csv = str(folder / "labels.csv")
-    view.root = str(folder)
-    view.split_column = view.split_column or "split"
-    view.patient_column = view.patient_column or ("patient_id" if data_cfg.phantom.kind == "cxr" else "lesion_id")
-    if not view.label_columns:
-        view.label_columns = list(phantoms.CXR_FINDINGS if data_cfg.phantom.kind == "cxr" else phantoms.LESION_CLASSES)
-    return view
+    shared = {f.name: copy.deepcopy(getattr(data_cfg, f.name)) for f in dataclasses.fields(ClassificationDataConfig)}
+    kind = data_cfg.phantom.kind
+    shared.update(root=str(folder), label_columns=shared["label_columns"] or list(
+        phantoms.CXR_FINDINGS if kind == "cxr" else phantoms.LESION_CLASSES))
+    return CsvData(**shared, csv=str(folder / "labels.csv"), split_column="split",
+                   patient_column="patient_id" if kind == "cxr" else "lesion_id")
 
 
 DATASETS = ("csv", "phantom", "chestxray14", "chexpert", "ham10000")

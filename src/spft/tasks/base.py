@@ -3,8 +3,8 @@
 
 A task is one object (a :class:`Task` subclass) named in :data:`spft.tasks.registry.TASKS` (or given to
 :func:`spft.tasks.registry.register`). Its module must stay light: the task's engine (Lightning, Ultralytics) is
-imported inside the methods, so that a classification run never imports Ultralytics — and the config schema reads
-a task's config declarations (:attr:`Task.datasets`, :attr:`Task.own_keys`, :attr:`Task.not_applicable`,
+imported inside the methods, so that a classification run never imports Ultralytics — and the config loader reads
+a task's config declarations (:attr:`Task.sections`, :attr:`Task.datasets`, :attr:`Task.not_applicable`,
 :meth:`Task.check_config`) when a config is loaded.
 
     class MyTask(Task):
@@ -13,9 +13,11 @@ a task's config declarations (:attr:`Task.datasets`, :attr:`Task.own_keys`, :att
         primary_metric, primary_label = "mean_iou", "mean IoU"   # the metrics.json key that ranks runs
         train_module = "spft.tasks.mytask.train"          # train(cfg) / resume(run_dir) via spft.tasks.lifecycle
         evaluate_module = "spft.tasks.mytask.evaluate"    # evaluate_run, format_table, prediction_rows
-        datasets = ("mytask_phantom",)                    # its config: the data.name values it trains on,
-        not_applicable = {"trainer.compile": "why"}       # common keys its engine cannot honour, own_keys (keys only
-        def check_config(self, cfg): ...                  # it reads) and its checks, read by spft.config.schema
+        sections = {"model": EncoderModelConfig,           # its config: the class of each engine section (and its
+                    "trainer": LightningTrainerConfig}    # own sections), the data.name values it trains on, keys of
+        datasets = {"mytask_phantom": PhantomData}        # shared sections its engine cannot honour, and its checks,
+        not_applicable = {"loss": "why"}                  # read by spft.config.loader; a key of no section class
+        def check_config(self, cfg): ...                  # of the task is refused without being listed
         # or override train(cfg), resume(run_dir), evaluate(run_dir, overrides, split, checkpoint, out, name)
         # optional, with defaults: summary(metrics), report(...), data_check(...), prepare_cache(...), predict_api()
 """
@@ -63,10 +65,13 @@ class Task:
     extra: str | None = None  # the pip extra the task's engine needs (named in the error when it is missing)
     train_module: str = ""  # module with train(cfg) and resume(run_dir), imported on first use
     evaluate_module: str = ""  # module with evaluate_run(...), format_table(ev) and (optional) prediction_rows(ev)
-    # --- the task's config (read by spft.config.schema at load time: keep them plain data) ---
-    datasets: tuple[str, ...] = ()  # the data.name values the task trains on
-    own_keys: dict[str, str] = {}  # dotted keys / sections only this task reads -> why every other task refuses them
-    not_applicable: dict[str, str] = {}  # common keys this task's engine cannot honour -> why
+    # --- the task's config (read by spft.config.loader at load time: keep them plain data) ---
+    # section -> its class for this task (spft.config.schema): "model" and "trainer" (the engine's classes; default
+    # the base ones, keys every engine reads) and the task's own sections ("detection", "evaluation", ...)
+    sections: dict[str, type] = {}
+    engine: str = ""  # the library that trains it, named when a key of another engine is refused
+    datasets: dict[str, type] = {}  # data.name -> its config class (spft.config.datasets), the first the default
+    not_applicable: dict[str, str] = {}  # keys of the shared sections (loss, recipe) its engine cannot honour -> why
 
     def check_config(self, cfg) -> None:
         """The task's own cross-field checks of a loaded config (:func:`spft.config.schema.validate` calls it once,

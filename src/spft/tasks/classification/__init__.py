@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spft.config.datasets import ChestXray14Data, ChexpertData, CsvData, Ham10000Data, PhantomData
+from spft.config.schema import ClassifierModelConfig, ClassifierTrainerConfig, EvaluationConfig
 from spft.tasks.base import Task
-
-_LABELS = "classification labels; read by classification datasets only"
-_HEAD = "classification head settings"
-_IMAGE_CHECK = "the pre-training image check runs for classification only"
-_IMAGE_CACHE = "`spft prepare cache` images feed classification runs only"
 
 
 class ClassificationTask(Task):
@@ -22,31 +19,10 @@ class ClassificationTask(Task):
     predict_module = "spft.tasks.classification.predict"
     export_module = "spft.tasks.classification.export"
     train_module, evaluate_module = "spft.tasks.classification.train", "spft.tasks.classification.evaluate"
-    datasets = ("csv", "phantom", "chestxray14", "chexpert", "ham10000")
-    own_keys = {
-        "evaluation": "operating points and calibration are fitted for classification runs only",
-        "trainer.feature_cache": "the stage-1 feature cache is a classification feature",
-        "model.pooling": _HEAD,
-        "model.head_hidden": _HEAD,
-        "model.head_dropout": _HEAD,
-        "data.label_columns": _LABELS,
-        "data.views": _LABELS,
-        "data.uncertain": _LABELS,
-        "data.blank": _LABELS,
-        "data.official_test": _LABELS,
-        "data.train_subset": "the training subset is drawn by the classification datasets only",
-        "data.image_cache": _IMAGE_CACHE,
-        "data.image_cache_format": _IMAGE_CACHE,
-        "data.check_images": _IMAGE_CHECK,
-        "data.on_bad_image": _IMAGE_CHECK,
-        "data.allow_outside_root": "a rule of the csv classification dataset",
-    }
-
-    def check_config(self, cfg) -> None:
-        from spft.errors import ConfigError
-
-        if cfg.data.name == "csv" and cfg.data.csv is None:
-            raise ConfigError("'data.csv' must be set when data.name is csv (a CSV with one row per image)")
+    datasets = {"csv": CsvData, "phantom": PhantomData, "chestxray14": ChestXray14Data, "chexpert": ChexpertData,
+                "ham10000": Ham10000Data}
+    engine = "Lightning"
+    sections = {"model": ClassifierModelConfig, "trainer": ClassifierTrainerConfig, "evaluation": EvaluationConfig}
 
     def summary(self, metrics: dict) -> str:
         """Per-class test AUC from ``metrics.json`` (``spft train``, ``spft demo``)."""

@@ -142,7 +142,8 @@ def is_other_data(recorded_cfg, cfg) -> bool:
 
 def data_file_of(cfg, source: str = "") -> str:
     """The file (or folder) the evaluated rows came from, as recorded in the metrics (``data_file``)."""
-    return str(source or cfg.data.csv or cfg.data.masks_csv or cfg.data.root or cfg.data.name)
+    data = cfg.data
+    return str(source or getattr(data, "csv", None) or getattr(data, "masks_csv", None) or data.root or data.name)
 
 
 def _safe_name(text: str) -> str:

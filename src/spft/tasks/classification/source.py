@@ -212,7 +212,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedClassifier:
     thresholds, record, has_thr = read_thresholds(run_dir, classes)
     _say_defaults(run_dir, has_cal, has_thr)
     meta = {"checkpoint": str(ckpt), "epoch": state.get("epoch"), "weights": which,
-            "image_column": cfg.data.image_column, "pooling": cfg.model.pooling, "model_name": cfg.model.name,
+            "image_column": getattr(cfg.data, "image_column", "image"), "pooling": cfg.model.pooling,
+            "model_name": cfg.model.name,
             "head_hidden": cfg.model.head_hidden, "head_dropout": cfg.model.head_dropout}
     return LoadedClassifier(model, classes, prep, cfg.data.color, cfg.loss, temperature, thresholds, run_dir, "run",
                             run_dir.name, calibration, record, meta)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from spft.compat import ultralytics_image_open
+from spft.config.datasets import PhantomDetectData, Tbx11kData, VindrCxrData
+from spft.config.schema import DetectionConfig, ModelConfig, TrainerConfig
 from spft.tasks.base import Evaluation, Task
 
 
@@ -35,43 +37,15 @@ class DetectionTask(Task):
     predict_module = "spft.tasks.detection.predict"
     export_module = "spft.tasks.detection.export"
     train_module, evaluate_module = "spft.tasks.detection.train", "spft.tasks.detection.evaluate"
-    datasets = ("phantom_detect", "vindr_cxr", "tbx11k")
-    own_keys = {"detection": "detection settings, used by task: detection only"}
+    datasets = {"phantom_detect": PhantomDetectData, "vindr_cxr": VindrCxrData, "tbx11k": Tbx11kData}
+    engine = "Ultralytics"
+    sections = {"model": ModelConfig, "trainer": TrainerConfig, "detection": DetectionConfig}
     not_applicable = {
         "loss": "Ultralytics' own detection loss is used (class-weighted by recipe.class_weights)",
         "recipe.unfreeze.embeddings": "the plan opens backbone modules; Ultralytics models have no embeddings part",
         "recipe.class_weights.apply": "a class weight multiplies the whole per-anchor classification BCE inside "
                                       "Ultralytics' loss (both terms, the paper's rule); there is no positive-only "
                                       "variant for detection",
-        "trainer.devices": "Ultralytics runs on one device (its multi-GPU DDP relaunches a stock trainer that would "
-                           "drop the SPFT recipe)",
-        "trainer.num_nodes": "Ultralytics runs on one device; there is no multi-node training",
-        "trainer.strategy": "a Lightning strategy; Ultralytics runs on one device",
-        "trainer.compile": "torch.compile is wired into the Lightning engine only",
-        "trainer.precision": "Ultralytics chooses its AMP itself (bf16 on a GPU that supports it, 32-bit on a CPU)",
-        "trainer.log_every_n_steps": "Ultralytics logs once per epoch",
-        "trainer.progress_bar": "a Lightning switch; Ultralytics prints its own progress",
-        "trainer.limit_train_batches": "Ultralytics trains and validates on every batch; leave it null and use a "
-                                       "smaller dataset for a quick run",
-        "trainer.limit_val_batches": "Ultralytics trains and validates on every batch; leave it null and use a "
-                                     "smaller dataset for a quick run",
-        "trainer.limit_test_batches": "Ultralytics scores every test image; leave it null and use a smaller dataset "
-                                      "for a quick run",
-        "model.config": "detection builds the model from model.name (an Ultralytics model YAML or weights)",
-        "model.attn_implementation": "a transformers encoder option; Ultralytics models do not read it",
-        "model.gradient_checkpointing": "a transformers encoder option; Ultralytics models do not read it",
-        "model.channels_last": "a Lightning-engine speed option; Ultralytics does not read it",
-        "data.csv": "detection data comes from phantom_detect, vindr_cxr or tbx11k (data.root), not a CSV",
-        "data.image_column": "detection data comes from phantom_detect, vindr_cxr or tbx11k, not a CSV",
-        "data.id_column": "detection data comes from phantom_detect, vindr_cxr or tbx11k, not a CSV",
-        "data.split_column": "detection splits are made by `spft prepare` / the phantom generator",
-        "data.patient_column": "detection splits are made by `spft prepare` / the phantom generator",
-        "data.image_size": "detection.imgsz sets the detector's input size",
-        "data.color": "Ultralytics decodes images itself",
-        "data.pin_memory": "Ultralytics builds its own data loaders (only data.num_workers is passed)",
-        "data.prefetch_factor": "Ultralytics builds its own data loaders (only data.num_workers is passed)",
-        "data.augment": "Ultralytics augments detection images (detection.mosaic, detection.fliplr)",
-        "data.max_image_pixels": "Ultralytics reads the images itself; the pixel limit is not applied",
     }
 
     def check_config(self, cfg) -> None:
@@ -82,8 +56,6 @@ class DetectionTask(Task):
         det = cfg.detection
         if not cfg.model.name:
             raise ConfigError("'model.name': detection needs an Ultralytics model YAML or weights (e.g. yolov8n.yaml)")
-        if cfg.data.name not in self.datasets:
-            raise ConfigError(f"data.name: detection needs one of {', '.join(self.datasets)}, got {cfg.data.name!r}")
         checks = [("detection.imgsz", det.imgsz >= 32, "an integer >= 32"),
                   ("detection.long_side", det.long_side >= 32, "an integer >= 32"),
                   ("detection.iou_thr", 0.0 < det.iou_thr < 1.0, "a value in (0, 1)"),

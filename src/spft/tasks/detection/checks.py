@@ -1,12 +1,13 @@
 """Checks of the ``detection`` config keys that types alone cannot express (no Ultralytics import, so
 ``spft prepare`` can use them too). They live in the task's ``check_config``, which the schema's validation
-(:func:`spft.config.schema.validate`, run once when a config is loaded) calls; this entry point re-runs it for a
+(:func:`spft.config.loader.validate`, run once when a config is loaded) calls; this entry point re-runs it for a
 config built or changed in code."""
 
 from __future__ import annotations
 
 from spft.config import SpftConfig
-from spft.config.schema import validate, value_at
+from spft.config.loader import validate
+from spft.config.schema import value_at
 
 
 def check_detection_config(cfg: SpftConfig) -> None:

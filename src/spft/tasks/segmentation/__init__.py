@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spft.config.datasets import ChexmaskData, MaskFolderData, PhantomSegmentData
+from spft.config.schema import EncoderModelConfig, LightningTrainerConfig, SegmentationConfig
 from spft.tasks.base import Task
-
-_CHEXMASK = "CheXmask segmentation data, used by task: segmentation only"
-_NO_HEAD = "classification head settings; SAM2 has its own mask decoder"
 
 
 class SegmentationTask(Task):
@@ -20,32 +19,14 @@ class SegmentationTask(Task):
     predict_module = "spft.tasks.segmentation.predict"
     export_module = "spft.tasks.segmentation.export"
     train_module, evaluate_module = "spft.tasks.segmentation.train", "spft.tasks.segmentation.evaluate"
-    datasets = ("phantom_segment", "mask_folder", "chexmask")
-    own_keys = {
-        "segmentation": "segmentation settings, used by task: segmentation only",
-        "data.masks_csv": _CHEXMASK,
-        "data.images_root": _CHEXMASK,
-        "data.source": _CHEXMASK,
-        "data.min_rca": _CHEXMASK,
-    }
+    datasets = {"phantom_segment": PhantomSegmentData, "mask_folder": MaskFolderData, "chexmask": ChexmaskData}
+    engine = "Lightning"
+    sections = {"model": EncoderModelConfig, "trainer": LightningTrainerConfig, "segmentation": SegmentationConfig}
     not_applicable = {
         "loss": "segmentation trains Dice + BCE per structure (segmentation.dice_weight, segmentation.bce_weight)",
-        "model.pooling": _NO_HEAD,
-        "model.head_hidden": _NO_HEAD,
-        "model.head_dropout": _NO_HEAD,
-        "data.image_size": "SAM2's prompt encoder fixes the input size",
-        "data.augment": "segmentation augments only the box prompts (segmentation.box_jitter)",
-        "data.val_fraction": "segmentation splits come from data.split_column or data.split_fractions",
         "recipe.class_weights.apply": "a structure weight multiplies the structure's whole Dice + BCE loss; there "
                                       "is no positive term to weigh on its own",
     }
-
-    def check_config(self, cfg) -> None:
-        from spft.errors import ConfigError
-
-        if cfg.data.name not in self.datasets:
-            raise ConfigError(f"data.name: {cfg.data.name!r} is not a segmentation dataset "
-                              f"({', '.join(self.datasets)})")
 
     def report(self, sweep_dir, out=None, n_boot=1000, seed=0) -> Path:
         from spft.reporting.segmentation import build_segmentation_report
