@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast test-lowest lint bench clean
 
 install: $(VENV)/.installed
 
@@ -31,11 +31,27 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# The suite (without the slow CLI runs) against the LOWEST versions pyproject.toml allows: a separate venv, every
+# dependency pinned to its ">=" bound (tools/lowest_constraints.py); torch and torchvision are TORCH_PINS (the local
+# wheel cache), not torch's own lower bound. Not part of `make test`.
+LOWEST ?= .venv-lowest
+EXTRAS  = dev,detect,export,slurm,track
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pytest -q -m "not slow"
+
+$(LOWEST)/.installed: pyproject.toml tools/lowest_constraints.py
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python tools/lowest_constraints.py --extras $(EXTRAS) --skip torch,torchvision > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/pip install --quiet -c $(LOWEST)/constraints.txt $(TORCH_PINS) -e ".[$(EXTRAS)]"
+	touch $@
+
 lint: install
 	$(VENV)/bin/ruff check src tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LOWEST) runs .pytest_cache
 
 bench: install
 	$(PY) benchmarks/bench.py --size small --stage1-images 2000

@@ -232,7 +232,10 @@ def test_ultralytics_image_open_patch():
 
     pair = compat.ultralytics_image_open()
     why = _why("ultralytics:ultralytics.utils.patches.image_open/_image_open")
-    assert pair is not None and callable(pair[0]) and callable(pair[1]), why
+    assert pair is not None, why
+    if pair == (None, None) and Image.open.__module__ == "PIL.Image":
+        return  # an Ultralytics that no longer patches PIL: nothing to restore
+    assert callable(pair[0]) and callable(pair[1]), why
     wrapper, original = pair
     assert original.__module__ == "PIL.Image" and original.__name__ == "open", why
     restore_pil_open()
