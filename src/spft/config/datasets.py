@@ -127,6 +127,11 @@ class CsvData(_CsvColumns, ClassificationDataConfig):
 
     val_fraction: float = 0.1  # with split_column values train/test only: validation carved from train by patient
     allow_outside_root: bool = False  # image paths may leave data.root (../, absolute paths elsewhere)
+    # one column of class names instead of 0/1 columns; data.label_columns then lists the classes (default: all found)
+    label_column: Optional[str] = None
+    # with label_column: null = one class per row (multi-class, loss: ce); e.g. "|" = several per row (multi-label)
+    label_separator: Optional[str] = None
+    none_label: Optional[str] = None  # with label_separator: the value meaning no finding (blank always does)
 
     def check(self) -> None:
         super().check()
@@ -134,6 +139,30 @@ class CsvData(_CsvColumns, ClassificationDataConfig):
         _val_fraction(self.val_fraction)
         if self.csv is None:
             raise ConfigError("'data.csv' must be set when data.name is csv (a CSV with one row per image)")
+        if self.label_column is None:
+            for key in ("label_separator", "none_label"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"'data.{key}' needs data.label_column (the column of class names)")
+        if self.label_separator is not None and not str(self.label_separator).strip():
+            raise ConfigError("'data.label_separator': expected a separator such as \"|\" or \";\" "
+                              "(or null for one class per row)")
+        if self.none_label is not None and self.label_separator is None:
+            raise ConfigError("'data.none_label' needs data.label_separator (multi-label); with one class per row "
+                              "every row names its class")
+
+
+@dataclass
+class FolderData(ClassificationDataConfig):
+    """data.name folder: one sub-folder of images per class (<root>/<class>/*.png), or <root>/<split>/<class>/."""
+
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # without split folders
+
+    def check(self) -> None:
+        super().check()
+        _fractions("data.split_fractions", self.split_fractions)
+        if not self.root:
+            raise ConfigError("'data.root' must be set when data.name is folder (the folder holding one "
+                              "sub-folder per class)")
 
 
 @dataclass

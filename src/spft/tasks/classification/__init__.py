@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spft.config.datasets import ChestXray14Data, ChexpertData, CsvData, Ham10000Data, PhantomData
+from spft.config.datasets import ChestXray14Data, ChexpertData, CsvData, FolderData, Ham10000Data, PhantomData
 from spft.config.schema import ClassifierModelConfig, ClassifierTrainerConfig, EvaluationConfig
 from spft.tasks.base import Task
 
@@ -19,8 +19,8 @@ class ClassificationTask(Task):
     predict_module = "spft.tasks.classification.predict"
     export_module = "spft.tasks.classification.export"
     train_module, evaluate_module = "spft.tasks.classification.train", "spft.tasks.classification.evaluate"
-    datasets = {"csv": CsvData, "phantom": PhantomData, "chestxray14": ChestXray14Data, "chexpert": ChexpertData,
-                "ham10000": Ham10000Data}
+    datasets = {"csv": CsvData, "folder": FolderData, "phantom": PhantomData, "chestxray14": ChestXray14Data,
+                "chexpert": ChexpertData, "ham10000": Ham10000Data}
     engine = "Lightning"
     sections = {"model": ClassifierModelConfig, "trainer": ClassifierTrainerConfig, "evaluation": EvaluationConfig}
 
