@@ -15,7 +15,7 @@ are the generator's whole ones.
    - ``ultralytics``: ``YOLO(pt).train(...)`` with Ultralytics' defaults (optimizer auto, 3 warm-up epochs, its EMA,
      linear decay; plots=False);
    - ``spft_recipe``: the recipe proper (``recipe.stage1_epochs=2 recipe.unfreeze.blocks_per_epoch=2
-     detection.backbone_lr_ratio=0.1``, as the paper) with ``detection.weights=pt``;
+     optim.lr_encoder=1e-4``, a tenth of the head LR as the paper) with ``detection.weights=pt``;
    - ``spft_open``: the shipped from-scratch settings (nothing frozen, ratio 1) with ``detection.weights=pt``;
    - ``spft_scratch``: the shipped config from random weights (no pretraining): what the pretraining is worth;
    - ablation (``--methods``): ``spft_recipe_ratio1`` (the recipe's freezing, backbone LR ratio 1) and
@@ -49,7 +49,7 @@ from detect_bench import CONFIG, ULTRALYTICS_RUN, _env, _timed  # noqa: E402  (t
 
 SOURCE_FINDINGS = ("Atelectasis", "Effusion", "Infiltration", "Nodule")
 TARGET_FINDINGS = ("Cardiomegaly", "Mass", "Pneumothorax", "Consolidation")
-PAPER = ["recipe.stage1_epochs=2", "recipe.unfreeze.blocks_per_epoch=2", "detection.backbone_lr_ratio=0.1"]
+PAPER = ["recipe.stage1_epochs=2", "recipe.unfreeze.blocks_per_epoch=2", "optim.lr_encoder=1e-4"]
 METHODS = ("ultralytics", "spft_recipe", "spft_open", "spft_scratch", "spft_recipe_ratio1", "spft_open_ratio01")
 DEFAULT_METHODS = METHODS[:4]
 
@@ -143,7 +143,7 @@ def run(args, method: str, seed: int, target: Path, pt: Path) -> dict:
     else:
         extra = {"spft_recipe": [f"detection.weights={pt}", *PAPER], "spft_open": [f"detection.weights={pt}"],
                  "spft_scratch": [],
-                 "spft_recipe_ratio1": [f"detection.weights={pt}", *PAPER[:2], "detection.backbone_lr_ratio=1"],
+                 "spft_recipe_ratio1": [f"detection.weights={pt}", *PAPER[:2], "optim.lr_encoder=1e-3"],
                  "spft_open_ratio01": [f"detection.weights={pt}", "detection.backbone_lr_ratio=0.1"]}[method]
         run_dir = args.out / name
         proc, minutes, cpu = _timed(spft_cmd(args, target, run_dir, seed, args.epochs, extra), cwd=args.out,

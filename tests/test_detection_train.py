@@ -24,7 +24,7 @@ FIELDS = {"split", "n", "map50", "map50_95", "precision", "recall", "per_class_a
 
 def overrides(run_dir: Path, model: str) -> list[str]:
     return [f"model.name={model}", "data.phantom.n_images=40", "data.phantom.image_size=64", "data.num_workers=0",
-            "detection.imgsz=64", "detection.mosaic=0.0", "detection.figures=1", "detection.backbone_lr_ratio=0.1",
+            "detection.imgsz=64", "detection.mosaic=0.0", "detection.figures=1", "optim.lr_encoder=1e-4",
             "optim.lr_head=1e-3", "recipe.stage1_epochs=1", "recipe.unfreeze.blocks_per_epoch=2",
             "trainer.max_epochs=2", "trainer.batch_size=8", f"run.dir={run_dir}"]
 

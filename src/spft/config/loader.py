@@ -396,6 +396,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for key, value in parsed:
         _set_dotted(tree, key, value)
         explicit.add(key)
+    for line in _renamed(tree):
+        log.warning("%s%s — update the config", f"{path}: " if path is not None else "", line)
+    explicit = {_NEW_NAMES.get(k, k) for k in explicit}
+    _renamed(explicit_tree)
     try:
         cfg = build_config(tree, legacy=base is not None and path is None, explicit=explicit,
                            explicit_tree=explicit_tree)
@@ -424,6 +428,37 @@ def _switch_dataset(tree: dict, file_tree: dict, overrides: list[tuple[str, Any]
     if dropped:
         log.info("data.name=%s: the config's %s (keys of data.name=%s) dropped", new[-1],
                  ", ".join(f"data.{k}" for k in dropped), tree.get("data", {}).get("name") or "?")
+
+
+_NEW_NAMES = {"segmentation.lr_decoder": "optim.lr_head", "detection.backbone_lr_ratio": "optim.lr_encoder"}
+
+
+def _renamed(tree: dict) -> list[str]:
+    """Keys that were renamed to one name per concept, moved in ``tree`` to their new place (one line each, returned):
+    ``segmentation.lr_decoder`` is ``optim.lr_head`` (the mask decoder is segmentation's head);
+    ``detection.backbone_lr_ratio: r`` is ``optim.lr_encoder = r x optim.lr_head`` (the backbone is detection's
+    encoder). A config file, an override or an old run's config.yaml may hold them."""
+    lines = []
+    optim = tree.get("optim") if isinstance(tree.get("optim"), dict) else {}
+    seg, det = tree.get("segmentation"), tree.get("detection")
+    if isinstance(seg, dict) and "lr_decoder" in seg:
+        value = seg.pop("lr_decoder")
+        if value is not None:
+            tree["optim"] = optim = {**optim, "lr_head": value}
+            lines.append(f"'segmentation.lr_decoder' is now 'optim.lr_head' (the mask decoder is segmentation's "
+                         f"head): optim.lr_head={value}")
+    if isinstance(det, dict) and "backbone_lr_ratio" in det:
+        ratio = det.pop("backbone_lr_ratio")
+        if ratio is not None:
+            from spft.config.schema import OptimConfig
+
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 0:
+                raise ConfigError(f"'detection.backbone_lr_ratio': expected a number >= 0, got {ratio!r}")
+            head = _fix_yaml_floats(optim.get("lr_head", OptimConfig.lr_head))
+            tree["optim"] = optim = {**optim, "lr_encoder": float(ratio) * float(head)}
+            lines.append(f"'detection.backbone_lr_ratio' is now 'optim.lr_encoder' (the backbone is detection's "
+                         f"encoder): optim.lr_encoder = {ratio} x optim.lr_head = {optim['lr_encoder']:.3g}")
+    return lines
 
 
 def build_config(tree: dict, legacy: bool = False, explicit: set[str] | frozenset[str] = frozenset(),

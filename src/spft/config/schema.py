@@ -126,8 +126,8 @@ class RecipeConfig:
 class OptimConfig:
     """AdamW with per-group learning rates and a cosine schedule."""
 
-    lr_encoder: float = 3e-6  # learning rate of the encoder blocks
-    lr_head: float = 5e-5  # learning rate of the head (detection: neck and head)
+    lr_encoder: float = 3e-6  # learning rate of the encoder blocks (detection: the backbone)
+    lr_head: float = 5e-5  # learning rate of the head (detection: neck and head; segmentation: the mask decoder)
     weight_decay: float = 0.05  # AdamW weight decay (not on biases and norms)
     # cosine over the run (the paper), or constant learning rates (a plain fine-tune); every task
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -179,7 +179,6 @@ class DetectionConfig:
 
     imgsz: int = 640  # Ultralytics input size (square, letterboxed)
     weights: Optional[str] = None  # .pt whose matching tensors load into the model built from model.name
-    backbone_lr_ratio: Optional[float] = None  # backbone LR = ratio x optim.lr_head; null: optim.lr_encoder
     backbone_modules: Optional[int] = None  # default: the length of the model YAML's `backbone` list
     mosaic: float = 1.0  # Ultralytics mosaic augmentation probability
     fliplr: float = 0.0  # no horizontal flips by default: chest X-ray laterality matters
@@ -200,7 +199,6 @@ class SegmentationConfig:
     box_jitter: float = 0.05  # training boxes: each edge moves by up to this fraction of the box side
     dice_weight: float = 1.0  # weight of the Dice term of the loss
     bce_weight: float = 1.0  # weight of the BCE term of the loss
-    lr_decoder: Optional[float] = None  # mask decoder LR; null: optim.lr_head
     n_overlays: int = 8  # test images written to predictions_test/ (masks + prediction-vs-truth overlay)
     prevalence_images: int = 1000  # training images sampled for the pixel-prevalence structure weights
 

@@ -49,8 +49,6 @@ class RecipeModule(L.LightningModule):
         head_name: how stage messages call the head (``mask decoder`` for SAM2).
     """
 
-    head_lr_key = "lr_head"
-
     def __init__(self, cfg, model, classes: list[str], weights: ClassWeights, run_dir: str | Path | None = None,
                  head_name: str = "head"):
         super().__init__()

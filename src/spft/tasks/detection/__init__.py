@@ -60,8 +60,6 @@ class DetectionTask(Task):
                   ("detection.long_side", det.long_side >= 32, "an integer >= 32"),
                   ("detection.iou_thr", 0.0 < det.iou_thr < 1.0, "a value in (0, 1)"),
                   ("detection.no_finding_share", 0.0 <= det.no_finding_share <= 1.0, "a value in [0, 1]"),
-                  ("detection.backbone_lr_ratio", det.backbone_lr_ratio is None or det.backbone_lr_ratio >= 0,
-                   "null or >= 0"),
                   ("detection.figures", det.figures >= 0, "an integer >= 0")]
         for key, ok, expected in checks:
             if not ok:

@@ -113,9 +113,8 @@ class SpftTrainerMixin:
 
     # ---- optimizer and schedule -------------------------------------------------------------------------------
     def _lrs(self) -> tuple[float, float]:
-        opt, det = self.spft_cfg.optim, self.spft_cfg.detection
-        lr_backbone = opt.lr_head * det.backbone_lr_ratio if det.backbone_lr_ratio is not None else opt.lr_encoder
-        return lr_backbone, opt.lr_head
+        opt = self.spft_cfg.optim
+        return opt.lr_encoder, opt.lr_head
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """AdamW over the recipe's groups (backbone LR, neck/head LR, no decay on norms/biases), created once."""

@@ -58,10 +58,6 @@ class SegmentationModule(RecipeModule):
         self.structures = list(structures)
         self._val: dict[str, list] = {}
 
-    def head_lr(self) -> float:
-        s = self.cfg.segmentation
-        return s.lr_decoder if s.lr_decoder is not None else self.cfg.optim.lr_head
-
     def loss_fn(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         s = self.cfg.segmentation
         return weighted_dice_bce(logits, batch["masks"], batch["valid"], self.cw.current, s.dice_weight, s.bce_weight)
