@@ -156,10 +156,12 @@ class FolderData(ClassificationDataConfig):
     """data.name folder: one sub-folder of images per class (<root>/<class>/*.png), or <root>/<split>/<class>/."""
 
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # without split folders
+    val_fraction: float = 0.1  # split folders train/ and test/ without val/: validation carved from train
 
     def check(self) -> None:
         super().check()
         _fractions("data.split_fractions", self.split_fractions)
+        _val_fraction(self.val_fraction)
         if not self.root:
             raise ConfigError("'data.root' must be set when data.name is folder (the folder holding one "
                               "sub-folder per class)")
