@@ -256,6 +256,57 @@ class Tbx11kData(DetectionDataConfig):
 
 
 @dataclass
+class YoloData(DetectionDataConfig):
+    """data.name yolo: your own Ultralytics dataset (dataset.yaml, images/, labels/), used where it lies."""
+
+    yaml: str = "dataset.yaml"  # the dataset YAML (names; train/val/test entries), relative to data.root
+
+    def check(self) -> None:
+        super().check()
+        if not self.root:
+            raise ConfigError("'data.root' must be set when data.name is yolo (the folder holding dataset.yaml)")
+
+
+@dataclass
+class CocoData(DetectionDataConfig):
+    """data.name coco: COCO JSON boxes (one file per split) and an image folder, converted into the cache."""
+
+    train_json: Optional[str] = None  # COCO file of the train split (needed for training)
+    val_json: Optional[str] = None  # COCO file of the val split (needed for training)
+    test_json: Optional[str] = None  # COCO file of the test split; without it test metrics are on val (a warning)
+    images: Optional[str] = None  # folder the images' file_name is relative to; default: data.root
+
+    def check(self) -> None:
+        super().check()
+        if not (self.train_json or self.val_json or self.test_json):
+            raise ConfigError("'data.train_json' must be set when data.name is coco (a COCO JSON per split: "
+                              "data.train_json, data.val_json, data.test_json)")
+
+
+@dataclass
+class DetectionCsvData(DetectionDataConfig):
+    """data.name csv (detection): your own images and a table of boxes, one row per box, converted into the cache."""
+
+    csv: Optional[str] = None  # the table (CSV, or TSV/Excel/Parquet by suffix), one row per box
+    image_column: str = "image"  # column holding the image path (relative to data.root; PNG, JPEG or DICOM)
+    class_column: str = "class"  # column holding the box's class; blank class and box = an image without findings
+    box_columns: list[str] = field(default_factory=lambda: ["x_min", "y_min", "x_max", "y_max"])  # corners, pixels
+    classes: list[str] = field(default_factory=list)  # the classes in order; empty: the values found, sorted
+    split_column: Optional[str] = None  # values train/val/test; when unset a grouped seeded split is made
+    patient_column: Optional[str] = None  # groups for the seeded split (default: the image)
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train/val/test, summing to 1
+
+    def check(self) -> None:
+        super().check()
+        _fractions("data.split_fractions", self.split_fractions)
+        if self.csv is None:
+            raise ConfigError("'data.csv' must be set when data.name is csv (a table with one row per box)")
+        if len(self.box_columns) != 4:
+            raise ConfigError(f"'data.box_columns': expected four column names [x_min, y_min, x_max, y_max], got "
+                              f"{self.box_columns}")
+
+
+@dataclass
 class SegmentationDataConfig(ImageDataConfig):
     """Keys of every segmentation dataset (SAM2's prompt encoder fixes the input size)."""
 
