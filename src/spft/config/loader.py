@@ -316,6 +316,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if raw.strip() in ("|", ">"):  # YAML block-scalar indicators, read as "": a separator (data.label_separator=|)
+        value = raw.strip()
     # YAML reads 1e-4 as a string (no dot); users mean a number.
     if isinstance(value, str):
         try:

@@ -7,6 +7,12 @@ label column, stratified on the labels (:func:`spft.data.splits.multilabel_group
 reach every split. Image paths must stay below ``data.root`` (no ``../``, no absolute path elsewhere) unless
 ``data.allow_outside_root`` is true. Every problem is reported with the file, row and column and what was
 expected.
+
+Instead of one 0/1 column per class, ``data.label_column`` may name one column of class *names*
+(:func:`labels_from_names`): one name per row (multi-class, ``loss: ce``), or several joined by
+``data.label_separator`` (multi-label; blank, or ``data.none_label``, = no finding). The classes are the sorted names
+found, or ``data.label_columns`` when given (then a name outside it is an error naming the row). Either way the
+result is the same 0/1 matrix, so the split and the table are built by the one path below.
 """
 
 from __future__ import annotations
@@ -63,6 +69,88 @@ def _parse_labels(df: pd.DataFrame, csv: Path, label_columns: list[str]) -> np.n
     return out
 
 
+def labels_from_names(df: pd.DataFrame, csv: Path, column: str, classes: list[str] | None, separator: str | None,
+                      none_label: str | None = None) -> tuple[list[str], np.ndarray, str]:
+    """The classes, the [N, C] 0/1 matrix and the label policy from a column of class names.
+
+    ``separator`` null: one class per row (multi-class), a blank cell is an error naming the row. Set: any number of
+    classes per row (multi-label), blank (or ``none_label``) = no finding = all zeros. ``classes`` (from
+    ``data.label_columns``) fixes the class list and order, and a name outside it is an error naming the row; else
+    the classes are the sorted names found.
+    """
+    import difflib
+
+    raw = df[column]
+    cells = ["" if pd.isna(v) else str(v).strip() for v in raw]
+    if separator is None:
+        blank = [i for i, c in enumerate(cells) if not c]
+        if blank:
+            raise DataError(f"{csv}: row {blank[0] + 2} column '{column}': no class name (blank); with one class per "
+                            f"row (data.label_separator: null) every row needs one — fill it in or leave the row out "
+                            f"({len(blank)} blank row(s)); for several or no classes per row set "
+                            f"data.label_separator (e.g. \"|\")")
+        names = [[c] for c in cells]
+        joined = next((c for c in cells if any(ch in c for ch in "|;,")), None)
+        if joined is not None:
+            log.warning("%s: column '%s' has values such as %r: read as one class name each; set "
+                        "data.label_separator if a row may name several classes", csv, column, joined)
+    else:
+        names = [[n for n in (p.strip() for p in c.split(separator)) if n and n != none_label] for c in cells]
+    if classes:
+        if len(set(classes)) != len(classes):
+            dup = next(c for c in classes if classes.count(c) > 1)
+            raise DataError(f"'data.label_columns': class {dup!r} is listed twice")
+        known = set(classes)
+        outside = [(i, n) for i, row in enumerate(names) for n in row if n not in known]
+        if outside:
+            i, name = outside[0]
+            close = difflib.get_close_matches(name, classes, n=1)
+            hint = f" — did you mean '{close[0]}'?" if close else ""
+            raise DataError(f"{csv}: row {i + 2} column '{column}': class {name!r} is not in data.label_columns "
+                            f"({', '.join(classes)}){hint}; {len({r for r, _ in outside})} such row(s). With "
+                            f"data.label_column set, data.label_columns is the list of classes: add it there, or "
+                            f"leave data.label_columns empty to use every name found")
+    else:
+        classes = sorted({n for row in names for n in row})
+        if not classes:
+            raise DataError(f"{csv}: column '{column}' (data.label_column) holds no class name")
+    where = {c: j for j, c in enumerate(classes)}
+    labels = np.zeros((len(df), len(classes)), dtype=np.float32)
+    for i, row in enumerate(names):
+        labels[i, [where[n] for n in row]] = 1.0
+    if separator is None:
+        policy = f"one class name per row from column '{column}' (multi-class)"
+    else:
+        none = f" or {none_label!r}" if none_label is not None else ""
+        policy = (f"class names from column '{column}' separated by {separator!r} (multi-label); blank{none} = no "
+                  f"finding (all 0)")
+    return list(classes), labels, policy
+
+
+def check_train_classes(classes: list[str], labels: np.ndarray, splits: list[str], where) -> None:
+    """Refuse a class with images in val or test but none in train: it cannot be learned, and a name seen only
+    there is most often a misspelling. ``where(row, name)`` describes the first such image (file, row)."""
+    import difflib
+
+    is_train = np.asarray(splits) == "train"
+    positive = np.nan_to_num(labels, nan=0.0) > 0.5
+    for j, name in enumerate(classes):
+        if positive[:, j].any() and not positive[is_train, j].any():
+            rows = np.flatnonzero(positive[:, j])
+            found = sorted({splits[i] for i in rows})
+            close = difflib.get_close_matches(name, [c for c in classes if c != name], n=1)
+            hint = f" (a misspelling of '{close[0]}'?)" if close else ""
+            raise DataError(f"{where(int(rows[0]), name)}: class {name!r}{hint} appears only in the "
+                            f"{'/'.join(found)} split ({len(rows)} image(s)), never in train, so it cannot be "
+                            f"learned: correct the name, or move some of its images to train")
+
+
+def seeded_split(groups: list[str], labels: np.ndarray, fractions, seed: int, unit: str) -> tuple[list[str], str]:
+    """The split spft makes (grouped by ``groups``, stratified on ``labels``) and its policy text for data.json."""
+    splits, method = multilabel_grouped_split(groups, labels, fractions, seed)
+    return splits, (f"seeded split (seed {seed}) grouped by {unit}, fractions {list(fractions)}, method {method}")
+
+
 def _splits_from_column(df: pd.DataFrame, csv: Path, column: str) -> list[str]:
     values = df[column].astype(str).str.strip().str.lower()
     mapped = values.map(_SPLIT_ALIASES)
@@ -88,12 +176,14 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
     if not csv.is_file():
         raise MissingFileError(f"data.csv: file not found: {csv}")
     df = read_table(csv)
-    if not data_cfg.label_columns:
+    by_name = getattr(data_cfg, "label_column", None)
+    if not data_cfg.label_columns and not by_name:
         raise DataError(f"data.label_columns is empty: name the label columns of {csv} "
-                         f"(it has: {', '.join(df.columns)})")
+                         f"(it has: {', '.join(df.columns)}), or set data.label_column to a column of class names")
     needed = {"data.image_column": data_cfg.image_column}
-    needed.update({f"data.label_columns[{i}]": c for i, c in enumerate(data_cfg.label_columns)})
-    for key in ("split_column", "patient_column", "id_column"):
+    if not by_name:
+        needed.update({f"data.label_columns[{i}]": c for i, c in enumerate(data_cfg.label_columns)})
+    for key in ("label_column", "split_column", "patient_column", "id_column"):
         if getattr(data_cfg, key):
             needed[f"data.{key}"] = getattr(data_cfg, key)
     _require_columns(df, csv, needed)
@@ -111,7 +201,12 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
         raise DataError(f"{csv}: id {dup!r} appears more than once in column "
                          f"'{data_cfg.id_column or data_cfg.image_column}' (one row per image expected)")
     groups = df[data_cfg.patient_column].astype(str).tolist() if data_cfg.patient_column else list(ids)
-    labels = _parse_labels(df, csv, data_cfg.label_columns)
+    if by_name:
+        classes, labels, label_policy = labels_from_names(df, csv, by_name, list(data_cfg.label_columns),
+                                                          data_cfg.label_separator, data_cfg.none_label)
+    else:
+        classes, labels = list(data_cfg.label_columns), _parse_labels(df, csv, data_cfg.label_columns)
+        label_policy = "0/1 from the label columns; blank = unknown (masked)"
 
     if data_cfg.split_column:
         splits = _splits_from_column(df, csv, data_cfg.split_column)
@@ -121,13 +216,12 @@ def read_csv_table(data_cfg, seed: int, check: bool = True) -> LabelTable:
         if not data_cfg.patient_column:
             log.warning("%s: neither data.split_column nor data.patient_column is set: splitting by image. If "
                         "patients have several images, set data.patient_column to avoid leakage.", csv)
-        splits, method = multilabel_grouped_split(groups, labels, data_cfg.split_fractions, split_seed)
         unit = f"'{data_cfg.patient_column}'" if data_cfg.patient_column else "image"
-        policy = (f"seeded split (seed {split_seed}) grouped by {unit}, fractions {list(data_cfg.split_fractions)}, "
-                  f"method {method}")
-    table = LabelTable(classes=list(data_cfg.label_columns), paths=paths, ids=ids, groups=groups, splits=splits,
-                       labels=labels, split_policy=policy,
-                       label_policy="0/1 from the label columns; blank = unknown (masked)", source=str(csv),
+        splits, policy = seeded_split(groups, labels, data_cfg.split_fractions, split_seed, unit)
+    if by_name:
+        check_train_classes(classes, labels, splits, lambda i, _: f"{csv}: row {i + 2} column '{by_name}'")
+    table = LabelTable(classes=classes, paths=paths, ids=ids, groups=groups, splits=splits,
+                       labels=labels, split_policy=policy, label_policy=label_policy, source=str(csv),
                        group_kind="patient" if data_cfg.patient_column else "image")
     if check:
         check_table(table, csv)

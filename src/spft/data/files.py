@@ -32,6 +32,7 @@ class FileIndex:
         if not self.root.is_dir():
             raise MissingFileError(f"data.root: folder not found: {self.root}")
         self.by_name: dict[str, str] = {}
+        self.paths: list[str] = []  # every file, duplicates of a name included, in (sorted) walk order
         self.duplicates = 0
         real_root = os.path.realpath(self.root)
         seen = {real_root}
@@ -51,6 +52,7 @@ class FileIndex:
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
                 allowed(path)
+                self.paths.append(path)
                 known = self.by_name.get(name)
                 if known is not None:
                     self.duplicates += 1

@@ -1,9 +1,10 @@
 """Dataset selection by ``data.name``: each adapter turns the ``data`` config into a LabelTable.
 
-``csv`` is the generic CSV dataset; ``phantom`` generates the synthetic phantoms once into a cache and then reads
-them through the very same CSV path, so the demo exercises what users' own data goes through. ``chestxray14``,
-``chexpert`` and ``ham10000`` are the real-dataset adapters (one module each). ``build_table`` refuses a bad copy;
-``load_table`` returns it as is for ``spft data check``.
+``csv`` is the generic CSV dataset, ``folder`` a folder per class (:mod:`spft.data.folder_dataset`); ``phantom``
+generates the synthetic phantoms once into a cache and then reads them through the very same CSV path, so the demo
+exercises what users' own data goes through. ``chestxray14``, ``chexpert`` and ``ham10000`` are the real-dataset
+adapters (one module each). ``build_table`` refuses a bad copy; ``load_table`` returns it as is for
+``spft data check``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def phantom_data_config(data_cfg):
                    patient_column="patient_id" if kind == "cxr" else "lesion_id")
 
 
-DATASETS = ("csv", "phantom", "chestxray14", "chexpert", "ham10000")
+DATASETS = ("csv", "folder", "phantom", "chestxray14", "chexpert", "ham10000")
 
 
 def load_table(data_cfg, seed: int) -> LabelTable:
@@ -76,6 +77,10 @@ def load_table(data_cfg, seed: int) -> LabelTable:
         return read_csv_table(data_cfg, seed, check=False)
     if name == "phantom":
         return read_csv_table(phantom_data_config(data_cfg), seed, check=False)
+    if name == "folder":  # data.label_columns picks class folders (their images), not label columns
+        from spft.data.folder_dataset import read_folder_table
+
+        return read_folder_table(data_cfg, seed)
     if name == "chestxray14":
         from spft.data.chestxray14 import read_chestxray14 as read
     elif name == "chexpert":
@@ -108,7 +113,7 @@ def build_table(data_cfg, seed: int) -> LabelTable:
     ``data.train_subset: N`` then keeps N images of the train split (:func:`train_subset`); val and test stay whole.
     """
     table = load_table(data_cfg, seed)
-    check_table(table, table.source or data_cfg.csv or data_cfg.name)
+    check_table(table, table.source or getattr(data_cfg, "csv", None) or data_cfg.name)
     n = getattr(data_cfg, "train_subset", None)
     if n is not None:
         from spft.data.files import split_seed

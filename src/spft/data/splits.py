@@ -127,12 +127,15 @@ def multilabel_grouped_split(groups: list[str], labels: np.ndarray, fractions: l
 
 def split_method(policy: str) -> str:
     """The short name of the method behind a table's split policy (recorded as ``split_method`` in data.json):
-    ``column`` (the CSV's split column), ``iterative-stratified-grouped`` / ``grouped`` (made by spft),
-    ``official`` (a real dataset's official split, validation carved from its train part) or ``other``."""
+    ``column`` (the CSV's split column), ``folders`` (``data.name: folder``'s split folders),
+    ``iterative-stratified-grouped`` / ``grouped`` (made by spft), ``official`` (a real dataset's official split,
+    validation carved from its train part) or ``other``."""
+    lowered = policy.lower()
+    if lowered.startswith("split from the folders"):
+        return "folders"
     found = re.search(r"method ([\w-]+)", policy)
     if found:
         return found.group(1)
-    lowered = policy.lower()
     if lowered.startswith("split from column"):
         return "column"
     if "official" in lowered:
