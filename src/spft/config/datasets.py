@@ -287,10 +287,11 @@ class CocoData(DetectionDataConfig):
 class DetectionCsvData(DetectionDataConfig):
     """data.name csv (detection): your own images and a table of boxes, one row per box, converted into the cache."""
 
-    csv: Optional[str] = None  # the table (CSV, or TSV/Excel/Parquet by suffix), one row per box
+    csv: Optional[str] = None  # the table of boxes (CSV with a header row), one row per box
     image_column: str = "image"  # column holding the image path (relative to data.root; PNG, JPEG or DICOM)
     class_column: str = "class"  # column holding the box's class; blank class and box = an image without findings
-    box_columns: list[str] = field(default_factory=lambda: ["x_min", "y_min", "x_max", "y_max"])  # corners, pixels
+    # the columns of the box corners x_min, y_min, x_max, y_max (in this order), in pixels of the image
+    box_columns: list[str] = field(default_factory=lambda: ["x_min", "y_min", "x_max", "y_max"])
     classes: list[str] = field(default_factory=list)  # the classes in order; empty: the values found, sorted
     split_column: Optional[str] = None  # values train/val/test; when unset a grouped seeded split is made
     patient_column: Optional[str] = None  # groups for the seeded split (default: the image)
