@@ -165,7 +165,7 @@ def test_detection_checks_run_at_load_time_with_their_messages():
     with pytest.raises(ConfigError, match=r"'detection.imgsz': expected an integer >= 32, got 16"):
         load_config(DETECT, ["detection.imgsz=16"])
     with pytest.raises(ConfigError, match=r"'data.name': 'phantom' is not a detection dataset \(available for "
-                                          r"detection: phantom_detect, vindr_cxr, tbx11k\)"):
+                                          r"detection: phantom_detect, vindr_cxr, tbx11k, yolo, coco, csv\)"):
         load_config(DETECT, ["data.name=phantom"])
     with pytest.raises(ConfigError, match=r"'model.name': detection needs an Ultralytics model"):
         load_config(DETECT, ["model.name=null"])

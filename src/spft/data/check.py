@@ -32,6 +32,13 @@ from spft.data.registry import load_table
 log = logging.getLogger(__name__)
 
 SHOWN = 20  # offenders listed in the text report (all of them are in --json)
+# box-level problems of a detection source (spft.data.own_detection): kind -> what the problem line counts
+BOX_PROBLEMS = {
+    "unknown_class": "box(es) of a class not in the class list",
+    "empty_box": "box(es) of zero or negative size (x_max <= x_min or y_max <= y_min)",
+    "outside_image": "box(es) entirely outside the image",
+    "bad_label": "label line(s) that are not 'class cx cy w h'",
+}
 
 
 @dataclass
@@ -53,6 +60,10 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
     checked: str = "off"  # how images were checked: off | header | decode
     undefined_auc: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # split -> {no_positives, ...}
+    boxes: dict[str, dict[str, int]] = field(default_factory=dict)  # detection: split -> class -> boxes
+    images_without_boxes: dict[str, int] = field(default_factory=dict)  # detection: split -> images
+    box_problems: dict[str, list[str]] = field(default_factory=dict)  # detection: BOX_PROBLEMS kind -> offenders
+    test_is_val: bool = False  # no test split: test metrics are on val (an empty test split is then no problem)
 
     @property
     def val_has_no_auc(self) -> bool:
@@ -61,7 +72,8 @@ class DataReport:
 
     @property
     def empty_splits(self) -> list[str]:
-        return [s for s, counts in self.splits.items() if counts["n_images"] == 0]
+        return [s for s, counts in self.splits.items()
+                if counts["n_images"] == 0 and not (s == "test" and self.test_is_val)]
 
     @property
     def problems(self) -> list[str]:
@@ -74,6 +86,7 @@ class DataReport:
         if self.unreadable_files:
             out.append(f"{len(self.unreadable_files)} file(s) cannot be decoded")
         out += [f"the {s} split is empty" for s in self.empty_splits]
+        out += [f"{len(lines)} {BOX_PROBLEMS.get(kind, kind)}" for kind, lines in self.box_problems.items() if lines]
         if self.val_has_no_auc:
             out.append("no class has both positives and negatives in val (validation AUC, the early-stopping "
                        "monitor, is undefined)")
@@ -89,7 +102,9 @@ class DataReport:
                 "leaked_groups": self.leaked_groups, "missing_files": self.missing_files,
                 "unreadable_files": sorted(self.unreadable_files), "unreadable_errors": self.unreadable_files,
                 "scanned": self.scanned, "checked": self.checked, "undefined_auc": self.undefined_auc,
-                "warnings": self.warnings, "problems": self.problems, "ok": not self.problems}
+                "warnings": self.warnings, "problems": self.problems, "ok": not self.problems,
+                **({"boxes": self.boxes, "images_without_boxes": self.images_without_boxes,
+                    "box_problems": self.box_problems, "test_is_val": self.test_is_val} if self.boxes else {})}
 
 
 def split_counts(table: LabelTable) -> dict[str, dict]:
@@ -359,13 +374,38 @@ def rows_report(cfg, source: str, classes: list[str], splits: list[str], groups:
                         split_policy=split_policy, label_policy=label_policy, splits=counts, leaked_groups=leaked,
                         leaked_splits={g: [s for s in SPLITS if s in where[g]] for g in leaked},
                         missing_files=missing)
-    return _scanned(report, paths, cfg.data.color, scan, headers, workers)
+    return _scanned(report, paths, getattr(cfg.data, "color", "grey"), scan, headers, workers)
 
 
-def _class_block(title: str, key: str, report: DataReport, width: int) -> list[str]:
+def box_report(cfg, boxset, scan: bool = False, workers: int | None = None, headers: bool = False) -> DataReport:
+    """The data check of a detection source read by :mod:`spft.data.own_detection` (a ``BoxSet``): the
+    :func:`rows_report` counts (images with boxes of each class are its positives) plus boxes per class and split,
+    images without boxes and the box-level problems, one line per kind."""
+    classes, images = list(boxset.classes), boxset.images
+    present = [[any(b[0] == j for b in im.boxes) for j in range(len(classes))] for im in images]
+    report = rows_report(cfg, boxset.source, classes, [im.split for im in images], [im.group for im in images],
+                         [im.path for im in images], present, group_kind=boxset.group_kind,
+                         split_policy=boxset.split_policy, label_policy=boxset.label_policy, scan=scan,
+                         workers=workers, headers=headers)
+    for split in SPLITS:
+        counts = dict.fromkeys(classes, 0)
+        for im in images:
+            if im.split == split:
+                for box in im.boxes:
+                    counts[classes[box[0]]] += 1
+        report.boxes[split] = counts
+        report.images_without_boxes[split] = sum(1 for im in images if im.split == split and not im.boxes)
+    report.box_problems = {kind: list(lines) for kind, lines in boxset.problems.items() if lines}
+    report.test_is_val = boxset.test_is_val
+    report.warnings += list(boxset.warnings)
+    return report
+
+
+def _class_block(title: str, key: str, report: DataReport, width: int, table: dict | None = None) -> list[str]:
     lines = [title]
     for c in report.classes:
-        cells = "".join(f"{report.splits[s][key].get(c, 0):>10,}" for s in SPLITS)
+        cells = "".join(f"{(table[s] if table is not None else report.splits[s][key]).get(c, 0):>10,}"
+                        for s in SPLITS)
         lines.append(f"  {c:<{width - 2}}{cells}")
     return lines
 
@@ -380,7 +420,11 @@ def format_report(report: DataReport) -> str:
              f"{'':<{width}}" + "".join(f"{s:>10}" for s in SPLITS),
              f"{'images':<{width}}" + "".join(f"{report.splits[s]['n_images']:>10,}" for s in SPLITS),
              f"{kind:<{width}}" + "".join(f"{report.splits[s]['n_groups']:>10,}" for s in SPLITS)]
-    lines += _class_block("positives", "positives", report, width)
+    lines += _class_block("positives" if not report.boxes else "images with boxes", "positives", report, width)
+    if report.boxes:
+        lines += _class_block("boxes", "boxes", report, width, report.boxes)
+        lines.append(f"{'images without boxes':<{width}}"
+                     + "".join(f"{report.images_without_boxes.get(s, 0):>10,}" for s in SPLITS))
     if any(report.splits[s]["uncertain"] for s in SPLITS):
         lines += _class_block("uncertain (source -1, before the policy)", "uncertain", report, width)
     if any(sum(report.splits[s]["unknown"].values()) for s in SPLITS):
@@ -399,7 +443,11 @@ def format_report(report: DataReport) -> str:
         how = "every image decoded" if report.checked == "decode" else "headers checked; --scan decodes"
         lines.append(f"unreadable files: {n_bad} ({how})" + ("" if n_bad else " — OK"))
         lines += [f"  {p}: {e}" for p, e in list(report.unreadable_files.items())[:SHOWN]]
-    longest = max(len(report.leaked_groups), len(report.missing_files), len(report.unreadable_files))
+    for kind, offenders in report.box_problems.items():
+        lines.append(f"{BOX_PROBLEMS.get(kind, kind)}: {len(offenders)}")
+        lines += [f"  {line}" for line in offenders[:SHOWN]]
+    longest = max(len(report.leaked_groups), len(report.missing_files), len(report.unreadable_files),
+                  *(len(v) for v in report.box_problems.values()))
     if longest > SHOWN:
         lines.append(f"  (the first {SHOWN} of each are shown; --json lists all)")
     if report.warnings:

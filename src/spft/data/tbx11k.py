@@ -9,12 +9,12 @@ withheld, so the dataset's ``test`` entry points at val.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
+from spft.data import coco
 from spft.data.yolo_layout import Box, link_or_copy, write_dataset, write_labels
-from spft.errors import MissingFileError, MissingKeyError
+from spft.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +41,8 @@ def _images_root(root: Path) -> Path:
 
 def read_coco(path: Path) -> tuple[list[dict], dict[int, list[Box]], int]:
     """(images, {image id: boxes in pixels}, skipped boxes) from one TBX-11K COCO file, classes by name."""
-    spec = json.loads(path.read_text())
-    for key in ("images", "annotations", "categories"):
-        if key not in spec:
-            raise MissingKeyError(f"{path}: no {key!r} key (expected a COCO json)")
-    cat_to_class = {c["id"]: CLASSES.index(c["name"]) for c in spec["categories"] if c["name"] in CLASSES}
-    boxes: dict[int, list[Box]] = {}
-    skipped = 0
-    for ann in spec["annotations"]:
-        if ann["category_id"] not in cat_to_class:
-            skipped += 1
-            continue
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        boxes.setdefault(ann["image_id"], []).append((cat_to_class[ann["category_id"]], x, y, x + w, y + h))
-    return spec["images"], boxes, skipped
+    images, boxes, skipped = coco.read_coco(path, CLASSES)
+    return images, boxes, len(skipped)
 
 
 def prepare_tbx11k(cfg) -> Path:

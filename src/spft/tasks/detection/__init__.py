@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spft.compat import ultralytics_image_open
-from spft.config.datasets import PhantomDetectData, Tbx11kData, VindrCxrData
+from spft.config.datasets import CocoData, DetectionCsvData, PhantomDetectData, Tbx11kData, VindrCxrData, YoloData
 from spft.config.schema import DetectionConfig, ModelConfig, TrainerConfig
 from spft.tasks.base import Evaluation, Task
 
@@ -37,7 +37,8 @@ class DetectionTask(Task):
     predict_module = "spft.tasks.detection.predict"
     export_module = "spft.tasks.detection.export"
     train_module, evaluate_module = "spft.tasks.detection.train", "spft.tasks.detection.evaluate"
-    datasets = {"phantom_detect": PhantomDetectData, "vindr_cxr": VindrCxrData, "tbx11k": Tbx11kData}
+    datasets = {"phantom_detect": PhantomDetectData, "vindr_cxr": VindrCxrData, "tbx11k": Tbx11kData,
+                "yolo": YoloData, "coco": CocoData, "csv": DetectionCsvData}
     engine = "Ultralytics"
     sections = {"model": ModelConfig, "trainer": TrainerConfig, "detection": DetectionConfig}
     not_applicable = {
@@ -80,31 +81,22 @@ class DetectionTask(Task):
         return build_detection_report(sweep_dir, out)
 
     def data_check(self, cfg, scan=False, workers=None, headers=False):
-        """Images per split of the prepared Ultralytics dataset, images with boxes of each class, images listed in
-        more than one split, missing images (``--headers`` / ``--scan``: unreadable ones)."""
-        from spft.data.check import rows_report
-        from spft.data.contract import SPLITS
-        from spft.data.yolo_layout import label_path, read_dataset, split_image_list
+        """Images per split, images with boxes of each class, boxes per class, images without boxes, images (or
+        patients) in more than one split, missing images and the box-level problems (unknown class, zero-size box,
+        box outside the image, malformed label line) of the prepared Ultralytics dataset, or of your own data
+        (``data.name`` yolo, coco, csv: read where it lies, nothing converted); ``--headers`` / ``--scan``:
+        unreadable images too."""
+        from spft.data.check import box_report
+        from spft.data.own_detection import read_own, read_yolo
         from spft.tasks.detection.checks import check_detection_config
-        from spft.tasks.detection.dataset import dataset_yaml_for
+        from spft.tasks.detection.dataset import OWN_DATASETS, dataset_yaml_for
 
         check_detection_config(cfg)
-        data_yaml = dataset_yaml_for(cfg)
-        names = read_dataset(data_yaml)["names"]
-        classes = [str(names[i]) for i in sorted(names)]
-        paths, splits, present = [], [], []
-        for split in SPLITS:
-            for image in split_image_list(data_yaml, split):
-                labels = label_path(image)
-                lines = labels.read_text().splitlines() if labels.is_file() else []
-                ids = {int(line.split()[0]) for line in lines if line.strip()}
-                paths.append(str(image))
-                splits.append(split)
-                present.append([j in ids for j in range(len(classes))])
-        return rows_report(cfg, str(data_yaml), classes, splits, [Path(p).stem for p in paths], paths, present,
-                           group_kind="file name", split_policy="the prepared dataset's lists",
-                           label_policy="YOLO label files (none: no finding)", scan=scan, workers=workers,
-                           headers=headers)
+        if cfg.data.name in OWN_DATASETS:
+            boxset = read_own(cfg)
+        else:
+            boxset = read_yolo(dataset_yaml_for(cfg), cfg.data.name, group_by="stem")[0]
+        return box_report(cfg, boxset, scan=scan, workers=workers, headers=headers)
 
 
 TASK = DetectionTask()

@@ -9,16 +9,23 @@ from spft.config import SpftConfig
 from spft.errors import ConfigError, MissingFileError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DETECTION_DATASETS = ("phantom_detect", "vindr_cxr", "tbx11k")
+OWN_DATASETS = ("yolo", "coco", "csv")  # your own data: spft.data.own_detection
+DETECTION_DATASETS = ("phantom_detect", "vindr_cxr", "tbx11k", *OWN_DATASETS)
 
 
-def dataset_yaml_for(cfg: SpftConfig) -> Path:
-    """The prepared dataset's ``dataset.yaml`` (phantoms are generated on demand; real data needs ``spft prepare``)."""
+def dataset_yaml_for(cfg: SpftConfig, training: bool = True) -> Path:
+    """The prepared dataset's ``dataset.yaml`` (phantoms are generated on demand; your own data — yolo, coco, csv —
+    is listed or converted on demand; VinDr-CXR and TBX-11K need ``spft prepare``). ``training=False`` (evaluation)
+    accepts data without train or val split (a test JSON or CSV alone)."""
     name = cfg.data.name
     if name == "phantom_detect":
         from spft.data.yolo_layout import build_phantom_detection
 
         return build_phantom_detection(cfg.data.phantom, cfg.data.root)
+    if name in OWN_DATASETS:
+        from spft.data.own_detection import prepare_own
+
+        return prepare_own(cfg, training=training)
     if name not in DETECTION_DATASETS:
         raise ConfigError(f"data.name: detection needs one of {', '.join(DETECTION_DATASETS)}, got {name!r}")
     from spft.data.vindr_cxr import default_dataset_dir

@@ -85,6 +85,13 @@ def evaluate_weights(weights: Path, cfg, dataset_yaml: Path, split: str, out: Pa
     model = (RTDETR if rtdetr else YOLO)(str(weights))
     names = read_dataset(dataset_yaml)["names"]
     classes = [names[i] for i in sorted(names)]
+    trained = [str(model.names[i]) for i in sorted(model.names)]
+    if [str(c) for c in classes] != trained:
+        from spft.errors import DataError
+
+        raise DataError(f"{dataset_yaml}: classes {[str(c) for c in classes]} are not the {len(trained)} classes "
+                        f"the model was trained on ({trained}, in this order); evaluate on data of the same classes "
+                        "(csv: data.classes fixes the list and its order)")
     m = _val(model, cfg, dataset_yaml, split, out)
     ap50 = {int(c): float(v) for c, v in zip(m.box.ap_class_index, m.box.ap50)}
     map40 = None
@@ -145,6 +152,7 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
         raise MissingFileError(f"{run_dir / 'checkpoints'} holds no .pt checkpoint (has the run finished its first "
                                "epoch?)")
     with _quiet_ultralytics():  # Ultralytics logs to stdout; keep stdout for the table / --json output
-        ev = evaluate_weights(weights, cfg, dataset_yaml_for(cfg), split, run_dir / "ultralytics" / f"eval_{split}")
+        data_yaml = dataset_yaml_for(cfg, training=False)
+        ev = evaluate_weights(weights, cfg, data_yaml, split, run_dir / "ultralytics" / f"eval_{split}")
     atomic_write_json(run_dir / f"metrics_{split}_eval.json", ev.metrics())
     return ev
