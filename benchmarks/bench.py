@@ -131,7 +131,7 @@ def spft_loop(cfg, batches: list[dict], n_classes: int, device: str) -> tuple[fl
     from spft.models.classifier import build_classifier
     from spft.recipe import ClassWeights
     from spft.tasks.classification.module import ClassificationModule
-    from spft.tasks.recipe_callbacks import recipe_callbacks
+    from spft.tasks.lightning.callbacks import recipe_callbacks
 
     torch.manual_seed(0)
     _reset_peak(device)
@@ -164,7 +164,7 @@ def stage1_epochs(cfg, epochs: int = 4) -> tuple[float, list[float]]:
     import lightning as L
 
     from spft.tasks.classification.train import MONITOR, build_run
-    from spft.tasks.lightning_trainer import build_trainer
+    from spft.tasks.lightning.trainer import build_trainer
 
     times: list[float] = []
     setup: list[float] = []

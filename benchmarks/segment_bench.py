@@ -49,7 +49,7 @@ def plain_finetune(overrides: list[str], lr: float, seed: int, log=print) -> dic
     from spft.config import load_config
     from spft.data.masks import MaskDataset, build_mask_table
     from spft.models.sam2 import build_sam2
-    from spft.tasks.segmentation.evaluate import evaluate_module
+    from spft.tasks.segmentation.evaluate import eval_loader, evaluate_module
     from spft.tasks.segmentation.loss import weighted_dice_bce
     from spft.tasks.segmentation.module import jitter_boxes
 
@@ -78,14 +78,14 @@ def plain_finetune(overrides: list[str], lr: float, seed: int, log=print) -> dic
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        val = evaluate_module(view, data["val"], "val", batch_size=cfg.trainer.batch_size * 2).metrics()["mean_dice"]
+        val = evaluate_module(view, eval_loader(data["val"], cfg.trainer.batch_size * 2), "val").metrics()["mean_dice"]
         val = float(val or 0.0)
         curve.append(round(val, 4))
         if val > best:
             best, best_state = val, copy.deepcopy(model.state_dict())
         model.train()
     model.load_state_dict(best_state)
-    test = evaluate_module(view, data["test"], "test", batch_size=cfg.trainer.batch_size * 2).metrics()
+    test = evaluate_module(view, eval_loader(data["test"], cfg.trainer.batch_size * 2), "test").metrics()
     minutes = (time.perf_counter() - start) / 60
     log(f"plain lr {lr:g} seed {seed}: val Dice per epoch {curve}; test {test['per_structure_dice']} "
         f"({minutes:.1f} min)")

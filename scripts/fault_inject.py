@@ -202,7 +202,8 @@ def differences(run: Path, reference: Path) -> list[str]:
     * every file byte for byte (history.csv, predictions_test.csv, logs/metrics.csv, metrics.json, thresholds.json,
       calibration.json, class_weights.json, data.json, logs/tb/hparams.yaml, and any file a later spft adds), except
       those that legitimately hold a time, a path or the process that wrote them:
-    * ``DONE`` holds the finishing time: it must exist;
+    * ``DONE`` holds the finishing time: it must exist; so must ``curves.png`` (history.csv, compared, drawn under
+      the run folder's name);
     * ``config.yaml`` is compared without ``run.dir`` (the absolute run path: relocated runs differ) and
       ``trainer.progress_bar`` (display only);
     * ``env.json`` without ``started``, ``command`` (the starting process's time and argv, run path included) and
@@ -227,7 +228,7 @@ def differences(run: Path, reference: Path) -> list[str]:
     out += [f"{name} not in the reference run" for name in sorted(mine - theirs)]
     for name in sorted(mine & theirs):
         a, b = run / name, reference / name
-        if name == "DONE":
+        if name in ("DONE", "curves.png"):  # the finishing time; history.csv drawn, titled with the run's folder name
             continue
         if name == "config.yaml":
             x, y = yaml.safe_load(a.read_text()), yaml.safe_load(b.read_text())

@@ -21,7 +21,7 @@ import os
 import sys
 import traceback
 
-PRELOAD = ["cli_zygote", "spft.cli", "spft.tasks.classification.build", "spft.tasks.lightning_run", "lightning",
+PRELOAD = ["cli_zygote", "spft.cli", "spft.tasks.classification.build", "spft.tasks.lightning.run", "lightning",
            "transformers", "torch"]
 
 _CONTEXT = None

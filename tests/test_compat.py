@@ -207,7 +207,7 @@ def test_lightning_csv_logger_private_fields(tmp_path):
 
 def test_lightning_resumable_csv_logger_keeps_rows(tmp_path):
     """The overridden ``experiment`` property and ``_check_log_dir_exists``: an existing metrics.csv survives."""
-    from spft.tasks.lightning_trainer import ResumableCSVLogger, _KeepingWriter
+    from spft.tasks.lightning.trainer import ResumableCSVLogger, _KeepingWriter
 
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -55,7 +55,7 @@ def test_a_moved_and_a_read_only_run_resume_to_the_uninterrupted_one(reference, 
 def test_a_resumed_csv_log_keeps_lightnings_bytes(tmp_path):
     """Dropping the rows of an epoch cut short keeps the other lines as Lightning wrote them (CRLF): a resumed run's
     metrics.csv is byte-identical to an uninterrupted run's (it was rewritten with LF, then appended with CRLF)."""
-    from spft.tasks.lightning_trainer import _KeepingWriter
+    from spft.tasks.lightning.trainer import _KeepingWriter
 
     text = "epoch,step,val/auc\r\n0.0,5,\r\n0,5,0.5\r\n1,11,0.6\r\n2,17,0.7\r\n"
     (tmp_path / "metrics.csv").write_bytes(text.encode())
@@ -72,7 +72,7 @@ def test_an_evaluation_loader_leaves_the_global_rng_alone():
     import torch
     from torch.utils.data import TensorDataset
 
-    from spft.tasks.lightning_data import SplitDataModule
+    from spft.tasks.lightning.data import SplitDataModule
 
     ds = TensorDataset(torch.arange(8.0))
     cfg = SimpleNamespace(num_workers=0, pin_memory=False, prefetch_factor=None)

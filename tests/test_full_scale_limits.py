@@ -99,7 +99,7 @@ def test_limits_bound_every_pass_and_are_recorded(spft_cache, tmp_path, counted,
 def test_feature_batches_stop_at_the_limit_and_refuse_uncached_rows():
     from spft.data.dataset import EpochSeededSampler
     from spft.tasks.classification.feature_cache import BatchesOf
-    from spft.tasks.limits import batches_under
+    from spft.tasks.common.limits import batches_under
 
     assert [batches_under(v, 10) for v in (None, 1.0, 3, 30, 0.25, 0.5)] == [10, 10, 3, 10, 2, 5]
     batches = BatchesOf(EpochSeededSampler(100, 0), 8, stop_after=2)

@@ -14,7 +14,7 @@ from spft.config.schema import EvaluationConfig
 from spft.metrics import multilabel_auc
 from spft.metrics.calibration import calibrated_probabilities, summary_ece
 from spft.metrics.operating_points import operating_points, per_class_auprc
-from spft.tasks.classification.evaluate import Evaluation, format_table, write_evaluation
+from spft.tasks.classification.evaluate import ClassificationEvaluation, format_table, write_evaluation
 from spft.tasks.classification.operating import (
     CALIBRATION,
     THRESHOLDS,
@@ -26,7 +26,7 @@ CLASSES = ["Effusion", "Nodule", "Rare"]
 OP_KEYS = ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1")
 
 
-def _evaluation(split: str, n: int, seed: int, multiclass: bool = False) -> Evaluation:
+def _evaluation(split: str, n: int, seed: int, multiclass: bool = False) -> ClassificationEvaluation:
     rng = np.random.default_rng(seed)
     if multiclass:
         target = rng.choice(3, size=n, p=[0.5, 0.3, 0.2])
@@ -39,8 +39,8 @@ def _evaluation(split: str, n: int, seed: int, multiclass: bool = False) -> Eval
         labels[::9, 0] = np.nan  # unknown labels
         logits = (3.0 * true).astype(np.float32)  # overconfident: the best temperature is near 3
     probs = calibrated_probabilities(logits, 1.0, multiclass)
-    return Evaluation(split, [f"{split}{i}" for i in range(n)], [f"p{i // 2}" for i in range(n)], probs, labels,
-                      multilabel_auc(probs, labels, CLASSES), logits=logits)
+    return ClassificationEvaluation(split, [f"{split}{i}" for i in range(n)], [f"p{i // 2}" for i in range(n)], probs,
+                                    labels, multilabel_auc(probs, labels, CLASSES), logits=logits)
 
 
 def _cfg(calibration="temperature", threshold="youden", target=None, loss="bce"):

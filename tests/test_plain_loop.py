@@ -9,7 +9,7 @@ with PIL and normalised with RAD-DINO's statistics, AdamW with the encoder and h
 on every matrix except the embedding tokens and positions, BCE summed over classes and averaged over the batch,
 and spft's data order and dropout noise: the permutation of epoch e from a generator seeded ``seed * 100003 + e``
 (:class:`spft.data.dataset.EpochSeededSampler`) and torch's global generator reseeded ``seed * 1000003 + e`` at each
-epoch's first batch (:class:`spft.tasks.recipe_callbacks.EpochReseed`). The per-epoch mean training loss of
+epoch's first batch (:class:`spft.tasks.lightning.callbacks.EpochReseed`). The per-epoch mean training loss of
 ``history.csv`` must equal the loop's within ``RTOL``.
 
 The loop then runs again with one thing changed at a time — the encoder at the head's learning rate, weight decay on

@@ -40,8 +40,8 @@ def evaluated(run, tmp_path_factory):
     (the dataset's input-pixel boxes scaled to the image's pixels)."""
     from spft.data.masks import load_mask_table
     from spft.experiments.rundir import load_run_config
-    from spft.tasks.lightning_trainer import load_checkpoint_into
-    from spft.tasks.segmentation.evaluate import evaluate_module
+    from spft.tasks.lightning.trainer import load_checkpoint_into
+    from spft.tasks.segmentation.evaluate import eval_loader, evaluate_module
     from spft.tasks.segmentation.train import build_run
 
     cfg = load_run_config(run)
@@ -50,7 +50,7 @@ def evaluated(run, tmp_path_factory):
     load_checkpoint_into(module, run / "checkpoints" / "best.ckpt")
     dataset = dm.datasets["test"]
     out = tmp_path_factory.mktemp("eval_masks")
-    evaluate_module(module, dataset, "test", "cpu", 8, out_dir=out, n_overlays=len(dataset))
+    evaluate_module(module, eval_loader(dataset, 8), "test", "cpu", out_dir=out, n_overlays=len(dataset))
     rows = []
     for i in range(len(dataset)):
         sample = dataset[i]

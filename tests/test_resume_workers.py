@@ -1,7 +1,7 @@
 """``--resume`` equals an uninterrupted run with DataLoader workers (issue 11 §2), through the real CLI.
 
 Workers prefetch from the iterator Lightning creates before it restores the checkpoint's epoch; without
-:class:`spft.tasks.lightning_data.FreshEpochOrder` the first resumed epoch trained on epoch 0's order (and epoch 0's
+:class:`spft.tasks.lightning.data.FreshEpochOrder` the first resumed epoch trained on epoch 0's order (and epoch 0's
 augmentation draws). Each run is killed with SIGKILL at a random training batch (printed on failure), resumed, and
 compared with the uninterrupted run: history.csv, predictions_test.csv, logs/metrics.csv and the best weights.
 The uninterrupted runs also show that stdout holds results only (progress bars on stderr) and that the Lightning

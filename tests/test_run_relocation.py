@@ -20,7 +20,7 @@ from run_hooks import crash_after_epoch
 from spft.atomic import check_tree, open_append, open_regular
 from spft.errors import RunDirError
 from spft.experiments.lock import LOCK, RunLock
-from spft.tasks.lightning_trainer import LastCheckpoint, RelocatableCheckpoint
+from spft.tasks.lightning.trainer import LastCheckpoint, RelocatableCheckpoint
 
 CONFIG = "configs/phantom_cxr.yaml"
 

@@ -169,7 +169,7 @@ def checkpoint_last_saved(callback) -> tuple[int, str]:
     """Lightning: ``ModelCheckpoint._last_global_step_saved`` and ``._last_checkpoint_saved`` (checked: lightning
     2.6.6) — the global step and file of the callback's last save.
 
-    Used by :class:`spft.tasks.lightning_trainer.LastCheckpoint` to copy ``best.ckpt`` instead of serialising the
+    Used by :class:`spft.tasks.lightning.trainer.LastCheckpoint` to copy ``best.ckpt`` instead of serialising the
     same step twice; without them last.ckpt costs a second full save whenever best.ckpt was written."""
     return callback._last_global_step_saved, callback._last_checkpoint_saved
 
@@ -183,14 +183,14 @@ def record_checkpoint_saved(callback, global_step: int, filepath: str) -> None:
 
 def logger_filesystem(obj):
     """Lightning: ``CSVLogger._fs`` / ``_ExperimentWriter._fs`` (checked: lightning 2.6.6) — the fsspec filesystem
-    of the log folder. Used by spft's resumable CSV log (:class:`spft.tasks.lightning_trainer.ResumableCSVLogger`)
+    of the log folder. Used by spft's resumable CSV log (:class:`spft.tasks.lightning.trainer.ResumableCSVLogger`)
     to read and trim ``metrics.csv`` where Lightning writes it; without it a resumed run loses its earlier rows."""
     return obj._fs
 
 
 def csv_logger_experiment(logger):
     """Lightning: ``CSVLogger._experiment`` (checked: lightning 2.6.6) — the backing field of the ``experiment``
-    property (``None`` until first use), which :class:`~spft.tasks.lightning_trainer.ResumableCSVLogger` overrides
+    property (``None`` until first use), which :class:`~spft.tasks.lightning.trainer.ResumableCSVLogger` overrides
     to build its keeping writer; without it Lightning's deleting writer would be built instead."""
     return logger._experiment
 
@@ -270,16 +270,16 @@ class PrivateOverride:
 
 PRIVATE_OVERRIDES: tuple[PrivateOverride, ...] = (
     PrivateOverride("lightning", "lightning.pytorch.callbacks:ModelCheckpoint", "_save_checkpoint",
-                    ("trainer", "filepath"), "spft.tasks.lightning_trainer:LastCheckpoint",
+                    ("trainer", "filepath"), "spft.tasks.lightning.trainer:LastCheckpoint",
                     "lightning.pytorch.callbacks.model_checkpoint",
                     "last.ckpt is a byte copy of best.ckpt saved at the same step (no second serialisation)"),
     PrivateOverride("lightning", "lightning.pytorch.callbacks:ModelCheckpoint", "_generate_state_key",
-                    ("kwargs",), "spft.tasks.lightning_trainer:RelocatableCheckpoint",
+                    ("kwargs",), "spft.tasks.lightning.trainer:RelocatableCheckpoint",
                     "lightning.pytorch.callbacks.model_checkpoint",
                     "the callback's state key keeps the name 'ModelCheckpoint', so older checkpoints' best-tracking "
                     "state still loads"),
     PrivateOverride("lightning", "lightning.pytorch.loggers.csv_logs:ExperimentWriter", "_check_log_dir_exists",
-                    (), "spft.tasks.lightning_trainer:_KeepingWriter", "lightning.fabric.loggers.csv_logs",
+                    (), "spft.tasks.lightning.trainer:_KeepingWriter", "lightning.fabric.loggers.csv_logs",
                     "Lightning deletes metrics.csv there; a resumed run keeps its earlier epochs' rows"),
     PrivateOverride("torch", "torch.nn:Module", "_load_from_state_dict",
                     ("state_dict", "prefix", "local_metadata", "strict", "missing_keys", "unexpected_keys",

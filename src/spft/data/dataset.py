@@ -57,7 +57,7 @@ class EpochSeededSampler(Sampler[int]):
     Lightning may create the loader's iterator *before* that call (on resume it does so while estimating the number
     of steps, before the checkpoint's epoch is restored), and DataLoader workers fetch ahead from the order drawn
     then; ``iterated_epoch`` (the epoch the last order was drawn for) lets
-    :class:`spft.tasks.lightning_data.FreshEpochOrder` find and restart such a stale iterator.
+    :class:`spft.tasks.lightning.data.FreshEpochOrder` find and restart such a stale iterator.
     With ``world > 1`` the permutation is padded (by repeating its start) to a multiple of ``world`` so every rank
     runs the same number of steps — DDP's gradient all-reduce needs that; evaluation never pads (ShardSampler).
     """

@@ -1,7 +1,7 @@
 """The one place where a test or a fault-injection harness plugs its own code into a run: ``SPFT_TEST_CALLBACK=
 module:Name`` (``module`` importable, e.g. ``tests/`` or ``scripts/`` on ``PYTHONPATH``) adds ``Name()`` to the run.
 
-A Lightning run adds the object as a callback (:func:`spft.tasks.lightning_trainer.build_trainer`); a detection run
+A Lightning run adds the object as a callback (:func:`spft.tasks.lightning.trainer.build_trainer`); a detection run
 registers what its ``ultralytics_callbacks()`` returns (``{event: function(trainer)}``) with the Ultralytics
 trainer (:class:`spft.tasks.detection.trainer.SpftTrainerMixin`). The hooks themselves live with the tests
 (``tests/run_hooks.py``) and the fault-injection script (``scripts/fault_inject.py``), not in spft.

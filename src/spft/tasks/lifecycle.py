@@ -1,7 +1,7 @@
 """The one run lifecycle every engine goes through: create (or resume) the run directory and take its lock, write the
 record files, fit, load the best weights, test, write ``DONE``.
 
-An engine (Lightning for classification and segmentation: :class:`spft.tasks.lightning_run.LightningEngine`;
+An engine (Lightning for classification and segmentation: :class:`spft.tasks.lightning.run.LightningEngine`;
 Ultralytics for detection: :class:`spft.tasks.detection.train.DetectionEngine`) supplies the steps; the order, the
 lock, which record files a resumed run rewrites, the clean-up of a failed start and ``DONE`` are decided here once.
 

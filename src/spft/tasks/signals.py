@@ -35,7 +35,7 @@ class SignalGuard(L.Callback):
     the current step finishes, no checkpoint of the partial epoch is written, and ``trainer.fit`` stops — so
     ``last.ckpt`` stays the end of the last complete epoch, from which ``--resume`` equals an uninterrupted run.
     Before and after the loop (setup, feature extraction, test evaluation) the signal stops the run at once (every
-    file is written atomically). Either way :meth:`~spft.tasks.lightning_run.LightningEngine.guarded` raises
+    file is written atomically). Either way :meth:`~spft.tasks.lightning.run.LightningEngine.guarded` raises
     :class:`~spft.errors.RunInterrupted` (exit 128 + signal) and ``DONE`` is not written. A second Ctrl+C interrupts
     immediately.
     """

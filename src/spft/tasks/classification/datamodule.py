@@ -10,8 +10,8 @@ from spft.data.contract import LabelTable
 from spft.data.dataset import EpochSeededSampler, ImageDataset, ShardSampler
 from spft.data.transforms import ImageTransform
 from spft.tasks.classification.feature_cache import BatchesOf, FeatureBatches, FeatureCache, whole_batch
-from spft.tasks.lightning_data import SplitDataModule
-from spft.tasks.limits import batches_under
+from spft.tasks.common.limits import batches_under
+from spft.tasks.lightning.data import SplitDataModule
 
 
 class ClassificationDataModule(SplitDataModule):

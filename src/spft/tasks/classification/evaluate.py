@@ -6,20 +6,19 @@ loop on purpose: evaluation must not depend on trainer state, and AUC is compute
 ``spft evaluate`` on other data (an override that changes which data is read) scores every row of it unless a
 split is asked for, says how many images of which file it scored, and writes files named after the data
 (``metrics_<name>.json``, ``predictions_<name>.csv``) that never replace the training record or an earlier
-evaluation; :func:`output_paths` and :func:`evaluate_run` are shared with segmentation's evaluation.
+evaluation (the opening and the files are every task's: :mod:`spft.tasks.common.evaluation`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spft.errors import ConfigError, DataError
+from spft.errors import DataError
 from spft.experiments.rundir import write_split_record
 from spft.metrics import AucResult, multilabel_auc
 
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Evaluation:
+class ClassificationEvaluation:
     split: str
     ids: list[str]
     groups: list[str]
@@ -49,20 +48,24 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate_module(module, loader, split: str, device: torch.device | str = "cpu", world: int = 1) -> Evaluation:
-    """Predict ``loader`` with the module's evaluation weights (EMA when enabled) and score it.
+def evaluate_module(module, loader, split: str, device: torch.device | str = "cpu", *, limit: int | float | None = None,
+                    world: int = 1) -> ClassificationEvaluation:
+    """Predict ``loader`` with the module's evaluation weights (EMA when enabled) and score it (the first batches only
+    under ``limit``: a smoke run's ``trainer.limit_test_batches``). Every task's ``evaluate_module`` takes
+    ``(module, loader, split, device, *, limit, ...)``.
 
     With ``world > 1`` each rank predicts its shard and every rank gets the whole split back in dataset order
     (:func:`~spft.distributed.gather_by_index`), so the AUC equals a single-process evaluation.
     """
     from spft.distributed import gather_by_index, gather_objects
+    from spft.tasks.common.limits import limited
 
     model = module.eval_model().to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
     parts: dict[str, list] = {"probs": [], "labels": [], "index": [], "logits": []}
     names: dict[int, tuple[str, str]] = {}
     with autocast:
-        for batch in loader:
+        for batch in limited(loader, limit):
             logits = model(batch["image"].to(device))
             parts["probs"].append(module.probabilities(logits).cpu())
             parts["logits"].append(logits.float().cpu())
@@ -74,8 +77,8 @@ def evaluate_module(module, loader, split: str, device: torch.device | str = "cp
     merged = gather_by_index(parts, world)
     order = merged["index"].tolist()
     p, y = merged["probs"].numpy(), merged["labels"].numpy()
-    return Evaluation(split, [names[i][0] for i in order], [names[i][1] for i in order], p, y,
-                      multilabel_auc(p, y, module.classes), logits=merged["logits"].numpy())
+    return ClassificationEvaluation(split, [names[i][0] for i in order], [names[i][1] for i in order], p, y,
+                                    multilabel_auc(p, y, module.classes), logits=merged["logits"].numpy())
 
 
 class _null:
@@ -86,13 +89,14 @@ class _null:
         return False
 
 
-def write_evaluation(run_dir: Path, ev: Evaluation, best_epoch: int | None = None, suffix: str = "") -> None:
+def write_evaluation(run_dir: Path, ev: ClassificationEvaluation, best_epoch: int | None = None,
+                     suffix: str = "") -> None:
     """``metrics.json`` and ``predictions_<split>.csv``: columns id, group (patient/lesion, for bootstrap resampling
     by group), prob_<class>..., label_<class>... (blank = unknown label)."""
     write_split_record(run_dir, ev.split, prediction_rows(ev), ev.metrics(), best_epoch, suffix)
 
 
-def prediction_rows(ev: Evaluation) -> list[dict]:
+def prediction_rows(ev: ClassificationEvaluation) -> list[dict]:
     """The rows of a predictions CSV: id, group, prob_<class>..., label_<class>... (blank = unknown), then
     logit_<class>... when the evaluation kept its logits (prob = sigmoid(logit / T), softmax for ``loss: ce``)."""
     classes = ev.auc.classes
@@ -108,7 +112,7 @@ def prediction_rows(ev: Evaluation) -> list[dict]:
     return rows
 
 
-def format_table(ev: Evaluation) -> str:
+def format_table(ev: ClassificationEvaluation) -> str:
     """The per-class AUC table printed by ``train``, ``demo`` and ``evaluate``."""
     width = max(len(c) for c in ev.auc.classes + ["macro AUC"])
     lines = [f"{'class':<{width}}  AUC     positives", "-" * (width + 20)]
@@ -127,72 +131,6 @@ def format_table(ev: Evaluation) -> str:
     return "\n".join(lines + (["", points] if points else []))
 
 
-# Keys that choose *which* data is read: changing any of them in `spft evaluate RUN KEY=VALUE` evaluates other data.
-DATA_IDENTITY_KEYS = ("name", "root", "csv", "images_root", "masks_csv", "source", "phantom", "split_column",
-                      "split_fractions", "split_seed", "official_test", "views")
-
-
-def is_other_data(recorded_cfg, cfg) -> bool:
-    """Whether ``cfg`` (the run's config with the evaluation's overrides) reads other data than the run did."""
-    import dataclasses
-
-    old, new = dataclasses.asdict(recorded_cfg.data), dataclasses.asdict(cfg.data)
-    return any(old.get(k) != new.get(k) for k in DATA_IDENTITY_KEYS)
-
-
-def data_file_of(cfg, source: str = "") -> str:
-    """The file (or folder) the evaluated rows came from, as recorded in the metrics (``data_file``)."""
-    data = cfg.data
-    return str(source or getattr(data, "csv", None) or getattr(data, "masks_csv", None) or data.root or data.name)
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "data"
-
-
-def output_paths(run_dir: Path, cfg, other: bool, split: str, split_given: bool, out: str | None = None,
-                 name: str | None = None, data_file: str = "", predictions_suffix: str = ".csv"
-                 ) -> tuple[Path, Path]:
-    """``(metrics file, predictions file)`` of an evaluation; an earlier evaluation's files are never overwritten.
-
-    * the run's own data: ``metrics_<split>_eval.json`` / ``predictions_<split>_eval.csv`` in the run directory
-      (a re-evaluation of the same rows, replaced when run again);
-    * other data: ``metrics_<name>.json`` / ``predictions_<name>.csv``, ``<name>`` = ``--name`` or the data file's
-      stem (plus ``_<split>`` when ``--split`` was given); when either exists, ``<name>-2``, ``<name>-3`` ...;
-    * ``--out DIR``: those names in DIR; ``--out FILE.json``: FILE.json and FILE.csv (replaced when run again).
-
-    The training record (``metrics.json``, ``predictions_test.csv`` of the run directory) is never a target.
-    """
-    record = {(run_dir / "metrics.json").resolve(), (run_dir / "predictions_test.csv").resolve()}
-    if out is not None and Path(out).suffix.lower() == ".json":
-        metrics = Path(out).expanduser()
-        predictions = metrics.with_suffix(predictions_suffix)
-        if {metrics.resolve(), predictions.resolve()} & record:
-            raise ConfigError(f"--out {out}: that is the run's training record, which an evaluation never replaces")
-        metrics.parent.mkdir(parents=True, exist_ok=True)
-        return metrics, predictions
-    folder = Path(out).expanduser() if out is not None else run_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    if name is not None:
-        base = _safe_name(name)
-    elif other:
-        stem = Path(data_file).stem if data_file else cfg.data.name
-        base = _safe_name(stem) + (f"_{split}" if split_given else "")
-    else:
-        base = f"{split}_eval"
-    if not other and name is None:
-        return folder / f"metrics_{base}.json", folder / f"predictions_{base}{predictions_suffix}"
-    candidate, k = base, 1
-    while True:
-        metrics = folder / f"metrics_{candidate}.json"
-        predictions = folder / f"predictions_{candidate}{predictions_suffix}"
-        taken = metrics.exists() or predictions.exists() or {metrics.resolve(), predictions.resolve()} & record
-        if not taken:
-            return metrics, predictions
-        k += 1
-        candidate = f"{base}-{k}"
-
-
 def refuse_unlabelled(labels: np.ndarray, data_file: str) -> None:
     """Rows without any label cannot be scored: one line naming the file and how many rows."""
     empty = np.isnan(labels).all(axis=1) if labels.size else np.zeros(len(labels), bool)
@@ -202,19 +140,8 @@ def refuse_unlabelled(labels: np.ndarray, data_file: str) -> None:
                         f"out (unlabelled images are for prediction, not evaluation)")
 
 
-def _write_files(metrics_path: Path, predictions_path: Path, ev: Evaluation, best_epoch: int | None) -> None:
-    from spft.atomic import atomic_write_csv, atomic_write_json
-
-    atomic_write_csv(predictions_path, prediction_rows(ev))
-    metrics = ev.metrics()
-    if best_epoch is not None:
-        metrics["best_epoch"] = int(best_epoch)
-    metrics["predictions_file"] = str(predictions_path)
-    atomic_write_json(metrics_path, metrics)
-
-
 def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: str | None = None,
-                 checkpoint: str = "best", out: str | None = None, name: str | None = None) -> Evaluation:
+                 checkpoint: str = "best", out: str | None = None, name: str | None = None) -> ClassificationEvaluation:
     """Re-evaluate a finished (or interrupted) run directory, on its own data or on other data via overrides.
 
     ``split``: the run's own data is scored on ``test`` unless another split is asked for. Overrides that change
@@ -222,35 +149,27 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     evaluate *every* row of that data unless ``split`` is given. Only the evaluated rows' images must exist (a
     missing training image does not block ``--split test``) and every evaluated row must have a label. How many
     images, from which file and which split are logged and recorded in the metrics (``n``, ``data_file``,
-    ``split``); where the files go: :func:`output_paths` (the training record is never overwritten).
+    ``split``); where the files go: :func:`spft.tasks.common.evaluation.output_paths` (the training record is never
+    overwritten).
     """
     from spft.data.csv_dataset import check_missing, subset_table
     from spft.data.io import set_max_pixels
     from spft.data.registry import load_table
     from spft.devices import eval_device
     from spft.distributed import init_from_launcher
-    from spft.experiments.rundir import checked_split, load_run_config
     from spft.tasks.classification.build import build_run
     from spft.tasks.classification.operating import apply_run_records
-    from spft.tasks.lightning_trainer import load_checkpoint_into
-    from spft.tasks.limits import given_test_limit, limited
+    from spft.tasks.common.evaluation import data_file_of, open_evaluation, write_evaluation_files
+    from spft.tasks.lightning.trainer import load_checkpoint_into
 
-    run_dir = Path(run_dir)
-    split_given = split is not None
-    if split_given:
-        split = checked_split(split)
-    cfg = load_run_config(run_dir, overrides)
-    other = is_other_data(load_run_config(run_dir), cfg)
+    req = open_evaluation(run_dir, overrides, split, checkpoint, out, name)
+    run_dir, cfg = req.run_dir, req.cfg
     set_max_pixels(cfg.data.max_image_pixels)
     full = load_table(cfg.data, cfg.seed)  # nothing refused yet: only the evaluated rows must be usable
     data_file = data_file_of(cfg, full.source)
-    if other and not split_given:
-        split, rows, what = "all", np.arange(len(full.paths)), "every row"
-    else:
-        split = split or "test"
-        rows, what = full.indices(split), f"the {split} split ({full.split_policy})"
-    if len(rows) == 0:
-        raise DataError(f"{data_file}: the {split} split is empty: nothing to evaluate")
+    split, rows, what = req.rows(len(full.paths), full.indices)
+    if split != "all":
+        what += f" ({full.split_policy})"
     table = subset_table(full, rows, splits=["test"] * len(rows))  # the loaders read the "test" split
     check_missing(table, data_file)
     refuse_unlabelled(table.labels, data_file)
@@ -259,20 +178,16 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     _, _, module, dm = build_run(cfg, None, table=table)
     epoch = load_checkpoint_into(module, run_dir / "checkpoints" / f"{checkpoint}.ckpt")
     device = f"cuda:{torch.cuda.current_device()}" if eval_device(cfg) == "cuda" else "cpu"
-    limit = given_test_limit(cfg, overrides)  # the run's own trainer.limit_* do not apply here
-    if limit is not None:
-        log.warning("trainer.limit_test_batches=%s: scoring a SUBSET of the rows (a smoke check, not a result)", limit)
-    ev = evaluate_module(module, limited(dm.loader("test", rank=rank, world=world), limit), split, device, world)
-    ev.data_file, ev.checkpoint = data_file, checkpoint
-    if limit is not None:
-        ev.extra["limited"] = {"test": limit}
+    ev = evaluate_module(module, dm.loader("test", rank=rank, world=world), split, device, limit=req.limit,
+                         world=world)
+    req.record(ev, data_file)
     apply_run_records(run_dir, cfg, ev)  # the run's temperature and thresholds, never refitted
-    if limit is None and len(ev.ids) != len(rows):  # data.on_bad_image=skip left some out
+    if req.limit is None and len(ev.ids) != len(rows):  # data.on_bad_image=skip left some out
         log.warning("%d of %d image(s) were left out as unusable (data.on_bad_image=skip)", len(rows) - len(ev.ids),
                     len(rows))
     if rank == 0:
-        metrics_path, predictions_path = output_paths(run_dir, cfg, other, split, split_given, out, name, data_file)
-        _write_files(metrics_path, predictions_path, ev, epoch)
+        metrics_path, predictions_path = req.output_paths(split, data_file)
+        write_evaluation_files(metrics_path, predictions_path, prediction_rows(ev), ev.metrics(), epoch)
         log.info("%d image(s) of %s evaluated (%s): %s, %s", len(ev.ids), data_file, split, metrics_path,
                  predictions_path)
     return ev

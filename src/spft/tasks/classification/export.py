@@ -34,7 +34,7 @@ from torch import nn
 
 from spft.errors import ConfigError, DependencyError
 from spft.tasks.classification.source import EXPORT_WEIGHTS, HEAD_PREFIX, LoadedClassifier, load_run
-from spft.tasks.export_folder import check_format, fresh_folder, staged_folder, write_json
+from spft.tasks.common.export_folder import check_format, fresh_folder, staged_folder, write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
 """The SPFT classification LightningModule: task-specific parts only (forward, loss, AUC validation).
 
 The recipe itself — optimizer groups, schedule, EMA weights and checkpoint extras in
-:class:`spft.tasks.lightning_recipe.RecipeModule`; freezing, reseeding, the EMA update, class-weight refinement and
-the history rows in :mod:`spft.tasks.recipe_callbacks` — is shared with segmentation. Per validation: AUC over the
-whole split for the raw and the EMA weights, handed to the recipe (:class:`~spft.tasks.recipe_callbacks.EpochScores`),
-which refines the class weights from the monitored (EMA) AUC in stage 2.
+:class:`spft.tasks.lightning.recipe.RecipeModule`; freezing, reseeding, the EMA update, class-weight refinement and
+the history rows in :mod:`spft.tasks.lightning.callbacks` — is shared with segmentation. Per validation: AUC over
+the whole split for the raw and the EMA weights, handed to the recipe
+(:class:`~spft.tasks.lightning.callbacks.EpochScores`), which refines the class weights from the monitored (EMA)
+AUC in stage 2.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 from spft.distributed import gather_by_index
 from spft.metrics import multilabel_auc
 from spft.recipe import trainable_at, weighted_bce, weighted_ce
-from spft.tasks.lightning_recipe import RecipeModule
-from spft.tasks.recipe_callbacks import EpochScores
+from spft.tasks.lightning.callbacks import EpochScores
+from spft.tasks.lightning.recipe import RecipeModule
 
 log = logging.getLogger(__name__)
 

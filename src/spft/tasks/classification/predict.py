@@ -30,7 +30,7 @@ from spft.data.io import array_to_image
 from spft.devices import resolve_device
 from spft.errors import ConfigError, DataError, SpftError
 from spft.tasks.classification.source import LoadedClassifier, load_source
-from spft.tasks.prediction import Predictions, decode_ahead, error_text
+from spft.tasks.common.prediction import Predictions, decode_ahead, error_text
 
 log = logging.getLogger(__name__)
 

@@ -224,12 +224,12 @@ def load_export(folder: str | Path) -> LoadedClassifier:
 
     The folder is untrusted: ``config.json`` (the ``spft`` block, the encoder's ``model_type`` and sizes) and the
     tensor shapes in ``model.safetensors``' header are checked against each other before anything is built
-    (:mod:`spft.tasks.export_check`); a wrong value is one line naming the file and key."""
+    (:mod:`spft.tasks.common.export_check`); a wrong value is one line naming the file and key."""
     from safetensors.torch import load_file
     from transformers import AutoModel
 
     from spft.models.classifier import SpftClassifier
-    from spft.tasks import export_check as chk
+    from spft.tasks.common import export_check as chk
 
     folder = Path(folder)
     path, weights_file = folder / "config.json", folder / EXPORT_WEIGHTS

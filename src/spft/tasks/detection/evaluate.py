@@ -138,12 +138,11 @@ def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: st
     Overrides such as ``detection.dataset_dir=/other/copy`` evaluate on another prepared copy (same classes).
     Writes ``metrics_<split>_eval.json``.
     """
-    from spft.experiments.rundir import checked_split, load_run_config
+    from spft.tasks.common.evaluation import open_evaluation
     from spft.tasks.detection.dataset import dataset_yaml_for
 
-    run_dir = Path(run_dir)
-    split = checked_split(split)
-    cfg = load_run_config(run_dir, overrides)
+    req = open_evaluation(run_dir, overrides, split, checkpoint)
+    run_dir, cfg, split = req.run_dir, req.cfg, req.split or "test"
     other = "last" if checkpoint == "best" else "best"
     # Ultralytics unpickles .pt files (they hold the model object): only a file whose digest spft recorded when it
     # wrote it is handed over; a damaged or replaced one falls back to the other checkpoint, with a warning

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from spft.tasks.export_folder import check_format, fresh_folder, staged_folder, task_card, write_json
+from spft.tasks.common.export_folder import check_format, fresh_folder, staged_folder, task_card, write_json
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ import pandas as pd
 
 from spft.data.inputs import Failure, InputImage, collect_inputs
 from spft.errors import ConfigError, DataError, MissingFileError
-from spft.tasks.prediction import Predictions, decode_ahead, error_text
+from spft.tasks.common.prediction import Predictions, decode_ahead, error_text
 
 log = logging.getLogger(__name__)
 

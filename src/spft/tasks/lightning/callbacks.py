@@ -1,6 +1,6 @@
 """The SPFT recipe's concerns on Lightning, one callback each (the shape of Lightning's ``BaseFinetuning`` /
 ``WeightAveraging``: one concern, its hooks, its own state), added by
-:func:`spft.tasks.lightning_trainer.build_trainer` through :func:`recipe_callbacks`:
+:func:`spft.tasks.lightning.trainer.build_trainer` through :func:`recipe_callbacks`:
 
 * :class:`ProgressiveUnfreezing` — the stage plan applied at each epoch start, and the gradient average of blocks
   opened after DDP wrapped the model;
@@ -11,7 +11,7 @@
 * :class:`HistoryWriter` — one ``history.csv`` row per epoch (and the same scalars to the loggers);
 * :class:`DivergenceGuard` — a non-finite loss or gradient norm stops the run at its step; DDP ranks must agree.
 
-What the task module and the checkpoint hold stays on :class:`~spft.tasks.lightning_recipe.RecipeModule`, so
+What the task module and the checkpoint hold stays on :class:`~spft.tasks.lightning.recipe.RecipeModule`, so
 checkpoints keep their format: the EMA weights are its ``ema`` submodule (``ema.*`` keys of ``state_dict``), the
 class weights (``module.cw``, which the loss reads) and the rows (``module.history``) go to ``checkpoint["spft"]``.
 A task reports each validation with :meth:`RecipeModule.validation_scored`, which hands the

@@ -3,7 +3,7 @@
 Training shuffles with :class:`~spft.data.dataset.EpochSeededSampler` (sharded per rank, padded so every rank runs
 the same number of steps); evaluation reads rank-strided shards without padding (:class:`ShardSampler`) and the
 module gathers the predictions with their indices. Lightning's own distributed-sampler injection is switched off
-(``use_distributed_sampler=False`` in :func:`spft.tasks.lightning_trainer.build_trainer`) because it pads evaluation
+(``use_distributed_sampler=False`` in :func:`spft.tasks.lightning.trainer.build_trainer`) because it pads evaluation
 sets, which would count some images twice in the metrics.
 
 Every training epoch reads its own sample order whatever the worker count (:class:`FreshEpochOrder`), and DataLoader

@@ -8,7 +8,7 @@ schedule from :mod:`spft.recipe`, batches to the device, the train-loss log, the
 (``checkpoint["spft"]``: class weights, history, classes, RNG state) and handing each validation's scores to the
 recipe's callbacks. Each concern of the recipe — progressive unfreezing (and its DDP gradient sync), per-epoch
 reseeding, the EMA update, class-weight refinement, the history writer, the divergence check — is a callback in
-:mod:`spft.tasks.recipe_callbacks`, added by :func:`spft.tasks.lightning_trainer.build_trainer`. Tasks add their
+:mod:`spft.tasks.lightning.callbacks`, added by :func:`spft.tasks.lightning.trainer.build_trainer`. Tasks add their
 forward, loss and validation metric, and end each validation with :meth:`RecipeModule.validation_scored`.
 
 EMA is torch's ``AveragedModel`` held as a submodule rather than Lightning's ``EMAWeightAveraging``: we need raw
@@ -34,7 +34,7 @@ from spft.recipe import (
     stage_plan,
     trainable_at,
 )
-from spft.tasks.recipe_callbacks import EpochScores, RecipeCallback, rng_state
+from spft.tasks.lightning.callbacks import EpochScores, RecipeCallback, rng_state
 
 
 class RecipeModule(L.LightningModule):
@@ -62,13 +62,13 @@ class RecipeModule(L.LightningModule):
         self.groups = model.layer_groups()
         self.n_blocks = len(self.groups.blocks)
         self.ema = build_ema(model, cfg.recipe.ema.decay, cfg.recipe.ema.warmup) if cfg.recipe.ema.enabled else None
-        self.history: list[dict] = []  # one row per epoch (recipe_callbacks.HistoryWriter), kept in checkpoints
+        self.history: list[dict] = []  # one row per epoch (callbacks.HistoryWriter), kept in checkpoints
         # the epoch a resumed run continues at (set when the checkpoint loads). Lightning reports the checkpoint's
         # own epoch as current_epoch until its loop restarts, i.e. while it builds the first loaders.
         self.resumed_epoch: int | None = None
         self._train_loss = (0.0, 0)
         # the model starts in its epoch-0 trainable state (what DDP registers when it wraps the model);
-        # recipe_callbacks.ProgressiveUnfreezing applies each epoch's state from then on
+        # callbacks.ProgressiveUnfreezing applies each epoch's state from then on
         apply_trainable(self.groups, trainable_at(self.plan, 0, self.n_blocks))
 
     def apply_speed_options(self) -> dict:

@@ -45,7 +45,7 @@ class LightningEngine:
         :class:`~spft.errors.RunInterrupted` naming the epoch."""
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        from spft.tasks.lightning_trainer import quiet_lightning
+        from spft.tasks.lightning.trainer import quiet_lightning
         from spft.tasks.signals import SignalGuard, SignalStop
 
         guard = SignalGuard()
@@ -61,8 +61,8 @@ class LightningEngine:
             raise guard.interrupted(run_dir, _epoch_now(run_dir, guard.trainer), fresh=fresh) from None
 
     def setup(self, cfg, run_dir: Path, resume_from: Path | None, guard) -> LightningAttempt:
-        from spft.tasks.lightning_trainer import build_trainer
-        from spft.tasks.limits import warn_if_limited
+        from spft.tasks.common.limits import warn_if_limited
+        from spft.tasks.lightning.trainer import build_trainer
 
         warn_if_limited(cfg)  # a smoke run: one line before anything is read
         table, prep, module, dm = self.build_run(cfg, run_dir)
@@ -107,7 +107,7 @@ class LightningAttempt:
             raise SignalStop()
 
     def load_best(self) -> int | None:
-        from spft.tasks.lightning_trainer import load_best_weights
+        from spft.tasks.lightning.trainer import load_best_weights
 
         return load_best_weights(self.module, self.run_dir)
 

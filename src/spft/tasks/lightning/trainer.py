@@ -1,8 +1,8 @@
 """The Lightning Trainer every Lightning task uses, and what it is built from: :func:`build_trainer` (best/last
-checkpoints, early stopping, the recipe's callbacks from :mod:`spft.tasks.recipe_callbacks`, CSV + TensorBoard
-logs, the progress bar of :mod:`spft.tasks.progress`), the checkpoint files (:class:`LastCheckpoint` after every epoch,
-:class:`AtomicCheckpointIO`: atomic writes with a recorded digest, verified loads), the CSV log that survives
-``--resume``, :func:`quiet_lightning` and :func:`load_checkpoint_into` for evaluation.
+checkpoints, early stopping, the recipe's callbacks from :mod:`spft.tasks.lightning.callbacks`, CSV + TensorBoard
+logs, the progress bar of :mod:`spft.tasks.lightning.progress`), the checkpoint files (:class:`LastCheckpoint` after
+every epoch, :class:`AtomicCheckpointIO`: atomic writes with a recorded digest, verified loads), the CSV log that
+survives ``--resume``, :func:`quiet_lightning` and :func:`load_checkpoint_into` for evaluation.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from spft.devices import resolve_precision
 from spft.errors import DataError, MissingFileError
 from spft.experiments.checkpoints import copy_checkpoint, load_checkpoint, newest_intact, save_checkpoint
 from spft.tasks.hooks import injected_callbacks
-from spft.tasks.lightning_data import FreshEpochOrder
-from spft.tasks.progress import StderrProgressBar, quiet_device_banners
-from spft.tasks.recipe_callbacks import recipe_callbacks
+from spft.tasks.lightning.callbacks import recipe_callbacks
+from spft.tasks.lightning.data import FreshEpochOrder
+from spft.tasks.lightning.progress import StderrProgressBar, quiet_device_banners
 
 
 class RelocatableCheckpoint(ModelCheckpoint):
@@ -227,7 +227,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, reload_dataloaders: bool = F
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes, strategy=cfg.trainer.strategy,
-        use_distributed_sampler=False,  # spft.tasks.lightning_data shards itself: no padded evaluation sets
+        use_distributed_sampler=False,  # spft.tasks.lightning.data shards itself: no padded evaluation sets
         precision=resolve_precision(cfg), callbacks=callbacks, logger=loggers,
         plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.trainer.log_every_n_steps, num_sanity_val_steps=0,
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,

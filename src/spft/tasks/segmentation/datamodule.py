@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from spft.data.masks import MaskDataset, MaskTable
-from spft.tasks.lightning_data import SplitDataModule
+from spft.tasks.lightning.data import SplitDataModule
 
 
 class SegmentationDataModule(SplitDataModule):

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from spft.errors import DataError
 from spft.experiments.rundir import write_split_record
 from spft.metrics import dice_score, hd95, mean_dice
 
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SegEvaluation:
+class SegmentationEvaluation:
     split: str
     ids: list[str]
     groups: list[str]
@@ -34,7 +33,7 @@ class SegEvaluation:
     hd95: list[list[float | None]]  # [image][structure], pixels at the image's size; None: an empty mask
     data_file: str = ""  # set by `spft evaluate`: where the rows came from
     checkpoint: str = ""
-    extra: dict = field(default_factory=dict)  # e.g. "limited": a smoke run's trainer.limit_* (spft.tasks.limits)
+    extra: dict = field(default_factory=dict)  # "limited": a smoke run's limits (common.limits)
 
     def metrics(self) -> dict:
         mean, per = mean_dice(self.dice, self.structures)
@@ -54,14 +53,17 @@ def _predict_original(logits: torch.Tensor, shape: tuple[int, int]) -> np.ndarra
 
 
 @torch.no_grad()
-def evaluate_module(module, dataset, split: str, device="cpu", batch_size: int = 8, out_dir: Path | None = None,
-                    n_overlays: int = 0, limit: int | float | None = None) -> SegEvaluation:
-    """Predict every image of ``dataset`` with the evaluation (EMA) weights and score Dice at the image's size
-    (the first batches only under ``limit``: a smoke run's ``trainer.limit_test_batches``)."""
-    from spft.tasks.limits import limited
+def evaluate_module(module, loader, split: str, device="cpu", *, limit: int | float | None = None,
+                    out_dir: Path | None = None, n_overlays: int = 0) -> SegmentationEvaluation:
+    """Predict ``loader`` (of a :class:`~spft.tasks.segmentation.datamodule.MaskDataset`, in order: see
+    :func:`eval_loader`) with the evaluation (EMA) weights and score Dice at each image's size (the first batches
+    only under ``limit``: a smoke run's ``trainer.limit_test_batches``); the first ``n_overlays`` images' masks and
+    overlays go to ``out_dir``. Every task's ``evaluate_module`` takes ``(module, loader, split, device, *, limit,
+    ...)``."""
+    from spft.tasks.common.limits import limited
 
     model = module.eval_model().to(device).eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    dataset = loader.dataset
     ids, groups, dice, hd = [], [], [], []
     for batch in limited(loader, limit):
         logits = model(batch["image"].to(device), batch["boxes"].to(device)).cpu()
@@ -74,7 +76,12 @@ def evaluate_module(module, dataset, split: str, device="cpu", batch_size: int =
             groups.append(batch["group"][b])
             if out_dir is not None and len(ids) <= n_overlays:
                 _save_prediction(out_dir, batch["id"][b], image, pred, truth, module.structures)
-    return SegEvaluation(split, ids, groups, list(module.structures), dice, hd)
+    return SegmentationEvaluation(split, ids, groups, list(module.structures), dice, hd)
+
+
+def eval_loader(dataset, batch_size: int = 8):
+    """The in-order loader :func:`evaluate_module` reads (one process, no shuffling)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
 def _save_prediction(out_dir: Path, image_id: str, image, pred: np.ndarray, truth: np.ndarray,
@@ -105,12 +112,13 @@ def _save_prediction(out_dir: Path, image_id: str, image, pred: np.ndarray, trut
     plt.close(fig)
 
 
-def write_evaluation(run_dir: Path, ev: SegEvaluation, best_epoch: int | None = None, suffix: str = "") -> None:
+def write_evaluation(run_dir: Path, ev: SegmentationEvaluation, best_epoch: int | None = None,
+                     suffix: str = "") -> None:
     """``metrics.json`` (or ``metrics_<split><suffix>.json``) and ``predictions_<split><suffix>.csv``."""
     write_split_record(run_dir, ev.split, prediction_rows(ev), ev.metrics(), best_epoch, suffix)
 
 
-def prediction_rows(ev: SegEvaluation) -> list[dict]:
+def prediction_rows(ev: SegmentationEvaluation) -> list[dict]:
     """Per image: id, group, dice_<structure>..., hd95_<structure>... (blank: undefined)."""
     rows = []
     for i, g, row, hd_row in zip(ev.ids, ev.groups, ev.dice, ev.hd95):
@@ -120,7 +128,7 @@ def prediction_rows(ev: SegEvaluation) -> list[dict]:
     return rows
 
 
-def format_table(ev: SegEvaluation) -> str:
+def format_table(ev: SegmentationEvaluation) -> str:
     """Per-structure Dice table printed by ``spft evaluate``."""
     m = ev.metrics()
     width = max(len(s) for s in ev.structures + ["mean Dice"])
@@ -136,59 +144,39 @@ def format_table(ev: SegEvaluation) -> str:
 
 
 def evaluate_run(run_dir: str | Path, overrides: tuple[str, ...] = (), split: str | None = None,
-                 checkpoint: str = "best", out: str | None = None, name: str | None = None) -> SegEvaluation:
+                 checkpoint: str = "best", out: str | None = None, name: str | None = None) -> SegmentationEvaluation:
     """Re-evaluate a run directory, on its own data (``test`` unless ``split`` says otherwise) or on other data via
     overrides (every row unless ``split`` is given). Records ``n``, ``data_file`` and ``split`` in the metrics;
-    file names as in classification (:func:`spft.tasks.classification.evaluate.output_paths`): the training
+    file names as every task's (:func:`spft.tasks.common.evaluation.output_paths`): the training
     record and earlier evaluations of other data are never overwritten."""
     import dataclasses
 
-    from spft.atomic import atomic_write_csv, atomic_write_json
     from spft.data.masks import MaskDataset, load_mask_table
     from spft.devices import eval_device
-    from spft.experiments.rundir import checked_split, load_run_config
-    from spft.tasks.classification.evaluate import data_file_of, is_other_data, output_paths
-    from spft.tasks.lightning_trainer import load_checkpoint_into
-    from spft.tasks.limits import given_test_limit
+    from spft.tasks.common.evaluation import data_file_of, open_evaluation, write_evaluation_files
+    from spft.tasks.lightning.trainer import load_checkpoint_into
     from spft.tasks.segmentation.build import build_run
 
-    run_dir = Path(run_dir)
-    split_given = split is not None
-    if split_given:
-        split = checked_split(split)
-    cfg = load_run_config(run_dir, overrides)
-    other = is_other_data(load_run_config(run_dir), cfg)
+    req = open_evaluation(run_dir, overrides, split, checkpoint, out, name)
+    run_dir, cfg = req.run_dir, req.cfg
     table = load_mask_table(cfg.data, list(cfg.segmentation.structures), cfg.seed)  # only the scored rows must exist
     data_file = data_file_of(cfg, table.source)
-    rows = np.arange(len(table.paths)) if other and not split_given else table.indices(split or "test")
-    if len(rows) == 0:
-        raise DataError(f"{data_file}: the {split or 'test'} split is empty: nothing to evaluate")
+    split, rows, _ = req.rows(len(table.paths), table.indices)
     table.check_files(rows)
     _, prep, module, dm = build_run(cfg, None, table=table)
-    if other and not split_given:
-        split = "all"
+    if split == "all":
         dataset = MaskDataset(dataclasses.replace(table, splits=["test"] * len(table.paths)), "test", prep,
                               cfg.data.color)
         log.info("evaluating %d image(s) of %s: every row", len(dataset), data_file)
     else:
-        split = split or "test"
         dataset = dm.datasets[split]
         log.info("evaluating %d image(s) of %s: the %s split", len(dataset), data_file, split)
     epoch = load_checkpoint_into(module, run_dir / "checkpoints" / f"{checkpoint}.ckpt")
     batch_size = cfg.trainer.eval_batch_size or cfg.trainer.batch_size
-    limit = given_test_limit(cfg, overrides)  # the run's own trainer.limit_* do not apply here
-    if limit is not None:
-        log.warning("trainer.limit_test_batches=%s: scoring a SUBSET of the rows (a smoke check, not a result)", limit)
-    ev = evaluate_module(module, dataset, split, eval_device(cfg), batch_size, limit=limit)
-    ev.data_file, ev.checkpoint = data_file, checkpoint
-    if limit is not None:
-        ev.extra["limited"] = {"test": limit}
-    metrics_path, predictions_path = output_paths(run_dir, cfg, other, split, split_given, out, name, data_file)
-    atomic_write_csv(predictions_path, prediction_rows(ev))
-    metrics = {**ev.metrics(), "predictions_file": str(predictions_path)}
-    if epoch is not None:
-        metrics["best_epoch"] = int(epoch)
-    atomic_write_json(metrics_path, metrics)
+    ev = evaluate_module(module, eval_loader(dataset, batch_size), split, eval_device(cfg), limit=req.limit)
+    req.record(ev, data_file)
+    metrics_path, predictions_path = req.output_paths(split, data_file)
+    write_evaluation_files(metrics_path, predictions_path, prediction_rows(ev), ev.metrics(), epoch)
     log.info("%d image(s) of %s evaluated (%s): %s, %s", len(ev.ids), data_file, split, metrics_path,
              predictions_path)
     return ev

@@ -21,7 +21,7 @@ import json
 import logging
 from pathlib import Path
 
-from spft.tasks.export_folder import check_format, fresh_folder, staged_folder, task_card, write_json
+from spft.tasks.common.export_folder import check_format, fresh_folder, staged_folder, task_card, write_json
 
 log = logging.getLogger(__name__)
 

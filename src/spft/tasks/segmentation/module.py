@@ -1,8 +1,8 @@
 """The SPFT segmentation LightningModule: SAM2 with box prompts, trained by the recipe in :mod:`spft.recipe`.
 
 The recipe (optimizer groups, schedule, EMA weights, checkpoint extras:
-:class:`spft.tasks.lightning_recipe.RecipeModule`; freezing, reseeding, the EMA update, weight refinement, history
-rows: :mod:`spft.tasks.recipe_callbacks`) is shared with classification: per epoch the stage plan opens Hiera
+:class:`spft.tasks.lightning.recipe.RecipeModule`; freezing, reseeding, the EMA update, weight refinement, history
+rows: :mod:`spft.tasks.lightning.callbacks`) is shared with classification: per epoch the stage plan opens Hiera
 blocks (stage 1: mask decoder only), per step a structure-weighted Dice + BCE and an EMA update, per validation the
 mean Dice over the whole split for raw and EMA weights, structure-weight refinement from per-structure Dice in
 stage 2 (``ClassWeights.refine`` takes any "higher is better" score) and one history row.
@@ -18,8 +18,8 @@ import torch
 from spft.distributed import gather_by_index
 from spft.metrics import dice_score, mean_dice
 from spft.recipe import ClassWeights
-from spft.tasks.lightning_recipe import RecipeModule
-from spft.tasks.recipe_callbacks import EpochScores
+from spft.tasks.lightning.callbacks import EpochScores
+from spft.tasks.lightning.recipe import RecipeModule
 from spft.tasks.segmentation.loss import weighted_dice_bce
 
 log = logging.getLogger(__name__)

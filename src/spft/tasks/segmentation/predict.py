@@ -45,7 +45,7 @@ import torch
 
 from spft.data.inputs import Failure, InputImage, collect_inputs
 from spft.errors import ConfigError, DataError, MissingFileError, MissingKeyError
-from spft.tasks.prediction import Predictions, decode_ahead, error_text, safe_stem
+from spft.tasks.common.prediction import Predictions, decode_ahead, error_text, safe_stem
 
 log = logging.getLogger(__name__)
 
@@ -385,11 +385,11 @@ def predict(model_source, inputs: list[str] | tuple[str, ...], batch_size: int =
 
 def load_export(folder: str | Path):
     """``(SpftSam2 in eval mode, Preprocessing, spft block)`` of an export folder, its ``config.json`` and the shapes
-    of ``model.safetensors`` checked before anything is built (:mod:`spft.tasks.export_check`)."""
+    of ``model.safetensors`` checked before anything is built (:mod:`spft.tasks.common.export_check`)."""
     from transformers import Sam2Model
 
     from spft.models.sam2 import SpftSam2
-    from spft.tasks import export_check as chk
+    from spft.tasks.common import export_check as chk
     from spft.tasks.classification.source import preprocessing_from_record
 
     folder = Path(folder).expanduser()
