@@ -92,17 +92,19 @@ def test_rtdetr_spft_weighted_loss(tmp_path, spft_cache):
 
 def test_yolov8_learns_the_phantom_boxes(tmp_path, spft_cache):
     """The shipped config (YOLOv8n from random weights, the recipe with from-scratch settings) learns: 6 of its 10
-    epochs on its 600 phantoms reach validation mAP50 0.386 and test 0.420 (all 10 epochs: 0.781 test). The paper's
-    freezing settings on this random backbone (stage 1, then 2 modules per epoch, backbone LR 0.1x) stayed at
-    validation mAP50 <= 0.005 in every epoch of 10 and test mAP50 0.021 before the batch-norm fix, 0.42 after it
-    (benchmarks/RESULTS.md, "Detection: why the recipe did not learn")."""
+    epochs on its 600 phantoms reach validation mAP50 0.386 and test 0.420 with torch on 2 threads, 0.196 and 0.172
+    with OMP_NUM_THREADS=1 (the float reduction order changes the trajectory this early; all 10 epochs: 0.781 test).
+    The bound, 0.12, is far above where the broken recipe stayed: the paper's freezing settings on this random
+    backbone (stage 1, then 2 modules per epoch, backbone LR 0.1x) reached validation mAP50 <= 0.005 in every epoch
+    of 10 and test mAP50 0.021 before the batch-norm fix (benchmarks/RESULTS.md, "Detection: why the recipe did not
+    learn")."""
     run_dir = tmp_path / "learn"
     run_cli("train", "configs/phantom_detect_yolov8.yaml", "data.num_workers=0", "detection.figures=0",
             "trainer.max_epochs=6", f"run.dir={run_dir}")
     h = read_history(run_dir)
     assert [int(r["open_backbone_modules"]) for r in h] == [10] * 6  # nothing frozen on a random backbone
     m = json.loads((run_dir / "metrics.json").read_text())
-    assert max(float(r["val_map50"]) for r in h) >= 0.25 and m["map50"] >= 0.25, (h[-1], m)
+    assert max(float(r["val_map50"]) for r in h) >= 0.12 and m["map50"] >= 0.12, (h[-1], m)
 
 
 def test_ultralytics_integration_callbacks_are_dropped(monkeypatch):
