@@ -5,6 +5,10 @@ model.safetensors, with the preprocessor_config.json that ``BitImageProcessor.sa
 format (size {shortest_edge}, crop_size {height, width}, resample 3, RAD-DINO's mean/std, do_convert_rgb) with the
 sizes scaled down (shortest edge 40, crop 32 by default: resize differs from crop, as for dinov2-base).
 
+``seed_builtin_encoder``: a folder of the built-in ``spft:phantom-dinov2``'s architecture (hidden 96, 4 blocks, patch
+8, 64 px) with random weights and a 64 px processor, placed in a cache where that name resolves (so that the demo
+config resolves in a second instead of pretraining for a minute).
+
 ``sam2_folder``: the tiny SAM2 of ``segmentation_fixtures.TINY_SAM2`` saved the same way with a
 ``Sam2ImageProcessor`` preprocessor_config.json (size {height, width} = the model's 64, ImageNet statistics).
 """
@@ -43,6 +47,26 @@ def raddino_folder(path: Path, shortest_edge: int = 40, crop: int = 32) -> Path:
     Dinov2Model(Dinov2Config(**config)).save_pretrained(path, safe_serialization=True)
     bit_processor(shortest_edge, crop, pil=False).save_pretrained(path)
     return path
+
+
+def seed_builtin_encoder(cache: Path, name: str = "spft:phantom-dinov2") -> Path:
+    """The cached folder of the built-in ``name`` under the cache root ``cache``, with its architecture and random
+    weights (and the ``foundation.json`` that marks a finished folder); returns the folder."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from spft.models.foundation import BUILTIN_MODELS, builtin_architecture, foundation_dir
+
+    folder = foundation_dir(BUILTIN_MODELS[name], str(cache))
+    folder.mkdir(parents=True, exist_ok=True)
+    arch = builtin_architecture(name)
+    torch.manual_seed(0)
+    AutoModel.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch)).save_pretrained(folder)
+    bit_processor(arch["image_size"], arch["image_size"], pil=False).save_pretrained(folder)
+    (folder / "foundation.json").write_text(json.dumps({"seeded_by": "tests/model_folders.py"}) + "\n")
+    return folder
 
 
 def tiny_sam2_config() -> dict:

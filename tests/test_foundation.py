@@ -1,4 +1,5 @@
-"""benchmarks/foundation.py: the miniature foundation model, pretrained offline on source phantoms at a tiny size.
+"""The miniature foundation model (spft.models.foundation; benchmarks/foundation.py is its command line), pretrained
+offline on source phantoms at a tiny size; the built-in ``spft:`` names that resolve to it.
 
 The command line (``--quick`` shrunk further) pretrains a 2-block Dinov2 and prints the cached folder last; the folder
 is in the Hugging Face layout and spft's own loader reads it as it reads RAD-DINO (weights through ``build_encoder``,
@@ -18,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from spft.models import foundation
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--quick", "--images", "240", "--epochs", "1", "--hidden", "32", "--layers", "2", "--heads", "2",
         "--batch", "32"]
@@ -31,7 +34,7 @@ def _load_script():
     return module
 
 
-foundation = _load_script()
+script = _load_script()
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def tiny(tmp_path_factory):
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert foundation.main([*TINY, "--cache-dir", str(cache)]) == 0
+        assert script.main([*TINY, "--cache-dir", str(cache)]) == 0
     params = dataclasses.replace(foundation.PRESETS["quick"], images=240, epochs=1, hidden=32, layers=2, heads=2,
                                  batch=32)
     return params, foundation.foundation_dir(params, str(cache)), out.getvalue()
@@ -113,14 +116,49 @@ def test_cached_folder_is_reused(tiny, monkeypatch):
     assert foundation.ensure_foundation(params, str(folder.parents[1])) == folder
 
 
-def test_same_seed_same_weights(tiny, tmp_path):
+def test_builtin_name_builds_once_deterministically_then_reuses(tiny, tmp_path, monkeypatch):
+    """``spft:NAME`` resolves to its cached folder: pretrained once on first use (a fresh cache: the same weights as
+    the script's run of the same parameters), then reused; build_encoder and the processor reader both take it."""
     from safetensors.torch import load_file
 
+    from spft.models.encoders import build_encoder, load_image_processor
+
     params, folder, _ = tiny
-    again = foundation.ensure_foundation(params, str(tmp_path))
-    first, second = load_file(folder / "model.safetensors"), load_file(again / "model.safetensors")
+    monkeypatch.setitem(foundation.BUILTIN_MODELS, "spft:tiny-test", params)
+    monkeypatch.setenv("SPFT_CACHE", str(tmp_path))
+    real, calls = foundation.pretrain, []
+    monkeypatch.setattr(foundation, "pretrain", lambda *a: calls.append(a) or real(*a))
+    assert foundation.builtin_folder("spft:tiny-test") is None
+    built = foundation.resolve_model_name("spft:tiny-test")
+    assert built == str(foundation.foundation_dir(params, str(tmp_path))) and len(calls) == 1
+    first, second = load_file(folder / "model.safetensors"), load_file(f"{built}/model.safetensors")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+    assert foundation.resolve_model_name("spft:tiny-test") == built
+    assert build_encoder("spft:tiny-test").config.hidden_size == 32
+    assert load_image_processor("spft:tiny-test").crop_size["height"] == 64
+    assert len(calls) == 1  # reused: never pretrained again
+    assert foundation.resolve_model_name("microsoft/rad-dino") == "microsoft/rad-dino"  # other names untouched
+    assert foundation.resolve_model_name(None) is None
+
+
+def test_unknown_builtin_name_is_one_line_listing_the_known():
+    from spft.errors import ConfigError
+    from spft.models.encoders import build_encoder
+
+    with pytest.raises(ConfigError) as err:
+        build_encoder("spft:nope")
+    assert "\n" not in str(err.value) and "spft:nope" in str(err.value) and "spft:phantom-dinov2" in str(err.value)
+
+
+def test_the_demo_name_is_the_quick_preset():
+    """The built-in the demo uses is the script's ``--quick`` preset (about 1 minute on 2 cores), the demo's
+    architecture (hidden 96, 4 blocks, patch 8, 64 px)."""
+    params = foundation.BUILTIN_MODELS["spft:phantom-dinov2"]
+    assert params == foundation.PRESETS["quick"]
+    assert foundation.builtin_architecture("spft:phantom-dinov2") == {
+        "model_type": "dinov2", "hidden_size": 96, "num_hidden_layers": 4, "num_attention_heads": 4, "mlp_ratio": 2,
+        "patch_size": 8, "image_size": 64}
 
 
 def test_source_set_is_deterministic_and_has_no_target_finding():

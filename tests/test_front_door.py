@@ -1,5 +1,6 @@
 """The front door: an installed wheel carries its configs, options mix with overrides, -v anywhere, --version,
-declared dependencies, user errors as one line (exit 2) and bugs as tracebacks (exit 1)."""
+declared dependencies, user errors as one line (exit 2) and bugs as tracebacks (exit 1); the demo's built-in
+pretrained encoder (a cache pre-seeded with a tiny folder stands in for the minute of pretraining)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_MODEL, run_cli
+from conftest import REPO, run_cli
+from model_folders import seed_builtin_encoder
 
 from spft import __version__
 from spft.cli import build_parser, parse_args
@@ -77,6 +79,10 @@ def test_every_imported_third_party_package_is_declared():
     assert third_party - provided == set(), f"imported but not declared in pyproject.toml: {third_party - provided}"
 
 
+DEMO_SMALL = ["model.head_hidden=32", "data.phantom.n_images=120", "data.phantom.image_size=48", "trainer.max_epochs=2",
+              "recipe.stage1_epochs=1", "data.num_workers=0", "trainer.progress_bar=false"]
+
+
 @pytest.mark.slow
 def test_installed_wheel_runs_the_demo_from_any_directory(spft_cache, tmp_path):
     """`pip install spft` then `spft demo` in an empty folder: the configs travel inside the wheel."""
@@ -85,19 +91,19 @@ def test_installed_wheel_runs_the_demo_from_any_directory(spft_cache, tmp_path):
                     str(REPO)], check=True, capture_output=True, timeout=300)
     wheel = next(dist.glob("spft-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "spft/configs/phantom_cxr.yaml" in names and "spft/configs/chestxray14.yaml" in names
+    assert {"spft/configs/phantom_cxr.yaml", "spft/configs/phantom_cxr_pretrained.yaml",
+            "spft/configs/chestxray14.yaml"} <= set(names)
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(target)}
+    seed_builtin_encoder(spft_cache)  # the demo's spft:phantom-dinov2, tiny, instead of a minute of pretraining
+    env = {**os.environ, "PYTHONPATH": str(target), "SPFT_CACHE": str(spft_cache)}
     code = "import spft, sys; print(spft.__file__)"
     where = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True)
     assert where.stdout.strip().startswith(str(target)), where.stdout  # the wheel's copy, not the checkout
-    demo = subprocess.run([sys.executable, "-m", "spft.cli", "demo", "--out", str(workdir / "run"), *TINY_MODEL,
-                           "data.phantom.n_images=120", "data.phantom.image_size=48", "trainer.max_epochs=2",
-                           "recipe.stage1_epochs=1", "data.num_workers=0", "trainer.progress_bar=false"],
+    demo = subprocess.run([sys.executable, "-m", "spft.cli", "demo", "--out", str(workdir / "run"), *DEMO_SMALL],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert demo.returncode == 0, demo.stderr
     assert demo.stdout.strip().splitlines()[-1] == str(workdir / "run")
@@ -107,6 +113,47 @@ def test_installed_wheel_runs_the_demo_from_any_directory(spft_cache, tmp_path):
                             "data.phantom.n_images=60", "data.phantom.image_size=32"], cwd=workdir, env=env,
                            capture_output=True, text=True, timeout=300)
     assert check.returncode in (0, 1) and "bundled" in check.stderr, check.stderr
+
+
+def test_demo_trains_the_builtin_encoder_and_its_run_is_read_back_without_the_cache(tmp_path):
+    """`spft demo` runs configs/phantom_cxr_pretrained.yaml: ``model.name: spft:phantom-dinov2`` resolved from the
+    cache, the recipe proper (top-k unfreezing, embeddings frozen, low encoder LR). The run's config.yaml keeps the
+    name; with the cache wiped, predict and export read the run back (the checkpoint holds every weight, data.json
+    the preprocessing) without pretraining the encoder again."""
+    import json
+    import shutil
+
+    import yaml
+
+    cache = tmp_path / "cache"
+    seed_builtin_encoder(cache)
+    env = {"SPFT_CACHE": str(cache)}
+    run = tmp_path / "run"
+    demo = run_cli("demo", "--out", str(run), *DEMO_SMALL, env=env)
+    assert demo.stdout.strip().splitlines()[-1] == str(run) and (run / "DONE").is_file()
+    assert "phantom_cxr_pretrained.yaml" in demo.stderr and "pretraining" not in demo.stderr
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["name"] == "spft:phantom-dinov2" and cfg["model"]["config"] is None
+    assert cfg["recipe"]["unfreeze"]["embeddings"] is False and cfg["recipe"]["unfreeze"]["top_k"] == 2
+    assert cfg["optim"]["lr_encoder"] < cfg["optim"]["lr_head"]
+    prep = json.loads((run / "data.json").read_text())["preprocessing"]
+    assert prep["source"] == "image_processor:spft:phantom-dinov2" and prep["size"] == 64  # the folder's processor
+    image = tmp_path / "x.png"
+    shutil.copy(next((cache / "phantoms").rglob("*.png")), image)
+    shutil.rmtree(cache)
+    pred = run_cli("predict", str(run), str(image), "--out", str(tmp_path / "p.csv"), env=env)
+    assert (tmp_path / "p.csv").is_file() and "pretraining" not in pred.stderr
+    run_cli("export", str(run), "--out", str(tmp_path / "export"), env=env)
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+    assert not (cache / "foundation").exists()  # nothing was pretrained
+
+
+def test_unknown_builtin_model_name_is_a_one_line_error(tmp_path):
+    proc = run_cli("train", "configs/phantom_cxr_pretrained.yaml", "model.name=spft:nope", *DEMO_SMALL,
+                   f"run.dir={tmp_path / 'run'}", env={"SPFT_CACHE": str(tmp_path)}, check=False)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "spft:nope" in line and "known: spft:phantom-dinov2" in line
 
 
 def test_demo_config_comment_command_is_valid_for_own_data():

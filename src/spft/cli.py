@@ -3,7 +3,7 @@
     spft train CONFIG [KEY=VALUE ...]         run the two-stage SPFT recipe; last line printed = run directory
     spft train --resume RUN_DIR               continue a killed run to its configured end
     spft evaluate RUN_DIR [KEY=VALUE ...] [--split test] [--json]
-    spft demo [--out DIR]                     phantoms + tiny random Dinov2, end to end on a CPU
+    spft demo [--out DIR]                     phantoms + tiny pretrained Dinov2, end to end on a CPU
     spft data check CONFIG [KEY=VALUE ...] [--json] [--scan]   counts, leakage, missing / unreadable files
     spft prepare cache CONFIG [KEY=VALUE ...] pre-resize every image once into data.image_cache
     spft prepare vindr-cxr|tbx11k CONFIG [KEY=VALUE ...]   real detection data -> Ultralytics dataset
@@ -46,10 +46,11 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def find_demo_config() -> Path:
-    """``configs/phantom_cxr.yaml`` as shipped inside the package (works from a checkout and an installed wheel)."""
+    """``configs/phantom_cxr_pretrained.yaml`` as shipped inside the package (works from a checkout and an installed
+    wheel): the built-in pretrained encoder ``spft:phantom-dinov2`` with the paper's recipe."""
     from spft.config.loader import bundled_configs
 
-    return bundled_configs() / "phantom_cxr.yaml"
+    return bundled_configs() / "phantom_cxr_pretrained.yaml"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -108,7 +109,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / "demo" / time.strftime("%Y%m%d-%H%M%S")
     config = find_demo_config()
     cfg = load_config(config, [f"run.dir={out}"] + list(args.overrides))
-    log.info("demo: %s — phantom chest X-rays, small random Dinov2, full two-stage SPFT recipe", config)
+    log.info("demo: %s — phantom chest X-rays, small Dinov2 pretrained on other phantoms (spft:phantom-dinov2, "
+             "built on first use), the paper's two-stage SPFT recipe", config)
     start = time.time()
     run_dir = train(cfg)
     _print_result(run_dir)
@@ -372,9 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="the whole SPFT pipeline on synthetic phantoms (CPU, a few minutes)")
+    p = sub.add_parser("demo", help="the whole SPFT pipeline on synthetic phantoms with a small pretrained encoder "
+                                    "(CPU, a few minutes; about 1 more on first use to pretrain the encoder)")
     p.add_argument("--out", help="run directory (default runs/demo/<timestamp>)")
-    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of configs/phantom_cxr.yaml")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of configs/phantom_cxr_pretrained.yaml")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("data", help="inspect a dataset copy")

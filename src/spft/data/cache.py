@@ -430,11 +430,14 @@ def _model_config(model_cfg):
     """The transformers config of the model (no weights loaded), or ``None`` when it cannot be read."""
     from transformers import AutoConfig
 
+    from spft.models.foundation import resolve_model_name
+
+    name = resolve_model_name(model_cfg.name)  # a built-in spft: name -> its cached folder
     try:
-        if model_cfg.name is None:
+        if name is None:
             mapping = dict(model_cfg.config or {})
             return AutoConfig.for_model(mapping.pop("model_type"), **mapping)
-        return AutoConfig.from_pretrained(model_cfg.name, **(model_cfg.config or {}))
+        return AutoConfig.from_pretrained(name, **(model_cfg.config or {}))
     except (OSError, ValueError, KeyError) as exc:
         log.warning("cannot read the config of %s (%s): size from the preprocessing defaults", model_cfg.name, exc)
         return None

@@ -122,7 +122,8 @@ def build_encoder(name: str | None = None, config: dict | None = None,
     """The encoder as a transformers model.
 
     Args:
-        name: hub id (``microsoft/rad-dino``) or a local directory; loaded with pretrained weights.
+        name: hub id (``microsoft/rad-dino``), a local directory or a built-in ``spft:`` name
+            (:mod:`spft.models.foundation`); loaded with pretrained weights.
         config: a transformers config mapping with ``model_type`` (e.g. ``{"model_type": "dinov2",
             "hidden_size": 64, "num_hidden_layers": 4, ...}``): random weights, no network. When both are given
             the named model fixes the architecture: keys that would change its weights' shapes
@@ -135,6 +136,9 @@ def build_encoder(name: str | None = None, config: dict | None = None,
     """
     from transformers import AutoConfig, AutoModel
 
+    from spft.models.foundation import resolve_model_name
+
+    name = resolve_model_name(name)  # a built-in spft: name -> its cached folder (pretrained on first use)
     if name is None:
         cfg = dict(config or {})
         model_type = cfg.pop("model_type")
@@ -408,7 +412,11 @@ def preprocessing_for(name: str | None, encoder: nn.Module, image_size: int | No
 
 def load_image_processor(name: str, backend: str | None = "pil"):
     """The image processor of a hub id or local folder, or ``None`` with a warning (``backend``: transformers 5's
-    backend, the PIL one by default — only its attributes are read; ``None`` for processors that have no PIL one)."""
+    backend, the PIL one by default — only its attributes are read; ``None`` for processors that have no PIL one).
+    A built-in ``spft:`` name reads its cached folder's processor."""
+    from spft.models.foundation import resolve_model_name
+
+    name = resolve_model_name(name)
     try:
         from transformers import AutoImageProcessor
 

@@ -198,7 +198,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedClassifier:
         raise CheckpointError(f"{ckpt}: its classes {list(saved)} differ from data.json's {classes}")
     if not classes:
         raise DataError(f"{run_dir}: neither data.json nor the checkpoint names the classes")
-    model, prep = build_classifier(cfg.model, len(classes), cfg.data.image_size)
+    model, prep = build_classifier(_model_section(cfg.model, bool(data.get("preprocessing"))), len(classes),
+                                   cfg.data.image_size)
     if data.get("preprocessing"):
         prep = preprocessing_from_record(data["preprocessing"])
     weights, which = _eval_state(state["state_dict"])
@@ -217,6 +218,21 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedClassifier:
             "head_hidden": cfg.model.head_hidden, "head_dropout": cfg.model.head_dropout}
     return LoadedClassifier(model, classes, prep, cfg.data.color, cfg.loss, temperature, thresholds, run_dir, "run",
                             run_dir.name, calibration, record, meta)
+
+
+def _model_section(model_cfg, has_preprocessing: bool):
+    """``model_cfg``, or for a built-in ``spft:`` encoder whose folder is not cached the same section with its
+    architecture as ``model.config`` (random weights): the checkpoint holds every weight and ``data.json`` the
+    preprocessing, so reading a run back never pretrains the encoder again."""
+    import dataclasses
+
+    from spft.models.encoders import ARCHITECTURE_KEYS
+    from spft.models.foundation import builtin_architecture, builtin_folder, is_builtin
+
+    if not (has_preprocessing and is_builtin(model_cfg.name)) or builtin_folder(model_cfg.name) is not None:
+        return model_cfg
+    extra = {k: v for k, v in (model_cfg.config or {}).items() if k not in ARCHITECTURE_KEYS}
+    return dataclasses.replace(model_cfg, name=None, config={**builtin_architecture(model_cfg.name), **extra})
 
 
 def load_export(folder: str | Path) -> LoadedClassifier:
