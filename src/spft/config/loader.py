@@ -571,8 +571,9 @@ def _check_model(cfg: SpftConfig) -> None:
         return
     config = getattr(model, "config", None)
     if model.name is None and config is None:
-        raise ConfigError("'model.name' or 'model.config' must be set (a hub id / local directory, "
-                          "or a transformers config mapping such as {model_type: dinov2, hidden_size: 64})")
+        raise ConfigError("'model.name' or 'model.config' must be set (a hub id / local directory / built-in "
+                          "spft:phantom-dinov2, or a transformers config mapping such as {model_type: dinov2, "
+                          "hidden_size: 64})")
     if config is not None and "model_type" not in config and model.name is None:
         raise ConfigError("'model.config.model_type' is required when building a model from a config (e.g. dinov2)")
 

@@ -56,7 +56,9 @@ class AugmentConfig:
 class ModelConfig:
     """The model every engine loads by name (detection: an Ultralytics model YAML or weights)."""
 
-    name: Optional[str] = None  # hub id (microsoft/rad-dino), local directory, or (detection) a model YAML / .pt
+    # hub id (microsoft/rad-dino), local directory, a built-in spft: encoder (spft:phantom-dinov2, pretrained on first
+    # use), or (detection) a model YAML / .pt
+    name: Optional[str] = None
 
 
 @dataclass
