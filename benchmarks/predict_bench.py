@@ -13,8 +13,22 @@ A randomly initialised classifier of the chosen size is written as an ``spft exp
   grey 8-bit PNGs of ``--image-side`` pixels;
 * **end to end** — ``m.predict(paths)``: decoding overlapped with the model, the table built.
 
+``--onnx`` (CPU) adds the engines of ``spft predict --engine`` (:mod:`spft.tasks.classification.engine`): the
+export folder gets its ``model.onnx`` (spft's exporter, as ``spft export --format onnx`` writes it) and is loaded a
+second time with ``engine="onnx"``. On the same pre-decoded tensors: (c) a plain onnxruntime session loop
+(``CPUExecutionProvider``, ``session.run(["logits"])``, sigmoid) and (d) spft's ``predict_pixels`` on the onnx
+engine; end to end ``m.predict(paths)`` with each engine; the largest probability difference between the engines.
+Both engines use torch's intra-op thread count (onnxruntime's ``intra_op_num_threads`` is set to it, in the plain
+session too), so ``OMP_NUM_THREADS`` sets both. Prints onnx/torch time ratios (model only and end to end) and
+spft/plain for each engine.
+
 The last line is machine-readable: ``BENCH predict_model_ratio=<spft/plain time> predict_img_s=<end to end>
-decode_img_s=<n> plain_img_s=<n>``. Not a test: nothing here asserts a wall-clock limit.
+decode_img_s=<n> plain_img_s=<n>`` (+ ``onnx_*`` keys with ``--onnx``). Not a test: nothing here asserts a
+wall-clock limit.
+
+CPU serving measurement (``benchmarks/RESULTS.md``): ``OMP_NUM_THREADS=1 python benchmarks/predict_bench.py --size
+raddino --device cpu --images 8 --batch 4 --repeats 2 --onnx`` (8 images: one RAD-DINO forward is
+~4 s of CPU on the 2-core development VM).
 """
 
 from __future__ import annotations
@@ -107,8 +121,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="decode threads (default: spft's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time the plain loop on torch.compile(model)")
-    parser.add_argument("--onnx", action="store_true", help="also time the spft export's model.onnx in onnxruntime "
-                        "(CUDA provider on a GPU when onnxruntime-gpu is installed, else CPU)")
+    parser.add_argument("--onnx", action="store_true", help="also time the onnx engine (spft predict --engine onnx) "
+                        "and a plain onnxruntime session on the export's model.onnx (CPU only)")
     args = parser.parse_args()
 
     import spft
@@ -119,7 +133,7 @@ def main() -> None:
         tmp = Path(tmp)
         write_export(tmp / "model", args.size)
         paths = write_images(tmp / "images", args.images, args.image_side)
-        m = spft.load(tmp / "model", device=args.device)
+        m = spft.load(tmp / "model", device=args.device, engine="torch")
         device, workers = m.device, args.workers or default_workers()
         print(f"predict bench: {args.size} Dinov2 ({m.preprocessing.size} px input), {args.images} grey PNGs "
               f"{args.image_side} px, batch {args.batch}, {device}, {workers} decode threads, "
@@ -146,15 +160,22 @@ def main() -> None:
         def ours():
             m.predict_pixels(pixels, args.batch)
 
-        t = timed({"plain": plain, "ours": ours}, device, args.repeats)
+        str_paths = [str(p) for p in paths]
+        model_fns = {"plain": plain, "ours": ours}
+        e2e_fns = {"e2e": lambda: m.predict(str_paths, batch_size=args.batch, workers=workers)}
+        onnx = onnx_engine(m, pixels, str_paths, args, tmp / "model", workers) if args.onnx else None
+        if onnx:  # timed in the same interleaved rounds as torch: a busy spell hits both engines alike
+            model_fns.update(onnx["model"])
+            e2e_fns.update(onnx["e2e"])
+        t = timed(model_fns, device, args.repeats)
         t_plain, t_ours = t["plain"], t["ours"]
-        t_e2e = timed({"e2e": lambda: m.predict([str(p) for p in paths], batch_size=args.batch, workers=workers)},
-                      device, args.repeats)["e2e"]
+        t.update(timed(e2e_fns, device, args.repeats))
+        t_e2e = t["e2e"]
         n = len(paths)
-        print(f"  model, pre-decoded tensors:  plain {n / t_plain:8.1f} img/s   spft predict_pixels "
-              f"{n / t_ours:8.1f} img/s   spft/plain time {t_ours / t_plain:.3f}")
-        print(f"  decode pipeline alone:       {n / t_decode:8.1f} img/s (load_image + ImageTransform, threads)")
-        print(f"  end to end m.predict(paths): {n / t_e2e:8.1f} img/s")
+        print(f"  model, pre-decoded tensors:  plain {n / t_plain:8.2f} img/s   spft predict_pixels "
+              f"{n / t_ours:8.2f} img/s   spft/plain time {t_ours / t_plain:.3f}")
+        print(f"  decode pipeline alone:       {n / t_decode:8.2f} img/s (load_image + ImageTransform, threads)")
+        print(f"  end to end m.predict(paths): {n / t_e2e:8.2f} img/s")
         extra = ""
         if args.compile:
             compiled = torch.compile(model)
@@ -165,39 +186,65 @@ def main() -> None:
                         torch.sigmoid(compiled(pixels[i:i + args.batch].to(device)).float()).cpu()
 
             t_c = timed({"compiled": plain_compiled}, device, args.repeats)["compiled"]
-            print(f"  plain loop, torch.compile:   {n / t_c:8.1f} img/s (compiled/eager time {t_c / t_plain:.3f})")
-            extra += f" compiled_img_s={n / t_c:.1f}"
-        if args.onnx:
-            extra += onnx_timing(m, pixels, args, tmp, n, t_plain)
-        print(f"BENCH predict_model_ratio={t_ours / t_plain:.3f} predict_img_s={n / t_e2e:.1f} "
-              f"decode_img_s={n / t_decode:.1f} plain_img_s={n / t_plain:.1f}{extra}")
+            print(f"  plain loop, torch.compile:   {n / t_c:8.2f} img/s (compiled/eager time {t_c / t_plain:.3f})")
+            extra += f" compiled_img_s={n / t_c:.2f}"
+        if onnx:
+            extra += onnx["report"](t)
+        print(f"BENCH predict_model_ratio={t_ours / t_plain:.3f} predict_img_s={n / t_e2e:.2f} "
+              f"decode_img_s={n / t_decode:.2f} plain_img_s={n / t_plain:.2f}{extra}")
 
 
-def onnx_timing(m, pixels: torch.Tensor, args, tmp: Path, n: int, t_plain: float) -> str:
-    """Export the loaded model with spft's ONNX exporter and time onnxruntime on the same tensors (fp32)."""
+def onnx_engine(m, pixels: torch.Tensor, paths: list[str], args, folder: Path, workers: int) -> dict | None:
+    """Export ``model.onnx`` into the export folder (spft's exporter) and load it with ``engine="onnx"``: the
+    functions to time (``model``: a plain onnxruntime session loop and spft's onnx ``predict_pixels``; ``e2e``:
+    ``predict(paths)`` on the onnx engine) and ``report(times)``, which prints them against the torch ones."""
     try:
         import onnxruntime as ort
     except ImportError:
         print("  onnx: skipped (onnxruntime is not installed: pip install 'spft[export]')")
-        return ""
-    from spft.tasks.classification.export import export_onnx
+        return None
+    if m.device.type != "cpu":
+        print("  onnx: skipped (the onnx engine runs on the CPU: --device cpu)")
+        return None
+    import spft
+    from spft.tasks.classification.export import ONNX_FILE, export_onnx
 
-    record = export_onnx(m.loaded, tmp / "model.onnx")
-    wanted = "CUDAExecutionProvider" if m.device.type == "cuda" else "CPUExecutionProvider"
-    if wanted not in ort.get_available_providers():
-        print(f"  onnx: {wanted} not available in this onnxruntime ({ort.get_available_providers()}); using CPU")
-        wanted = "CPUExecutionProvider"
-    session = ort.InferenceSession(str(tmp / "model.onnx"), providers=[wanted])
-    batches = [pixels[i:i + args.batch].numpy() for i in range(0, len(pixels), args.batch)]
+    start = time.perf_counter()
+    record = export_onnx(m.loaded, folder / ONNX_FILE)
+    print(f"  model.onnx written in {time.perf_counter() - start:.0f} s ({record['exporter']}, opset "
+          f"{record['opset']}, {(folder / ONNX_FILE).stat().st_size / 1e6:.0f} MB)")
+    mo = spft.load(folder, device="cpu", engine="onnx")
+    threads = torch.get_num_threads()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(folder / ONNX_FILE), sess_options=options, providers=["CPUExecutionProvider"])
+    batches = [np.ascontiguousarray(pixels[i:i + args.batch].numpy()) for i in range(0, len(pixels), args.batch)]
 
-    def run_onnx():
+    def plain_onnx():
         for b in batches:
-            session.run(["probabilities"], {"pixel_values": b})
+            (logits,) = session.run(["logits"], {"pixel_values": b})
+            1 / (1 + np.exp(-logits))
 
-    t_o = timed({"onnx": run_onnx}, torch.device("cpu"), args.repeats)["onnx"]
-    print(f"  onnxruntime ({wanted}, {record['exporter']}, opset {record['opset']}): {n / t_o:8.1f} img/s "
-          f"(onnx/plain time {t_o / t_plain:.3f})")
-    return f" onnx_img_s={n / t_o:.1f}"
+    def ours_onnx():
+        mo.predict_pixels(pixels, args.batch)
+
+    def report(t: dict[str, float]) -> str:
+        diff = float(np.abs(mo.predict_pixels(pixels, args.batch) - m.predict_pixels(pixels, args.batch)).max())
+        n = len(pixels)
+        print(f"  onnx engine ({threads} intra-op threads, CPUExecutionProvider, onnxruntime {ort.__version__}):")
+        print(f"  model, pre-decoded tensors:  plain onnxruntime {n / t['plain_onnx']:8.2f} img/s   spft onnx engine "
+              f"{n / t['ours_onnx']:8.2f} img/s   spft/plain time {t['ours_onnx'] / t['plain_onnx']:.3f}")
+        print(f"  end to end m.predict(paths): {n / t['e2e_onnx']:8.2f} img/s (onnx engine)")
+        print(f"  onnx/torch time: plain loops {t['plain_onnx'] / t['plain']:.3f}   spft predict_pixels "
+              f"{t['ours_onnx'] / t['ours']:.3f}   end to end {t['e2e_onnx'] / t['e2e']:.3f}   "
+              f"max |prob onnx - prob torch| {diff:.1e}")
+        return (f" onnx_plain_img_s={n / t['plain_onnx']:.2f} onnx_img_s={n / t['ours_onnx']:.2f}"
+                f" onnx_e2e_img_s={n / t['e2e_onnx']:.2f} onnx_model_ratio={t['ours_onnx'] / t['plain_onnx']:.3f}"
+                f" onnx_torch_ratio={t['ours_onnx'] / t['ours']:.3f}"
+                f" onnx_torch_e2e_ratio={t['e2e_onnx'] / t['e2e']:.3f} onnx_max_diff={diff:.1e}")
+
+    return {"model": {"plain_onnx": plain_onnx, "ours_onnx": ours_onnx},
+            "e2e": {"e2e_onnx": lambda: mo.predict(paths, batch_size=args.batch, workers=workers)}, "report": report}
 
 
 if __name__ == "__main__":

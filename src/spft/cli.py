@@ -200,6 +200,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                           args.heatmap_method, "heatmap_classes": args.heatmap_classes}
     if args.prompts is not None:
         extra["prompts"] = args.prompts
+    if args.engine is not None:
+        extra["engine"] = args.engine
     unsupported = [k for k in extra if k not in inspect.signature(api.predict).parameters]
     if unsupported:
         raise ConfigError(f"--{unsupported[0].replace('_', '-')} is not an option of this run's task "
@@ -354,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "data.image_column, else path / image / Image Index)")
     p.add_argument("--root", default=None, help="CSV inputs: relative paths start here (default: the CSV's folder)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))")
+    p.add_argument("--engine", default=None, choices=["torch", "onnx"],
+                   help="classification: what runs the model's forward (all else is the same). torch (default; "
+                        "measured faster than onnxruntime on the CPU at RAD-DINO size; the only one with --heatmaps); "
+                        "onnx: the export folder's model.onnx (spft export --format onnx) in onnxruntime on the CPU")
     p.add_argument("--prompts", metavar="CSV_OR_RUN", help="segmentation (required): box prompts, a CSV (id, "
                                                           "structure, x1, y1, x2, y2) or a detection run / its "
                                                           "predictions CSV")

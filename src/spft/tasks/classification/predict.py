@@ -10,8 +10,10 @@ image: ``id``, ``prob_<class>`` (calibrated: ``sigmoid(logit / T)``, or ``softma
 predicting a run's own test images gives its ``predictions_test.csv`` probabilities (at temperature 1).
 
 Decoding runs in a thread pool (Pillow releases the GIL) a few batches ahead of the model. On a GPU the model runs
-under bf16 autocast, as ``spft evaluate`` does; on the CPU in float32. Inputs that cannot be read are collected as
-failures (never skipped silently); the others are still predicted.
+under bf16 autocast, as ``spft evaluate`` does; on the CPU in float32. ``engine`` picks what runs the forward
+(:mod:`spft.tasks.classification.engine`): PyTorch (the default), or an export folder's ``model.onnx`` in
+onnxruntime on the CPU; everything around the forward is the same. Inputs that
+cannot be read are collected as failures (never skipped silently); the others are still predicted.
 """
 
 from __future__ import annotations
@@ -46,13 +48,15 @@ class Classifier:
 
     ``classes``, ``thresholds`` (class -> threshold of ``pred_<class>``), ``temperature``, ``preprocessing`` (the
     run's :class:`~spft.models.encoders.Preprocessing`), ``color``, ``loss``, ``model`` (the torch module, eval
-    mode), ``device``. :meth:`predict` returns the table ``spft predict`` writes.
+    mode), ``device``, ``engine`` (``torch`` or ``onnx``: what runs the forward; heatmaps need ``torch``).
+    :meth:`predict` returns the table ``spft predict`` writes.
     """
 
     task = "classification"
 
-    def __init__(self, loaded: LoadedClassifier, device: str | torch.device = "auto"):
+    def __init__(self, loaded: LoadedClassifier, device: str | torch.device = "auto", engine: str = "torch"):
         from spft.data.transforms import ImageTransform
+        from spft.tasks.classification.engine import OnnxForward, resolve_engine
 
         self.loaded = loaded
         self.classes = list(loaded.classes)
@@ -63,13 +67,16 @@ class Classifier:
         self.loss = loaded.loss
         self.name = loaded.name
         self.source = loaded.source
-        self.device = resolve_device(device)
+        self.engine = resolve_engine(engine, self.source, device)
+        self.device = torch.device("cpu") if self.engine == "onnx" else resolve_device(device)
         self.model = loaded.model.to(self.device).eval()
+        self.onnx = (OnnxForward(self.source, len(self.classes), int(self.preprocessing.size))
+                     if self.engine == "onnx" else None)
         self.transform = ImageTransform(self.preprocessing)
 
     def __repr__(self) -> str:
         return (f"Classifier({str(self.source)!r}, classes={self.classes}, loss={self.loss!r}, "
-                f"temperature={self.temperature:g}, device={str(self.device)!r})")
+                f"temperature={self.temperature:g}, device={str(self.device)!r}, engine={self.engine!r})")
 
     # ---- model ------------------------------------------------------------------------------------------------------
     def _autocast(self):
@@ -88,7 +95,10 @@ class Classifier:
 
     @torch.inference_mode()
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Logits of one batch of ``pixel_values`` (``[B, 3, H, W]``, already preprocessed), on the CPU."""
+        """Logits of one batch of ``pixel_values`` (``[B, 3, H, W]``, already preprocessed), on the CPU: the
+        :attr:`engine`'s forward (the only step where the engines differ)."""
+        if self.onnx is not None:
+            return self.onnx(pixel_values)
         with self._autocast():
             return self.model(pixel_values.to(self.device, non_blocking=True)).float().cpu()
 
@@ -199,10 +209,11 @@ class Classifier:
         (:mod:`spft.models.heatmaps`; float32, non-negative, raw scale). ``method``: ``gradcam`` (per class; default
         every class) or ``rollout`` (attention rollout, class-agnostic: one map under the key ``"rollout"``).
         ``original``: the map on the original image's pixels (zero outside the centre crop), else on the crop.
-        Runs in float32 with gradients (not under autocast)."""
+        Runs in float32 with gradients (not under autocast), on the PyTorch model: not with ``engine="onnx"``."""
         from spft.data.io import load_image
         from spft.models import heatmaps as hm
 
+        self._need_torch()
         picture = (load_image(image, color=self.color) if isinstance(image, (str, os.PathLike))
                    else array_to_image(image, self.color))
         pixels = self.transform(picture).unsqueeze(0).to(self.device)
@@ -230,6 +241,7 @@ class Classifier:
         prob, npy, png``); inputs that could not be predicted or mapped are in ``listing.attrs["failed"]``."""
         from spft.tasks.classification.explain import check_request, write_heatmaps
 
+        self._need_torch()
         check_request(self, classes, method)
         single = isinstance(inputs, (str, os.PathLike, np.ndarray)) or _is_pil(inputs)
         items, ids, failures = self._expand([inputs] if single else list(inputs))
@@ -241,6 +253,11 @@ class Classifier:
                         "; ".join(f"{f.id}: {f.error}" for f in failures[:5]) + (" ..." if len(failures) > 5 else ""))
         listing.attrs["failed"] = [(f.id, f.error) for f in failures]
         return listing
+
+    def _need_torch(self) -> None:
+        if self.engine != "torch":
+            raise ConfigError("heatmaps need engine='torch' (spft.load(..., engine='torch')): Grad-CAM and attention "
+                              "rollout differentiate the PyTorch model, which model.onnx (outputs only) cannot")
 
     def _expand(self, inputs: Iterable) -> tuple[list, list[str], list[Failure]]:
         items, ids, failures = [], [], []
@@ -281,34 +298,47 @@ def _is_pil(value) -> bool:
     return isinstance(value, Image.Image)
 
 
-def load(source: str | Path, checkpoint: str = "best", device: str = "auto") -> Classifier:
+def load(source: str | Path, checkpoint: str = "best", device: str = "auto", engine: str = "torch") -> Classifier:
     """A run directory's (``checkpoint``: best / last; EMA weights when the run used EMA) or an export folder's
-    classifier, ready to predict on ``device`` (auto: CUDA when available)."""
-    return Classifier(load_source(source, checkpoint), device)
+    classifier, ready to predict on ``device`` (auto: CUDA when available) with ``engine`` (``torch``, or ``onnx``:
+    the export folder's ``model.onnx`` in onnxruntime on the CPU; :mod:`spft.tasks.classification.engine`)."""
+    from spft.tasks.classification.engine import resolve_engine
+
+    resolve_engine(engine, Path(source).expanduser(), device)  # before the model is built: one line, at once
+    return Classifier(load_source(source, checkpoint), device, engine)
 
 
 def predict(model_source, inputs: list[str] | tuple[str, ...], batch_size: int = 32, device: str = "auto",
             checkpoint: str = "best", image_column: str | None = None, root: str | None = None,
             workers: int | None = None, progress: bool = False, heatmaps: str | Path | None = None,
-            heatmap_classes: list[str] | str | None = None, heatmap_method: str = "gradcam") -> Predictions:
+            heatmap_classes: list[str] | str | None = None, heatmap_method: str = "gradcam",
+            engine: str = "torch") -> Predictions:
     """Predict every image ``inputs`` names (files, folders, globs, CSVs: :func:`spft.data.inputs.collect_inputs`)
     with ``model_source`` (a run directory, an export folder or a loaded :class:`Classifier`).
 
     ``heatmaps``: a folder for heatmap files of the predicted images (:func:`spft.tasks.classification.explain.
     write_heatmaps`: ``heatmap_classes``, default the classes predicted positive; ``heatmap_method`` gradcam or
-    rollout); images whose heatmap fails join the failures."""
-    model = model_source if isinstance(model_source, Classifier) else load(model_source, checkpoint, device)
+    rollout); images whose heatmap fails join the failures. ``engine``: ``torch`` or ``onnx`` (:func:`load`;
+    heatmaps need ``torch``)."""
+    from spft.tasks.classification.engine import resolve_engine
+
     if heatmaps is None and heatmap_classes is not None:
         raise ConfigError("heatmap classes given without a heatmap folder (--heatmaps DIR)")
+    if isinstance(model_source, Classifier):
+        model = model_source
+    else:
+        resolve_engine(engine, Path(model_source).expanduser(), device, heatmaps=heatmaps is not None)  # before load
+        model = load(model_source, checkpoint, device, engine)
     if heatmaps is not None:
         from spft.tasks.classification.explain import check_request
 
+        model._need_torch()
         check_request(model, heatmap_classes, heatmap_method)  # before the (long) prediction
     items, failures = collect_inputs(inputs, image_column, model.loaded.meta.get("image_column"), root)
     if not items and not failures:
         raise DataError("no inputs given")
-    log.info("predicting %d image(s) with %s (%s, temperature %g)", len(items), model.source, model.device,
-             model.temperature)
+    log.info("predicting %d image(s) with %s (%s, %s, temperature %g)", len(items), model.source, model.engine,
+             model.device, model.temperature)
     table, failed = model.run(items, [i.id for i in items], batch_size, workers, progress)
     result = Predictions(table, failures + failed, str(model.source), model.name)
     if heatmaps is not None:
