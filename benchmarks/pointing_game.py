@@ -9,7 +9,7 @@ For every image of the split and every finding it shows that has a box in the ge
 that class (Grad-CAM; rollout is class-agnostic, one map per image) is put back on the image's pixels and its peak is
 a hit when inside one of the finding's boxes (:func:`spft.models.heatmaps.pointing_game`). Chance is the mean share
 of the image the finding's boxes cover: the hit rate of a peak placed uniformly at random.
-(:func:`spft.tasks.classification.explain.phantom_pointing_game`). The last line is machine-readable:
+(:func:`spft.tasks.classification.pointing.phantom_pointing_game`). The last line is machine-readable:
 ``BENCH pointing_<method>=<hit rate> pointing_chance=<chance> pointing_n=<pairs>``.
 """
 
@@ -45,7 +45,7 @@ def example_picture(run: Path, result: dict, out: Path, classes=("Cardiomegaly",
     from spft.data.registry import load_table
     from spft.experiments.rundir import load_run_config
     from spft.models.heatmaps import overlay
-    from spft.tasks.classification.explain import phantom_boxes
+    from spft.tasks.classification.pointing import phantom_boxes
 
     cfg = load_run_config(run)
     table = load_table(cfg.data, cfg.seed)
@@ -93,7 +93,7 @@ def main() -> int:
         parser.error("give --run RUN or --train DIR")
     import torch
 
-    from spft.tasks.classification.explain import format_pointing_game, phantom_pointing_game
+    from spft.tasks.classification.pointing import format_pointing_game, phantom_pointing_game
 
     start = time.time()
     run = args.run or train(args.train, args.overrides)

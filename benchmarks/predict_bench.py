@@ -127,7 +127,7 @@ def main() -> None:
 
     import spft
     from spft.data.inputs import InputImage
-    from spft.tasks.classification.predict import default_workers
+    from spft.tasks.common.prediction import decode_ahead, default_workers
 
     with tempfile.TemporaryDirectory(prefix="spft-predict-bench-") as tmp:
         tmp = Path(tmp)
@@ -143,7 +143,7 @@ def main() -> None:
         decoded: list = []
 
         def decode():
-            decoded[:] = [t for _, t in m._decoded(items, workers, lookahead=max(2 * args.batch, 4 * workers))]
+            decoded[:] = [t for _, t in decode_ahead(items, m._pixels_of, workers, max(2 * args.batch, 4 * workers))]
 
         t_decode = timed({"decode": decode}, device, args.repeats)["decode"]
         pixels = torch.stack(decoded)

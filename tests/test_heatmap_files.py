@@ -27,12 +27,8 @@ from PIL import Image
 import spft
 from spft.errors import ConfigError
 from spft.models.heatmaps import pointing_game
-from spft.tasks.classification.explain import (
-    box_fraction,
-    phantom_pointing_game,
-    safe_name,
-    unique_names,
-)
+from spft.tasks.classification.explain import safe_name, unique_names
+from spft.tasks.classification.pointing import box_fraction, phantom_pointing_game
 from spft.tasks.classification.predict import demo_predictions, predict
 
 

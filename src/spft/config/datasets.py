@@ -98,15 +98,7 @@ class ClassificationDataConfig(ImageDataConfig):
         if self.image_size is not None and self.image_size < 1:
             raise ConfigError(f"'data.image_size': expected a positive number of pixels (or null for the model's "
                               f"own input size), got {self.image_size}")
-        aug = self.augment
-        lo, hi = (list(aug.scale) + [1.0, 1.0])[:2]
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"data.augment.scale: expected [min, max] with 0 < min <= max <= 1, got {aug.scale}")
-        for key in ("rotate", "brightness", "contrast", "hflip"):
-            if getattr(aug, key) < 0:
-                raise ConfigError(f"data.augment.{key} must be >= 0, got {getattr(aug, key)}")
-        if aug.hflip > 1 or aug.brightness >= 1 or aug.contrast >= 1:
-            raise ConfigError("data.augment: hflip is a probability (<= 1); brightness and contrast must be < 1")
+        self.augment.check()
 
 
 @dataclass

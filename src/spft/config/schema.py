@@ -51,6 +51,20 @@ class AugmentConfig:
     contrast: float = 0.1  # around the image mean, uniform in [1 - c, 1 + c]
     hflip: float = 0.0  # probability; 0 by default because chest X-ray laterality matters
 
+    def check(self) -> None:
+        """Refuse values no augmentation can draw from (the loader runs it; :class:`spft.data.augment.Augment` again
+        for a config built in code); a :class:`~spft.errors.ConfigError` naming the key."""
+        from spft.errors import ConfigError
+
+        lo, hi = (list(self.scale) + [1.0, 1.0])[:2]
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"data.augment.scale: expected [min, max] with 0 < min <= max <= 1, got {self.scale}")
+        for key in ("rotate", "brightness", "contrast", "hflip"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"data.augment.{key} must be >= 0, got {getattr(self, key)}")
+        if self.hflip > 1 or self.brightness >= 1 or self.contrast >= 1:
+            raise ConfigError("data.augment: hflip is a probability (<= 1); brightness and contrast must be < 1")
+
 
 @dataclass
 class ModelConfig:

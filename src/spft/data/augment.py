@@ -15,21 +15,13 @@ import math
 import numpy as np
 from PIL import Image
 
-from spft.errors import DataError
-
 
 class Augment:
     """Callable ``(PIL image, epoch, index) -> (PIL image, photometric(tensor))`` built from ``data.augment``."""
 
     def __init__(self, cfg, seed: int):
+        cfg.check()  # spft.config.schema.AugmentConfig: the loader ran it already; a config built in code
         lo, hi = (list(cfg.scale) + [1.0, 1.0])[:2]
-        if not 0 < lo <= hi <= 1:
-            raise DataError(f"data.augment.scale: expected [min, max] with 0 < min <= max <= 1, got {cfg.scale}")
-        for key in ("rotate", "brightness", "contrast", "hflip"):
-            if getattr(cfg, key) < 0:
-                raise DataError(f"data.augment.{key} must be >= 0, got {getattr(cfg, key)}")
-        if cfg.hflip > 1 or cfg.brightness >= 1 or cfg.contrast >= 1:
-            raise DataError("data.augment: hflip is a probability (<= 1); brightness and contrast must be < 1")
         self.scale = (lo, hi)
         self.rotate = float(cfg.rotate)
         self.brightness = float(cfg.brightness)

@@ -210,3 +210,28 @@ def recorded_epoch(path: str | Path) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return int(value) if isinstance(value, int) else None
+
+
+def eval_weights(state_dict: dict) -> tuple[dict, str]:
+    """The weights a run evaluates with from a RecipeModule state dict: ``ema.module.*`` when present, else
+    ``model.*``; returns them without the prefix and which one it was."""
+    for prefix, what in (("ema.module.", "ema"), ("model.", "raw")):
+        picked = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if picked:
+            return picked, what
+    raise CheckpointError("the checkpoint holds no model weights (no 'model.*' or 'ema.module.*' keys)")
+
+
+def checkpoint_file(run_dir: Path, checkpoint: str) -> Path:
+    """A Lightning run's ``checkpoints/<checkpoint>.ckpt`` (best / last), verified; a damaged one falls back to the
+    other (:func:`newest_intact`)."""
+    from spft.errors import ConfigError
+
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"--checkpoint: expected best or last, got {checkpoint!r}")
+    name = f"{checkpoint}.ckpt"
+    other = "last.ckpt" if checkpoint == "best" else "best.ckpt"
+    found = newest_intact(run_dir / "checkpoints", (name, other))
+    if found is None:
+        raise MissingFileError(f"{run_dir / 'checkpoints' / name} not found (has the run finished its first epoch?)")
+    return found

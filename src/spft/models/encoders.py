@@ -117,6 +117,29 @@ class Preprocessing:
                 "mean": list(self.mean), "std": list(self.std), "source": self.source}
 
 
+def preprocessing_from_record(record: dict):
+    """:class:`~spft.models.encoders.Preprocessing` from the record ``data.json`` keeps (``Preprocessing.record``).
+    A record with only size/mean/std/source (older runs) is RAD-DINO's rule at that size."""
+    kwargs = {}
+    if "resize" in record:
+        resize = record["resize"]
+        if resize is None:
+            kwargs.update(resize="none", resize_size=None)
+        elif "shortest_edge" in resize:
+            kwargs.update(resize="shortest_edge", resize_size=(int(resize["shortest_edge"]),))
+        else:
+            kwargs.update(resize="exact", resize_size=(int(resize["height"]), int(resize["width"])))
+    if "crop" in record:
+        crop = record["crop"]
+        kwargs["crop"] = None if crop is None else (int(crop["height"]), int(crop["width"]))
+    if "resample" in record:
+        kwargs["interpolation"] = int(record.get("resample", BICUBIC))
+    if "rescale" in record:
+        kwargs["rescale"] = None if record["rescale"] is None else float(record["rescale"])
+    return Preprocessing(int(record["size"]), tuple(record["mean"]), tuple(record["std"]),
+                         str(record.get("source", "data.json")), **kwargs)
+
+
 def build_encoder(name: str | None = None, config: dict | None = None,
                   attn_implementation: str | None = "sdpa") -> nn.Module:
     """The encoder as a transformers model.

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from spft.errors import ConfigError, DependencyError
-from spft.tasks.classification.source import EXPORT_WEIGHTS, HEAD_PREFIX, LoadedClassifier, load_run
+from spft.tasks.classification.source import EXPORT_WEIGHTS, HEAD_PREFIX, ClassifierRecord, load_run
 from spft.tasks.common.export_folder import check_format, fresh_folder, staged_folder, write_json
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"
 ONNX_OPSET = 18
 
 
-class ExportedClassifier(nn.Module):
+class ExportGraph(nn.Module):
     """``pixel_values -> (logits, probabilities)`` with the run's temperature and sigmoid (bce) / softmax (ce)."""
 
     def __init__(self, model: nn.Module, temperature: float = 1.0, loss: str = "bce"):
@@ -104,7 +104,7 @@ def encoder_config(model: nn.Module) -> dict:
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-def _spft_block(loaded: LoadedClassifier, formats: dict) -> dict:
+def _spft_block(loaded: ClassifierRecord, formats: dict) -> dict:
     import spft
 
     model = loaded.model
@@ -122,7 +122,7 @@ def _spft_block(loaded: LoadedClassifier, formats: dict) -> dict:
     }
 
 
-def _operating_files(loaded: LoadedClassifier, run_dir: Path, folder: Path) -> None:
+def _operating_files(loaded: ClassifierRecord, run_dir: Path, folder: Path) -> None:
     for name in ("thresholds.json", "calibration.json"):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, folder / name)
@@ -136,18 +136,18 @@ def _operating_files(loaded: LoadedClassifier, run_dir: Path, folder: Path) -> N
             "method": "none", "temperature": 1.0, "note": "the run had no calibration.json: uncalibrated"})
 
 
-def _example(loaded: LoadedClassifier, batch: int = 2) -> torch.Tensor:
+def _example(loaded: ClassifierRecord, batch: int = 2) -> torch.Tensor:
     side = int(loaded.preprocessing.size)
     return torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0))
 
 
-def export_onnx(loaded: LoadedClassifier, path: Path) -> dict:
+def export_onnx(loaded: ClassifierRecord, path: Path) -> dict:
     """``model.onnx`` with a dynamic batch axis: the dynamo exporter (``torch.export``), else the legacy one."""
     try:
         import onnx  # noqa: F401
     except ImportError as exc:
         raise DependencyError("--format onnx needs the onnx package: pip install 'spft[export]'") from exc
-    wrapper = ExportedClassifier(loaded.model, loaded.temperature, loaded.loss).eval()
+    wrapper = ExportGraph(loaded.model, loaded.temperature, loaded.loss).eval()
     example = _example(loaded)
     names = {"input_names": ["pixel_values"], "output_names": ["logits", "probabilities"]}
     errors = []
@@ -175,8 +175,8 @@ def export_onnx(loaded: LoadedClassifier, path: Path) -> dict:
             **({"fallback_reason": errors[0]} if errors else {})}
 
 
-def export_torchscript(loaded: LoadedClassifier, path: Path) -> dict:
-    wrapper = ExportedClassifier(loaded.model, loaded.temperature, loaded.loss).eval().requires_grad_(False)
+def export_torchscript(loaded: ClassifierRecord, path: Path) -> dict:
+    wrapper = ExportGraph(loaded.model, loaded.temperature, loaded.loss).eval().requires_grad_(False)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks of the encoder
         traced = torch.jit.trace(wrapper, (_example(loaded),), check_trace=False, strict=False)

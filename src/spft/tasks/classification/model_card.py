@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spft.tasks.classification.source import LoadedClassifier
+from spft.tasks.classification.source import ClassifierRecord
 from spft.tasks.common.export_folder import RESEARCH_ONLY, SAME_SOURCE, card_header, recipe_section
 
 RAD_DINO_PRETRAINING = ("RAD-DINO (microsoft/rad-dino) was pre-trained on chest X-rays that include the public "
@@ -81,7 +81,7 @@ def _metrics_section(run_dir: Path, classes: list[str]) -> list[str]:
     return lines + [""]
 
 
-def _thresholds_section(run_dir: Path, loaded: LoadedClassifier) -> list[str]:
+def _thresholds_section(run_dir: Path, loaded: ClassifierRecord) -> list[str]:
     record = _read(run_dir / "thresholds.json")
     lines = ["## Operating points", ""]
     if not isinstance(record, dict):
@@ -108,7 +108,7 @@ def _thresholds_section(run_dir: Path, loaded: LoadedClassifier) -> list[str]:
     return lines + [""]
 
 
-def _calibration_section(run_dir: Path, loaded: LoadedClassifier) -> list[str]:
+def _calibration_section(run_dir: Path, loaded: ClassifierRecord) -> list[str]:
     record = _read(run_dir / "calibration.json")
     lines = ["## Calibration", ""]
     if not isinstance(record, dict):
@@ -123,7 +123,7 @@ def _calibration_section(run_dir: Path, loaded: LoadedClassifier) -> list[str]:
     return lines + [""]
 
 
-def _data_section(run_dir: Path, cfg: dict, loaded: LoadedClassifier) -> list[str]:
+def _data_section(run_dir: Path, cfg: dict, loaded: ClassifierRecord) -> list[str]:
     data = _read(run_dir / "data.json") or {}
     dcfg = cfg.get("data", {}) or {}
     where = ", ".join(f"{k} `{dcfg[k]}`" for k in ("csv", "root") if dcfg.get(k))
@@ -140,7 +140,7 @@ def _data_section(run_dir: Path, cfg: dict, loaded: LoadedClassifier) -> list[st
     return lines + [""]
 
 
-def _model_section(cfg: dict, loaded: LoadedClassifier) -> list[str]:
+def _model_section(cfg: dict, loaded: ClassifierRecord) -> list[str]:
     model = loaded.model
     enc = model.encoder.config
     mcfg = cfg.get("model", {}) or {}
@@ -158,7 +158,7 @@ def _model_section(cfg: dict, loaded: LoadedClassifier) -> list[str]:
             f"`{Path(str(loaded.meta.get('checkpoint', '?'))).name}` (epoch {loaded.meta.get('epoch', '?')})", ""]
 
 
-def _preprocessing_section(loaded: LoadedClassifier) -> list[str]:
+def _preprocessing_section(loaded: ClassifierRecord) -> list[str]:
     prep = loaded.preprocessing
     return ["## Preprocessing", "",
             f"- Colour: images read as {'grey (replicated to 3 channels)' if loaded.color == 'grey' else 'RGB'}; "
@@ -168,7 +168,7 @@ def _preprocessing_section(loaded: LoadedClassifier) -> list[str]:
             "- The same recipe as `preprocessor_config.json` (transformers' BitImageProcessor)", ""]
 
 
-def model_card(run_dir: str | Path, loaded: LoadedClassifier, formats: dict | None = None) -> str:
+def model_card(run_dir: str | Path, loaded: ClassifierRecord, formats: dict | None = None) -> str:
     """The Markdown model card of ``run_dir`` (the classifier ``loaded`` from it)."""
     from spft.experiments.rundir import read_run_yaml
 

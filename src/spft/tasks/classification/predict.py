@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +30,13 @@ import torch
 from spft.data.inputs import Failure, InputImage, collect_inputs
 from spft.data.io import array_to_image
 from spft.devices import resolve_device
-from spft.errors import ConfigError, DataError, SpftError
-from spft.tasks.classification.source import LoadedClassifier, load_source
-from spft.tasks.common.prediction import Predictions, decode_ahead, error_text
+from spft.errors import ConfigError, DataError
+from spft.tasks.classification.source import ClassifierRecord, load_source
+from spft.tasks.common.prediction import Predictions, batch_loop
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
 
 
 class Classifier:
@@ -54,7 +50,7 @@ class Classifier:
 
     task = "classification"
 
-    def __init__(self, loaded: LoadedClassifier, device: str | torch.device = "auto", engine: str = "torch"):
+    def __init__(self, loaded: ClassifierRecord, device: str | torch.device = "auto", engine: str = "torch"):
         from spft.data.transforms import ImageTransform
         from spft.tasks.classification.engine import OnnxForward, resolve_engine
 
@@ -116,52 +112,17 @@ class Classifier:
             return self.transform(load_image(item.path, color=self.color))
         return self.transform(array_to_image(item, self.color))
 
-    def _decoded(self, items: list, workers: int, lookahead: int) -> Iterator[tuple[int, torch.Tensor | str]]:
-        """``(index, pixel_values or error text)`` in input order, decoded ``lookahead`` images ahead in threads."""
-
-        def work(item):
-            try:
-                return self._pixels_of(item)
-            except (SpftError, OSError, ValueError) as exc:  # unreadable file, bad array: reported, not raised
-                return error_text(exc)
-
-        yield from decode_ahead(items, work, workers, lookahead)
-
     def run(self, items: list, ids: list[str], batch_size: int = 32, workers: int | None = None,
             progress: bool = False) -> tuple[pd.DataFrame, list[Failure]]:
         """Predict ``items`` (:class:`InputImage` or arrays / PIL images) named ``ids``: (table, failures)."""
-        from tqdm.auto import tqdm
-
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-        workers = default_workers() if workers is None else int(workers)
         kept: list[int] = []
         probs: list[np.ndarray] = []
-        failures: list[Failure] = []
-        batch: list[torch.Tensor] = []
-        batch_idx: list[int] = []
 
-        def flush():
-            if batch:
-                probs.append(self.predict_pixels(torch.stack(batch), batch_size))
-                kept.extend(batch_idx)
-                batch.clear()
-                batch_idx.clear()
+        def forward(entries):
+            probs.append(self.predict_pixels(torch.stack([pixels for _, pixels in entries]), batch_size))
+            kept.extend(i for i, _ in entries)
 
-        bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress, file=None, dynamic_ncols=True)
-        try:
-            for i, pixels in self._decoded(items, workers, lookahead=max(2 * batch_size, 4 * workers)):
-                if isinstance(pixels, str):
-                    failures.append(Failure(ids[i], pixels))
-                else:
-                    batch.append(pixels)
-                    batch_idx.append(i)
-                    if len(batch) == batch_size:
-                        flush()
-                bar.update(1)
-            flush()
-        finally:
-            bar.close()
+        failures = batch_loop(items, ids, self._pixels_of, forward, batch_size, workers, progress)
         p = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float64)
         return self.table([ids[i] for i in kept], p), failures
 

@@ -1,6 +1,6 @@
 """A trained classifier read back for prediction: from a run directory or from an ``spft export`` folder.
 
-Both give a :class:`LoadedClassifier`: the :class:`~spft.models.classifier.SpftClassifier` with the weights a run
+Both give a :class:`ClassifierRecord`: the :class:`~spft.models.classifier.SpftClassifier` with the weights a run
 evaluates with (the EMA copy of ``checkpoints/best.ckpt`` when the run used EMA, else the raw weights), the exact
 preprocessing the run trained with (the ``preprocessing`` record of ``data.json``), the colour mode
 (``data.color``), the loss (``bce``: sigmoid per class; ``ce``: softmax), the temperature of ``calibration.json``
@@ -38,7 +38,14 @@ DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass
-class LoadedClassifier:
+class ClassifierRecord:
+    """What a run directory or an export folder holds for a classifier, read back: the network on the CPU in eval
+    mode, its classes, preprocessing, calibration and thresholds. One name per layer of a trained classifier:
+    :class:`spft.models.classifier.SpftClassifier` is the network (encoder + head), ``ClassificationModule`` its
+    Lightning training wrapper, ``ClassifierRecord`` what its files hold, :class:`spft.tasks.classification.predict.
+    Classifier` the predictor ``spft.load`` returns (built from a record), ``ExportGraph`` the graph ``spft export``
+    writes to ONNX / TorchScript (logits and calibrated probabilities)."""
+
     model: torch.nn.Module
     classes: list[str]
     preprocessing: object  # spft.models.encoders.Preprocessing
@@ -131,59 +138,12 @@ def _say_defaults(folder: Path, has_calibration: bool, has_thresholds: bool) -> 
         log.warning("%s has no %s: %s", folder, " or ".join(missing), "; ".join(what[m] for m in missing))
 
 
-def preprocessing_from_record(record: dict):
-    """:class:`~spft.models.encoders.Preprocessing` from the record ``data.json`` keeps (``Preprocessing.record``).
-    A record with only size/mean/std/source (older runs) is RAD-DINO's rule at that size."""
-    from spft.models.encoders import BICUBIC, Preprocessing
-
-    kwargs = {}
-    if "resize" in record:
-        resize = record["resize"]
-        if resize is None:
-            kwargs.update(resize="none", resize_size=None)
-        elif "shortest_edge" in resize:
-            kwargs.update(resize="shortest_edge", resize_size=(int(resize["shortest_edge"]),))
-        else:
-            kwargs.update(resize="exact", resize_size=(int(resize["height"]), int(resize["width"])))
-    if "crop" in record:
-        crop = record["crop"]
-        kwargs["crop"] = None if crop is None else (int(crop["height"]), int(crop["width"]))
-    if "resample" in record:
-        kwargs["interpolation"] = int(record.get("resample", BICUBIC))
-    if "rescale" in record:
-        kwargs["rescale"] = None if record["rescale"] is None else float(record["rescale"])
-    return Preprocessing(int(record["size"]), tuple(record["mean"]), tuple(record["std"]),
-                         str(record.get("source", "data.json")), **kwargs)
-
-
-def _eval_state(state_dict: dict) -> tuple[dict, str]:
-    """The weights a run evaluates with from a RecipeModule state dict: ``ema.module.*`` when present, else
-    ``model.*``; returns them without the prefix and which one it was."""
-    for prefix, what in (("ema.module.", "ema"), ("model.", "raw")):
-        picked = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if picked:
-            return picked, what
-    raise CheckpointError("the checkpoint holds no model weights (no 'model.*' or 'ema.module.*' keys)")
-
-
-def checkpoint_file(run_dir: Path, checkpoint: str) -> Path:
-    from spft.experiments.checkpoints import newest_intact
-
-    if checkpoint not in ("best", "last"):
-        raise ConfigError(f"--checkpoint: expected best or last, got {checkpoint!r}")
-    name = f"{checkpoint}.ckpt"
-    other = "last.ckpt" if checkpoint == "best" else "best.ckpt"
-    found = newest_intact(run_dir / "checkpoints", (name, other))
-    if found is None:
-        raise MissingFileError(f"{run_dir / 'checkpoints' / name} not found (has the run finished its first epoch?)")
-    return found
-
-
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedClassifier:
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> ClassifierRecord:
     """The classifier of a classification run directory (on the CPU, in eval mode)."""
-    from spft.experiments.checkpoints import load_checkpoint
+    from spft.experiments.checkpoints import checkpoint_file, eval_weights, load_checkpoint
     from spft.experiments.rundir import load_run_config
     from spft.models.classifier import build_classifier
+    from spft.models.encoders import preprocessing_from_record
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -202,7 +162,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedClassifier:
                                    cfg.data.image_size)
     if data.get("preprocessing"):
         prep = preprocessing_from_record(data["preprocessing"])
-    weights, which = _eval_state(state["state_dict"])
+    weights, which = eval_weights(state["state_dict"])
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -216,7 +176,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedClassifier:
             "image_column": getattr(cfg.data, "image_column", "image"), "pooling": cfg.model.pooling,
             "model_name": cfg.model.name,
             "head_hidden": cfg.model.head_hidden, "head_dropout": cfg.model.head_dropout}
-    return LoadedClassifier(model, classes, prep, cfg.data.color, cfg.loss, temperature, thresholds, run_dir, "run",
+    return ClassifierRecord(model, classes, prep, cfg.data.color, cfg.loss, temperature, thresholds, run_dir, "run",
                             run_dir.name, calibration, record, meta)
 
 
@@ -235,7 +195,7 @@ def _model_section(model_cfg, has_preprocessing: bool):
     return dataclasses.replace(model_cfg, name=None, config={**builtin_architecture(model_cfg.name), **extra})
 
 
-def load_export(folder: str | Path) -> LoadedClassifier:
+def load_export(folder: str | Path) -> ClassifierRecord:
     """The classifier of an ``spft export`` folder (no run directory, no Lightning).
 
     The folder is untrusted: ``config.json`` (the ``spft`` block, the encoder's ``model_type`` and sizes) and the
@@ -245,6 +205,7 @@ def load_export(folder: str | Path) -> LoadedClassifier:
     from transformers import AutoModel
 
     from spft.models.classifier import SpftClassifier
+    from spft.models.encoders import preprocessing_from_record
     from spft.tasks.common import export_check as chk
 
     folder = Path(folder)
@@ -288,11 +249,11 @@ def load_export(folder: str | Path) -> LoadedClassifier:
     source = block.get("source") if isinstance(block.get("source"), dict) else {}
     meta = {"image_column": block.get("image_column"), "pooling": pooling, "head_hidden": head_hidden,
             "export": str(folder), **source}
-    return LoadedClassifier(model, classes, prep, color, loss, temperature, thresholds, folder, "export",
+    return ClassifierRecord(model, classes, prep, color, loss, temperature, thresholds, folder, "export",
                             str(block.get("name") or folder.name), calibration, record, meta)
 
 
-def load_source(source: str | Path, checkpoint: str = "best") -> LoadedClassifier:
+def load_source(source: str | Path, checkpoint: str = "best") -> ClassifierRecord:
     """A run directory or an export folder."""
     source = Path(source).expanduser()
     if not source.is_dir():

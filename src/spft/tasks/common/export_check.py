@@ -10,7 +10,7 @@ would make transformers allocate hundreds of gigabytes. Each is one line naming 
 * :func:`safetensors_shapes` reads only the safetensors header (8-byte length + JSON) and checks that every entry's
   dtype, shape and byte range fit the file — never the tensors, never a pickle;
 * :func:`check_preprocessing` checks the ``spft.preprocessing`` record against what
-  :func:`~spft.tasks.classification.source.preprocessing_from_record` needs;
+  :func:`~spft.models.encoders.preprocessing_from_record` needs;
 * :func:`encoder_config` checks ``model_type`` and the size keys, :func:`expected_shapes` builds the model on
   PyTorch's ``meta`` device (shapes, no memory) and :func:`compare_shapes` compares them with the header.
 """
@@ -91,7 +91,7 @@ def choice(value, path: Path, key: str, allowed: tuple[str, ...]):
 
 
 def check_preprocessing(record, path: Path, key: str = "spft.preprocessing") -> None:
-    """The record :func:`~spft.tasks.classification.source.preprocessing_from_record` reads, checked key by key."""
+    """The record :func:`~spft.models.encoders.preprocessing_from_record` reads, checked key by key."""
     if not isinstance(record, dict):
         raise ConfigError(f"{path}: {key} must be an object (the run's preprocessing record), got {record!r}")
     positive_int(record.get("size"), path, f"{key}.size", MAX_SIDE)

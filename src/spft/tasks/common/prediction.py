@@ -1,4 +1,11 @@
-"""What every task's ``predict`` returns, and how ``spft predict`` writes it (task-agnostic).
+"""What every task's ``predict`` returns, how ``spft predict`` writes it, and the loop that gets there
+(task-agnostic).
+
+:func:`batch_loop` is every task's prediction loop: inputs decoded in threads ahead of the model
+(:func:`decode_ahead`), gathered into batches (a new batch when the task says the next input cannot join: another
+image shape for Ultralytics, another set of prompted structures for SAM2), each full batch handed to the task's
+model, a progress bar on stderr, and every unreadable input kept as a :class:`~spft.data.inputs.Failure` instead of
+stopping the run.
 
 :class:`Predictions` is a table (one row per image that was predicted, in input order, first column ``id``) plus the
 inputs that could not be predicted (:class:`spft.data.inputs.Failure`: id and a one-line reason). :meth:`write`
@@ -43,6 +50,75 @@ class Predictions:
             return out, sidecar
         sidecar.unlink(missing_ok=True)
         return out, None
+
+
+def default_workers() -> int:
+    """Decoding threads of ``spft predict`` when not given: the cores, at most 8."""
+    import os
+
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+class _Unreadable(str):
+    """An input's one-line reason, standing in for its decoded value (never a legitimate decoded value)."""
+
+
+def decoded_or_reason(decode, item):
+    """``decode(item)``, or the one-line reason it could not be read (:class:`_Unreadable`): an unreadable file or a
+    bad array is reported, not raised."""
+    from spft.errors import SpftError
+
+    try:
+        return decode(item)
+    except (SpftError, OSError, ValueError) as exc:
+        return _Unreadable(error_text(exc))
+
+
+def batch_loop(items: list, ids: list[str], decode, forward, batch_size: int, workers: int | None = None,
+               progress: bool = False, prepare=None, same_batch=None) -> list[Failure]:
+    """Predict ``items`` (named ``ids``) in batches; returns the failures, in input order.
+
+    ``decode(item)`` runs in ``workers`` threads ahead of the model (errors become failures); ``prepare(i,
+    decoded)`` (optional) turns it into the batch entry, or a string: the reason the input is left out;
+    ``same_batch(first, entry)`` (optional) says whether ``entry`` may join the batch begun by ``first`` (else the
+    batch is handed over first); ``forward(entries)`` predicts a batch of at most ``batch_size`` entries, each
+    ``(i, entry)``.
+    """
+    from tqdm.auto import tqdm
+
+    from spft.errors import ConfigError
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    workers = default_workers() if workers is None else int(workers)
+    failures: list[Failure] = []
+    batch: list[tuple[int, object]] = []
+
+    def flush():
+        if batch:
+            forward(list(batch))
+            batch.clear()
+
+    bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress, file=None, dynamic_ncols=True)
+    try:
+        def work(item):
+            return decoded_or_reason(decode, item)
+
+        for i, decoded in decode_ahead(items, work, workers, lookahead=max(2 * batch_size, 4 * workers)):
+            entry = decoded if isinstance(decoded, _Unreadable) or prepare is None else prepare(i, decoded)
+            if isinstance(entry, str):
+                failures.append(Failure(ids[i], str(entry)))
+            else:
+                if batch and same_batch is not None and not same_batch(batch[0][1], entry):
+                    flush()
+                batch.append((i, entry))
+                if len(batch) == batch_size:
+                    flush()
+            bar.update(1)
+        flush()
+    finally:
+        bar.close()
+    return failures
 
 
 def decode_ahead(items: list, work, workers: int, lookahead: int):

@@ -35,7 +35,7 @@ import pandas as pd
 
 from spft.data.inputs import Failure, InputImage, collect_inputs
 from spft.errors import ConfigError, DataError, MissingFileError
-from spft.tasks.common.prediction import Predictions, decode_ahead, error_text
+from spft.tasks.common.prediction import Predictions, batch_loop
 
 log = logging.getLogger(__name__)
 
@@ -168,29 +168,13 @@ class Detector:
     def run(self, items: list[InputImage], batch_size: int = 32, workers: int | None = None, progress: bool = False
             ) -> tuple[pd.DataFrame, list[dict], list[Failure]]:
         """Predict ``items``: (box table, predicted images with their sizes, failures)."""
-        from tqdm.auto import tqdm
-
-        from spft.tasks.classification.predict import default_workers
-
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-        workers = default_workers() if workers is None else int(workers)
         rows: list[dict] = []
         images: list[dict] = []
-        failures: list[Failure] = []
-        batch: list[tuple[InputImage, np.ndarray, int, int]] = []
 
-        def work(item: InputImage):
-            try:
-                return self.image_array(item.path)
-            except (OSError, ValueError, DataError) as exc:  # unreadable: reported, not raised
-                return error_text(exc)
-
-        def flush():
-            if not batch:
-                return
-            results = self.predict_arrays([a for _, a, _, _ in batch])
-            for (item, array, width, height), result in zip(batch, results):
+        def forward(entries):
+            results = self.predict_arrays([array for _, (array, _, _) in entries])
+            for (i, (array, width, height)), result in zip(entries, results):
+                item = items[i]
                 sx, sy = width / array.shape[1], height / array.shape[0]
                 boxes = result.boxes
                 xyxy = boxes.xyxy.cpu().double().numpy() * np.array([sx, sy, sx, sy])
@@ -198,24 +182,10 @@ class Detector:
                     rows.append({"id": item.id, "class": self.classes[c], "confidence": float(p), "x1": float(x1),
                                  "y1": float(y1), "x2": float(x2), "y2": float(y2)})
                 images.append({"id": item.id, "width": int(width), "height": int(height)})
-            batch.clear()
 
-        bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress, dynamic_ncols=True)
-        try:
-            for i, decoded in decode_ahead(items, work, workers, lookahead=max(2 * batch_size, 4 * workers)):
-                if isinstance(decoded, str):
-                    failures.append(Failure(items[i].id, decoded))
-                else:
-                    array, width, height = decoded
-                    if batch and batch[0][1].shape != array.shape:
-                        flush()  # one shape per call: Ultralytics letterboxes a mixed batch differently
-                    batch.append((items[i], array, width, height))
-                    if len(batch) == batch_size:
-                        flush()
-                bar.update(1)
-            flush()
-        finally:
-            bar.close()
+        # one shape per call: Ultralytics letterboxes a mixed batch differently
+        failures = batch_loop(items, [item.id for item in items], lambda item: self.image_array(item.path), forward,
+                              batch_size, workers, progress, same_batch=lambda a, b: a[0].shape == b[0].shape)
         return pd.DataFrame(rows, columns=COLUMNS), images, failures
 
     def predict(self, inputs, batch_size: int = 32, workers: int | None = None, progress: bool = False

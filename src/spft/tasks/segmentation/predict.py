@@ -45,7 +45,7 @@ import torch
 
 from spft.data.inputs import Failure, InputImage, collect_inputs
 from spft.errors import ConfigError, DataError, MissingFileError, MissingKeyError
-from spft.tasks.common.prediction import Predictions, decode_ahead, error_text, safe_stem
+from spft.tasks.common.prediction import Predictions, batch_loop, safe_stem
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +202,9 @@ class Segmenter:
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str = "auto"):
         from spft.devices import resolve_device
-        from spft.experiments.checkpoints import load_checkpoint
+        from spft.experiments.checkpoints import checkpoint_file, eval_weights, load_checkpoint
         from spft.experiments.rundir import load_run_config
         from spft.models.sam2 import build_sam2
-        from spft.tasks.classification.source import _eval_state, checkpoint_file
 
         run_dir = Path(run_dir).expanduser()
         self.device = resolve_device(device)
@@ -231,7 +230,7 @@ class Segmenter:
             raise DataError(f"{self.checkpoint}: its structures {list(saved)} differ from config.yaml's "
                             f"{self.structures}")
         model, prep = build_sam2(cfg.model)  # the preprocessing the run trained and evaluated with
-        weights, self.weights_kind = _eval_state(state["state_dict"])
+        weights, self.weights_kind = eval_weights(state["state_dict"])
         model.load_state_dict(weights)
         self._ready(model, prep, cfg.data.color)
 
@@ -279,18 +278,10 @@ class Segmenter:
     def run(self, items: list[InputImage], prompts: Prompts, batch_size: int = 8, workers: int | None = None,
             progress: bool = False) -> tuple[pd.DataFrame, int, list[Failure]]:
         """Predict ``items`` with ``prompts``: (RLE table, images predicted, failures)."""
-        from tqdm.auto import tqdm
-
         from spft.data.mask_contract import encode_chexmask_rle
-        from spft.tasks.classification.predict import default_workers
         from spft.tasks.segmentation.evaluate import _predict_original
 
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-        workers = default_workers() if workers is None else int(workers)
         rows: list[dict] = []
-        failures: list[Failure] = []
-        batch: list[tuple[InputImage, torch.Tensor, tuple[int, int], list[str], torch.Tensor]] = []
         done = 0
         unprompted = 0
 
@@ -300,47 +291,28 @@ class Segmenter:
                     return prompts[key]
             return None
 
-        def work(item: InputImage):
-            try:
-                return self.model_input(item.path)
-            except (OSError, ValueError, DataError) as exc:
-                return error_text(exc)
+        def prepare(i: int, decoded):
+            nonlocal unprompted
+            boxes = boxes_of(items[i])
+            if not boxes:
+                return f"no prompt box for this image (structures: {', '.join(self.structures)})"
+            pixels, shape = decoded
+            names = [s for s in self.structures if s in boxes]
+            unprompted += len(self.structures) - len(names)
+            return pixels, shape, names, self.model_boxes([boxes[s] for s in names], shape)
 
-        def flush():
+        def forward(entries):
             nonlocal done
-            if not batch:
-                return
-            logits = self.logits(torch.stack([b[1] for b in batch]), torch.stack([b[4] for b in batch]))
-            for (item, _, shape, names, _), lg in zip(batch, logits):
+            logits = self.logits(torch.stack([e[0] for _, e in entries]), torch.stack([e[3] for _, e in entries]))
+            for (i, (_, shape, names, _)), lg in zip(entries, logits):
                 for name, mask in zip(names, _predict_original(lg, shape)):
-                    rows.append({"id": item.id, "structure": name, "rle": encode_chexmask_rle(mask),
+                    rows.append({"id": items[i].id, "structure": name, "rle": encode_chexmask_rle(mask),
                                  "height": shape[0], "width": shape[1]})
                 done += 1
-            batch.clear()
 
-        bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress, dynamic_ncols=True)
-        try:
-            for i, decoded in decode_ahead(items, work, workers, lookahead=max(2 * batch_size, 4 * workers)):
-                item = items[i]
-                boxes = boxes_of(item)
-                if isinstance(decoded, str):
-                    failures.append(Failure(item.id, decoded))
-                elif not boxes:
-                    failures.append(Failure(item.id, f"no prompt box for this image (structures: "
-                                                     f"{', '.join(self.structures)})"))
-                else:
-                    pixels, shape = decoded
-                    names = [s for s in self.structures if s in boxes]
-                    unprompted += len(self.structures) - len(names)
-                    if batch and batch[0][3] != names:
-                        flush()  # one set of structures per forward pass
-                    batch.append((item, pixels, shape, names, self.model_boxes([boxes[s] for s in names], shape)))
-                    if len(batch) == batch_size:
-                        flush()
-                bar.update(1)
-            flush()
-        finally:
-            bar.close()
+        # one set of structures per forward pass
+        failures = batch_loop(items, [item.id for item in items], lambda item: self.model_input(item.path), forward,
+                              batch_size, workers, progress, prepare=prepare, same_batch=lambda a, b: a[2] == b[2])
         if unprompted:
             log.warning("%d (image, structure) pair(s) had no prompt box: no mask for them (no row)", unprompted)
         return pd.DataFrame(rows, columns=COLUMNS), done, failures
@@ -388,9 +360,9 @@ def load_export(folder: str | Path):
     of ``model.safetensors`` checked before anything is built (:mod:`spft.tasks.common.export_check`)."""
     from transformers import Sam2Model
 
+    from spft.models.encoders import preprocessing_from_record
     from spft.models.sam2 import SpftSam2
     from spft.tasks.common import export_check as chk
-    from spft.tasks.classification.source import preprocessing_from_record
 
     folder = Path(folder).expanduser()
     path, weights = folder / "config.json", folder / "model.safetensors"
