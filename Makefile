@@ -10,8 +10,12 @@ TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install demo test test-fast test-lowest lint bench clean
+MKDOCS  = $(VENV)/bin/mkdocs
+SITE   ?= site
+
+.PHONY: install demo test test-fast test-lowest lint docs bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +31,7 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q --durations=10
+	$(MKDOCS) build --strict --quiet --site-dir $(SITE)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
@@ -50,8 +55,13 @@ $(LOWEST)/.installed: pyproject.toml tools/lowest_constraints.py
 lint: install
 	$(VENV)/bin/ruff check src tests
 
+# The documentation site (mkdocs.yml, docs/) into $(SITE); strict: a broken link or anchor is an error. A live preview:
+# $(VENV)/bin/mkdocs serve (http://127.0.0.1:8000). `make test` runs the same build.
+docs: install
+	$(MKDOCS) build --strict --site-dir $(SITE)
+
 clean:
-	rm -rf $(VENV) $(LOWEST) runs .pytest_cache
+	rm -rf $(VENV) $(LOWEST) runs .pytest_cache $(SITE)
 
 bench: install
 	$(PY) benchmarks/bench.py --size small --stage1-images 2000

@@ -1,6 +1,6 @@
 """The class weights a config's training split gets: prevalence, N_neg/N_pos, the normalised weight (mean 1) with
 and without the config's heuristic multipliers, and the positive-to-negative loss mass of each class under
-``recipe.class_weights.apply`` both / positive (README, "What the class weights do to common classes").
+``recipe.class_weights.apply`` both / positive (docs/recipe.md, "What the class weights do to common classes").
 
     python scripts/class_weight_numbers.py [CONFIG] [KEY=VALUE ...]      (default configs/phantom_cxr.yaml)
 

@@ -9,7 +9,7 @@ skipped. The pointing game is scored correctly against synthetic maps whose peak
 and against the union area of several boxes; on the tiny run it returns well-formed numbers and no empty map.
 Whether the maps point at the findings is not tested at this size: a 2- or 4-block Dinov2 trained for a minute
 (1000 phantoms at 64 px) scored at or below chance, so that claim rests on the demo-sized measurement of
-benchmarks/pointing_game.py (README "Heatmaps").
+benchmarks/pointing_game.py (docs/using-a-model.md, "Heatmaps").
 """
 
 from __future__ import annotations

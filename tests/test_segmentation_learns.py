@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 CONFIG = "configs/phantom_segment_sam2.yaml"
 STRUCTURES = ["heart", "left_lung", "right_lung"]
-# the short setup (README "Segmentation"): the shipped config with fewer phantoms and epochs, more steps per epoch
+# the short setup (docs/segmentation.md): the shipped config with fewer phantoms and epochs, more steps per epoch
 SHORT = ["data.phantom.n_images=200", "trainer.max_epochs=8", "trainer.batch_size=4", "recipe.stage1_epochs=1",
          "optim.warmup_steps=0", "seed=1"]
 

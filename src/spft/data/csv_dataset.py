@@ -51,7 +51,7 @@ LABEL_SPELLINGS = "1/0 (or 1.0/0.0, true/false, yes/no)"
 
 def _parse_labels(df: pd.DataFrame, csv: Path, label_columns: list[str]) -> np.ndarray:
     """1/0 (also 1.0/0.0, true/false, yes/no, any case) → float; blank → NaN; anything else is an error naming row
-    and column. The accepted spellings are the ones the message and README list (LABEL_SPELLINGS)."""
+    and column. The accepted spellings are the ones the message and docs/data.md list (LABEL_SPELLINGS)."""
     out = np.full((len(df), len(label_columns)), np.nan, dtype=np.float32)
     for j, column in enumerate(label_columns):
         raw = df[column]
