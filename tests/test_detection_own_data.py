@@ -1,7 +1,7 @@
 """Detection on your own data (data.name yolo, coco, csv) through the real CLI: tiny datasets in the real layouts
 (an Ultralytics folder, COCO JSON per split, a CSV of boxes with a background row and a DICOM image), `spft data
-check` counts and problem lines, one-line refusals of bad input, and one short `spft train` + `spft evaluate` on
-the CSV (converted once into the cache, reused by the second command)."""
+check` counts and problem lines, one-line refusals of bad input, one short `spft train` + `spft evaluate` on the CSV
+(converted once into the cache, reused by the second command) and one short `spft train` on each other format."""
 
 from __future__ import annotations
 
@@ -238,6 +238,24 @@ def test_csv_train_and_evaluate(tmp_path, spft_cache):
     ev = json.loads(run_cli("evaluate", str(run_dir), "data.name=coco", f"data.test_json={files['test']}",
                             f"data.root={tmp_path / 'coco'}", "--json").stdout)
     assert ev["n"] == len(json.loads(files["test"].read_text())["images"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["yolo", "coco"])
+def test_yolo_and_coco_train(tmp_path, spft_cache, fmt):
+    """Each format trains through the CLI (1 epoch of 30 tiny images): the run's classes come from the data (the
+    YOLO folder's names; the COCO categories in sorted-id order) and the test split is scored."""
+    if fmt == "yolo":
+        data = ["data.name=yolo", f"data.root={make_yolo(tmp_path / 'y', n=30, test=True)}"]
+    else:
+        files = make_coco(tmp_path / "c", n=30)
+        data = ["data.name=coco", f"data.root={tmp_path / 'c'}", *(f"data.{s}_json={files[s]}" for s in files)]
+    run_dir = tmp_path / "run"
+    run_cli("train", CONFIG, *data, "data.num_workers=0", "model.name=yolov8n.yaml", "detection.imgsz=64",
+            "detection.mosaic=0.0", "detection.figures=0", "trainer.max_epochs=1", "trainer.batch_size=8",
+            f"run.dir={run_dir}")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["split"] == "test" and m["n"] == 6 and list(m["per_class_ap50"]) == ["mass", "nodule"], m
 
 
 def test_prepared_phantom_check(tmp_path, spft_cache):

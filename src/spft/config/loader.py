@@ -554,6 +554,7 @@ def validate(cfg: SpftConfig, explicit: set[str] | frozenset[str] = frozenset())
     from spft.tasks.registry import get_task
 
     task = get_task(cfg.task)  # an unknown task: one line naming the registered ones
+    _check_no_stray_keys(cfg)
     check_applicable(cfg, explicit)
     cfg.data.check()
     task.check_config(cfg)
@@ -563,6 +564,23 @@ def validate(cfg: SpftConfig, explicit: set[str] | frozenset[str] = frozenset())
     if cfg.evaluation is not None:
         _check_evaluation(cfg.evaluation)
     _check_tracking(cfg.tracking)
+
+
+def _check_no_stray_keys(cfg: SpftConfig) -> None:
+    """A config changed in code (``cfg.trainer.limit_val_batches = 0.5`` on a detection run) may carry attributes its
+    section classes do not have: refused like the same key in a file, naming who reads it."""
+    name = getattr(cfg.data, "name", None)
+    ctx = _Context(cfg.task, name or "", schema_for(cfg.task, name))
+
+    def walk(node, prefix: str) -> None:
+        fields = {f.name for f in dataclasses.fields(node)}
+        for name, value in vars(node).items():
+            if name not in fields:
+                raise _unknown(prefix + name, [prefix + f for f in fields], ctx)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{name}.")
+
+    walk(cfg, "")
 
 
 def _check_model(cfg: SpftConfig) -> None:
