@@ -42,6 +42,7 @@ once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -401,6 +402,24 @@ def pretrain(p: Params, out: Path) -> dict:
     return record
 
 
+@contextlib.contextmanager
+def random_state_kept():
+    """Python's, NumPy's and torch's global random states as they were before the block (pretraining seeds torch
+    itself): the run that asked for the encoder continues from the state it had, so its head, its data order and
+    its numbers are the same whether the encoder was pretrained in this process or read from the cache."""
+    import random
+
+    import torch
+
+    state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+
+
 def foundation_dir(p: Params, cache_dir: str | None = None) -> Path:
     from spft.data.registry import cache_root
 
@@ -422,7 +441,8 @@ def ensure_foundation(p: Params = PRESETS["default"], cache_dir: str | None = No
         tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            pretrain(p, tmp)
+            with random_state_kept():  # a run that builds its encoder first trains as one that found it cached
+                pretrain(p, tmp)
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)

@@ -22,7 +22,8 @@ import sys
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 # Lightning's INFO lines at every fit that say which accelerators exist (not which one is used: see env.json)
-DEVICE_BANNERS = ("GPU available:", "TPU available:", "HPU available:", "IPU available:")
+DEVICE_BANNERS = ("GPU available:", "TPU available:", "HPU available:", "IPU available:",
+                  "Loading `train_dataloader` to estimate number of stepping batches")  # the schedule's step count
 RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 
 

@@ -187,6 +187,7 @@ _UNACTIONABLE_WARNINGS = (
     r"Experiment logs directory .* exists and is not empty",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning vs torch versions
     r"Trying to infer the `batch_size` from an ambiguous collection",
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # the recipe's frozen blocks, on purpose
 )
 
 
