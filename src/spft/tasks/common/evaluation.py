@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 # Keys that choose *which* data is read: changing any of them in `spft evaluate RUN KEY=VALUE` evaluates other data.
 DATA_IDENTITY_KEYS = ("name", "root", "csv", "images_root", "masks_csv", "source", "phantom", "split_column",
-                      "split_fractions", "split_seed", "official_test", "views", "label_column", "label_separator",
-                      "train_json", "val_json", "test_json", "images", "yaml")
+                      "split_fractions", "split_seed", "official_test", "views", "image_column", "label_column",
+                      "label_separator", "none_label", "train_json", "val_json", "test_json", "images", "yaml",
+                      "class_column", "box_columns")
 
 
 def is_other_data(recorded_cfg, cfg) -> bool:
