@@ -148,6 +148,24 @@ def test_data_check_of_a_separator_csv_through_the_cli(tmp_path):
     assert "data.phantom (keys of data.name=phantom) dropped" in proc.stderr
 
 
+@pytest.mark.parametrize("separator", [None, "|"], ids=["multiclass", "multilabel"])
+def test_train_on_a_column_of_class_names_through_the_cli(spft_cache, tmp_path, separator):
+    """Both class-name formats train through `spft train`: one name per row with loss ce (softmax rows), names
+    separated by '|' with loss bce (a blank cell: no finding)."""
+    cells = (["Effusion|Nodule", "", "Cardiomegaly", "Nodule", "Effusion", "Cardiomegaly|Effusion"] if separator
+             else ["Effusion", "Nodule", "Cardiomegaly"]) * 12
+    csv = _names_csv(tmp_path / "data", cells)
+    run_dir = tmp_path / "run"
+    extra = ["data.label_separator=|", "loss=bce"] if separator else ["loss=ce"]
+    run_cli("train", "configs/phantom_cxr.yaml", *tiny_overrides(run_dir, epochs=2, phantom=False),
+            "data.name=csv", f"data.csv={csv}", "data.label_column=label", *extra,
+            "data.split_fractions=[0.5, 0.25, 0.25]", "recipe.class_weights.heuristic={}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics["per_class_auc"]) == CLASSES and metrics["n"] > 0
+    probs = pd.read_csv(run_dir / "predictions_test.csv")[[f"prob_{c}" for c in CLASSES]].sum(axis=1)
+    assert (abs(probs - 1).max() < 1e-4) == (separator is None)  # softmax rows only for one class per image
+
+
 # ---- a folder per class ---------------------------------------------------------------------------------------------
 
 def test_folder_per_class_with_a_seeded_split(tmp_path):
