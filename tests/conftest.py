@@ -24,6 +24,21 @@ TINY_MODEL = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _spft_logger_restored():
+    """A test that runs ``spft.cli.main`` in-process leaves the ``spft`` logger writing to its own stderr handler with
+    ``propagate = False`` (what the command line wants); put it back after each test, so that a later test's
+    ``caplog`` sees spft's records whatever pytest version (pytest 8.0 only captures propagated records)."""
+    import logging
+
+    logger = logging.getLogger("spft")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
 @pytest.fixture(scope="session")
 def spft_cache(tmp_path_factory) -> Path:
     """A private SPFT_CACHE so tests never touch ~/.cache and share generated phantoms."""
