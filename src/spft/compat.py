@@ -12,7 +12,7 @@ base class still has the method, with the parameters the override expects, and s
 
 Checked against: Python 3.11.7, torch 2.14.1, lightning 2.6.6, transformers 5.25.0, ultralytics 8.4.190,
 submitit 1.5.4 (:data:`CHECKED_AGAINST`; :func:`installed_versions` reads what is installed now).
-``tests/test_compat.py`` also passes at pyproject's lower bounds (``make test-lowest``): lightning 2.4.0,
+``tests/test_compat.py`` also passes at pyproject's lower bounds (``make test-lowest``): lightning 2.5.0,
 transformers 5.21.0, ultralytics 8.4.68, submitit 1.5.0 (torch 2.14.1 there too: torch comes from the Makefile's pins).
 
 Importing this module imports only the standard library (the CLI, ``spft.recipe`` and the detection task's registry
