@@ -507,20 +507,15 @@ def _writes_elsewhere(args: argparse.Namespace) -> bool:
     return not Path(out).resolve().is_relative_to(run)
 
 
-def _is_terminal(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parse_args(parser, argv)
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not _is_terminal(sys.stderr):  # a log file, a pipe: Hugging Face's "Loading weights" bars are \r frames there
+    from spft.console import is_terminal
+
+    if not is_terminal(sys.stderr):  # a log file, a pipe: Hugging Face's "Loading weights" bars are \r frames there
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from spft.experiments.lock import lock_run, release_run_locks
 

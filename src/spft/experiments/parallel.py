@@ -577,7 +577,7 @@ def forward(proc: subprocess.Popen, signum: int) -> None:
 
 
 def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty() and os.environ.get("TERM", "") != "dumb"
-    except (AttributeError, ValueError):
-        return False
+    """A terminal that can redraw the live table (not ``TERM=dumb``)."""
+    from spft.console import is_terminal
+
+    return is_terminal(stream) and os.environ.get("TERM", "") != "dumb"

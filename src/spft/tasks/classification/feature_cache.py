@@ -243,7 +243,7 @@ class FeatureCache:
         """Every rank's ``(indices, features)`` for its strided shard of ``dataset`` (of ``rows``, when given)."""
         from tqdm import tqdm
 
-        from spft.tasks.lightning.progress import is_terminal
+        from spft.console import is_terminal
 
         sampler = ShardSampler(len(dataset), rank, world) if rows is None else [int(r) for r in rows[rank::world]]
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options)

@@ -21,6 +21,8 @@ import sys
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from spft.console import is_terminal
+
 # Lightning's INFO lines at every fit that say which accelerators exist (not which one is used: see env.json)
 DEVICE_BANNERS = ("GPU available:", "TPU available:", "HPU available:", "IPU available:",
                   "Loading `train_dataloader` to estimate number of stepping batches")  # the schedule's step count
@@ -44,13 +46,6 @@ class _Discard(io.TextIOBase):
         return len(text)
 
     def isatty(self) -> bool:
-        return False
-
-
-def is_terminal(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
         return False
 
 
