@@ -19,7 +19,7 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
 def _project() -> dict:
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    tomllib = pytest.importorskip("tomllib")  # stdlib from Python 3.11; spft supports 3.10, which has no TOML reader
     return tomllib.loads(PYPROJECT.read_text())["project"]
 
 
@@ -129,7 +129,7 @@ def test_torch_load_from_state_dict_override_runs():
 
 @pytest.fixture(scope="module")
 def tiny_vit():
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a core dependency: never skipped
     cfg = transformers.Dinov2Config(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
                                     patch_size=8, image_size=16)
     return transformers.AutoModel.from_config(cfg, attn_implementation="eager")
@@ -148,7 +148,7 @@ def test_transformers_attn_implementation(tiny_vit):
 
 
 def test_transformers_attention_function_names():
-    pytest.importorskip("transformers")
+    import transformers  # noqa: F401 - a core dependency: never skipped
     names = compat.attention_function_names()
     assert names is not None and "sdpa" in names, \
         _why("transformers:transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS")
@@ -224,7 +224,7 @@ def test_lightning_resumable_csv_logger_keeps_rows(tmp_path):
 # --- Ultralytics ----------------------------------------------------------------------------------------------------
 
 def test_ultralytics_image_open_patch():
-    pytest.importorskip("ultralytics")
+    import ultralytics  # noqa: F401 - make test installs every extra: a missing one fails, never skips
     import ultralytics.utils.patches  # noqa: F401 - patches PIL.Image.open
     from PIL import Image
 
@@ -244,7 +244,7 @@ def test_ultralytics_image_open_patch():
 
 def test_ultralytics_trainer_internals_spft_relies_on():
     """Unprefixed but undocumented: the trainer attributes and group key the SPFT trainer sets or reads."""
-    pytest.importorskip("ultralytics")
+    import ultralytics  # noqa: F401 - make test installs every extra: a missing one fails, never skips
     from ultralytics.engine import trainer as trainer_module
     from ultralytics.engine.trainer import BaseTrainer
     from ultralytics.models.yolo.detect import DetectionTrainer
@@ -272,7 +272,7 @@ def test_ultralytics_trainer_internals_spft_relies_on():
 
 
 def test_ultralytics_validator_iou_vector():
-    pytest.importorskip("ultralytics")
+    import ultralytics  # noqa: F401 - make test installs every extra: a missing one fails, never skips
     from ultralytics.models.yolo.detect import DetectionValidator
 
     source = inspect.getsource(DetectionValidator)
@@ -284,7 +284,7 @@ def test_ultralytics_validator_iou_vector():
 
 @pytest.mark.parametrize("override", compat.PRIVATE_OVERRIDES, ids=lambda o: f"{o.library}:{o.method}")
 def test_private_override_still_matches_its_base(override):
-    pytest.importorskip(override.library)
+    importlib.import_module(override.library)  # installed by make test: a missing library fails, never skips
     problems = compat.check_override(override)
     assert not problems, (f"{_why(override.library + ':' + override.name)} — {override.why}:\n  "
                           + "\n  ".join(problems))
@@ -302,7 +302,7 @@ def test_check_override_reports_a_renamed_method():
 # --- submitit -------------------------------------------------------------------------------------------------------
 
 def test_submitit_local_controller_module():
-    pytest.importorskip("submitit")
+    import submitit  # noqa: F401 - make test installs every extra: a missing one fails, never skips
     from submitit.local import local
 
     why = _why("submitit:" + compat.SUBMITIT_LOCAL_CONTROLLER)
@@ -312,7 +312,7 @@ def test_submitit_local_controller_module():
 
 
 def test_submitit_submission_script(tmp_path, monkeypatch):
-    submitit = pytest.importorskip("submitit")
+    import submitit  # make test installs every extra: a missing one fails, never skips
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
